@@ -1,0 +1,277 @@
+//! The four storage seams and their contracts: [`Queue`], [`JobStore`], [`BudgetLedger`],
+//! [`ArtifactStore`] (the fifth, `LlmClient`, lives in [`crate::llm`]).
+//!
+//! Each trait is small and its contract is written here; `tests/conformance.rs` checks every
+//! implementation against it: [`local`] (SQLite + a directory, stage `local`) and [`aws`]
+//! (SQS, DynamoDB, S3). The processing core only ever sees these traits, so it is tested
+//! without AWS.
+
+
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use crate::error::BackendError;
+use crate::job::{JobRecord, JobStatus};
+
+/// Result type of every backend call.
+pub type BResult<T> = Result<T, BackendError>;
+
+/// One received message. The receipt is what the queue needs to act on this delivery.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The queue's id for the message (stable across deliveries).
+    pub message_id: String,
+    /// Handle for this delivery (visibility changes, delete, dead-letter).
+    pub receipt: String,
+    /// The body as sent.
+    pub body: String,
+    /// How many times the message has been received, this delivery included (≥ 1).
+    pub receive_count: u32,
+    /// When the message was first sent, if the queue knows.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A message sitting in the dead-letter queue.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// The queue's id for the message.
+    pub message_id: String,
+    /// The body as sent.
+    pub body: String,
+    /// Why it was dead-lettered, when the worker said (absent for redrive-policy moves).
+    pub reason: Option<String>,
+    /// Receives before it was dead-lettered.
+    pub receive_count: u32,
+}
+
+/// Approximate message counts, as SQS reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Ready to be received now.
+    pub visible: u64,
+    /// Received and not yet deleted (in flight, or waiting out a backoff).
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed yet.
+    pub delayed: u64,
+    /// In the dead-letter queue.
+    pub dead_letters: u64,
+}
+
+impl QueueDepth {
+    /// True when nothing is waiting, in flight or delayed (the DLQ is not counted).
+    pub fn is_drained(&self) -> bool {
+        self.visible == 0 && self.in_flight == 0 && self.delayed == 0
+    }
+}
+
+/// The stage's job queue and its dead-letter queue.
+///
+/// Contract:
+/// - `receive` returns at most `max` messages and waits up to `wait` for the first one (long
+///   poll); a received message is invisible to other receivers for the queue's visibility timeout,
+///   and its `receive_count` counts this delivery.
+/// - A message received more than the queue's max receive count is moved to the DLQ by the queue
+///   itself (SQS redrive policy; the SQLite queue does the same) and is not returned.
+/// - `set_visibility(receipt, d)` makes the message reappear `d` from now (0 = at once); used for
+///   heartbeats, backoff and giving back unstarted work. A stale receipt is an error.
+/// - `delete_batch` deletes by receipt and returns the receipts it could not delete (never fails
+///   the whole batch for one bad entry).
+/// - `dead_letter` moves one message to the DLQ with a reason, at once, whatever its receive count.
+/// - `send` with a delay keeps the message invisible for that long (≤ 15 minutes); a new message
+///   starts with receive count 0.
+/// - `dlq_redrive(max)` moves up to `max` (all when `None`) DLQ messages back to the queue with
+///   their receive count reset, and returns how many moved.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Sends one message, invisible for `delay`. Returns the message id.
+    async fn send(&self, body: &str, delay: Duration) -> BResult<String>;
+    /// Sends many messages (any count; implementations batch). Fails if any could not be sent.
+    async fn send_batch(&self, bodies: &[String]) -> BResult<()>;
+    /// Long-polls for up to `max` messages.
+    async fn receive(&self, max: usize, wait: Duration) -> BResult<Vec<Message>>;
+    /// Changes a received message's visibility timeout, counted from now.
+    async fn set_visibility(&self, receipt: &str, timeout: Duration) -> BResult<()>;
+    /// Deletes received messages; returns the receipts that could not be deleted.
+    async fn delete_batch(&self, receipts: &[String]) -> BResult<Vec<String>>;
+    /// Moves a received message to the DLQ at once, recording `reason`.
+    async fn dead_letter(&self, message: &Message, reason: &str) -> BResult<()>;
+    /// Lists up to `max` DLQ messages without consuming them.
+    async fn dlq_peek(&self, max: usize) -> BResult<Vec<DeadLetter>>;
+    /// Moves DLQ messages back to the queue; returns how many moved.
+    async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64>;
+    /// Approximate counts.
+    async fn depth(&self) -> BResult<QueueDepth>;
+}
+
+/// The outcome of [`JobStore::claim`].
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The caller now holds the lease; the record is as stored after the claim
+    /// (`processing`, `attempts` incremented, earlier calls and costs kept).
+    Claimed(JobRecord),
+    /// The job is already `completed`: do no work, spend nothing, delete the message.
+    AlreadyCompleted(JobRecord),
+    /// Another worker holds a live lease: do not start it twice.
+    Busy {
+        /// The lease holder.
+        owner: String,
+        /// When its lease runs out.
+        until: DateTime<Utc>,
+    },
+}
+
+/// The job table (`atlas-codex-jobs-{stage}`).
+///
+/// Contract (every transition is one conditional write):
+/// - `claim(id, owner, lease_until, now)`: creates the record as `processing` when absent, or moves
+///   `pending` | `failed` | `processing` with `lease_expires_at < now` to `processing` with the new
+///   owner and lease, incrementing `attempts`. A `completed` job gives [`Claim::AlreadyCompleted`];
+///   a live lease held by someone else gives [`Claim::Busy`]. `stage` fills a new record.
+/// - `renew(id, owner, lease_until)`: extends the lease only while `owner` holds it; `Ok(false)`
+///   when the lease was lost.
+/// - `finish(record, owner)`: writes the whole record (status `completed`, `failed` or `pending`)
+///   only while `owner` holds the lease and the stored status is `processing`; otherwise
+///   [`BackendError::Conflict`]. Lease fields are cleared by the caller.
+/// - `put_if_absent(record)`: creates a record unless one exists; `Ok(false)` when it existed.
+/// - `list(status, limit)`: newest first.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Takes the job's lease (see the contract).
+    async fn claim(
+        &self,
+        id: &str,
+        stage: &str,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> BResult<Claim>;
+    /// Extends a held lease.
+    async fn renew(&self, id: &str, owner: &str, lease_until: DateTime<Utc>) -> BResult<bool>;
+    /// Writes the outcome while holding the lease.
+    async fn finish(&self, record: &JobRecord, owner: &str) -> BResult<()>;
+    /// Creates a record unless one exists.
+    async fn put_if_absent(&self, record: &JobRecord) -> BResult<bool>;
+    /// Reads one record.
+    async fn get(&self, id: &str) -> BResult<Option<JobRecord>>;
+    /// Lists records, newest first, optionally by status.
+    async fn list(&self, status: Option<JobStatus>, limit: usize) -> BResult<Vec<JobRecord>>;
+}
+
+/// A hold on budget for one model call: its worst-case cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Unique id; settle and release are idempotent per id.
+    pub id: String,
+    /// The job it is for.
+    pub job_id: String,
+    /// Worst-case cost in micro-USD (counted input + max output at list price).
+    pub amount_micros: i64,
+    /// After this the hold lapses on its own (a crashed worker cannot strand budget).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What [`BudgetLedger::reserve`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// The hold is in place.
+    Granted,
+    /// spent + live reservations + amount would pass the limit; nothing changed.
+    Refused {
+        /// Settled spend this period, micro-USD.
+        spent_micros: i64,
+        /// Live reservations this period, micro-USD.
+        reserved_micros: i64,
+    },
+}
+
+/// One settled charge, for the month-to-date breakdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The reservation it settles (idempotency key).
+    pub reservation_id: String,
+    /// The job charged.
+    pub job_id: String,
+    /// The model called.
+    pub model: String,
+    /// The tenant, if the job named one.
+    pub tenant: Option<String>,
+    /// Actual cost in micro-USD.
+    pub amount_micros: i64,
+}
+
+/// A period's totals.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LedgerSnapshot {
+    /// The period (`YYYY-MM`, UTC).
+    pub period: String,
+    /// Settled spend, micro-USD.
+    pub spent_micros: i64,
+    /// Live (unexpired) reservations, micro-USD.
+    pub reserved_micros: i64,
+    /// Settled spend by model, micro-USD.
+    pub by_model: std::collections::BTreeMap<String, i64>,
+    /// Settled spend by tenant (`-` for none), micro-USD.
+    pub by_tenant: std::collections::BTreeMap<String, i64>,
+}
+
+/// The fleet-wide budget ledger (`atlas-codex-budget-{stage}`): one account per calendar month.
+///
+/// Contract:
+/// - `reserve` is atomic across every worker sharing the ledger: it grants only when
+///   `spent + live reservations + amount ≤ limit`, where reservations whose `expires_at` has passed
+///   (per `now`) no longer count. Reserving an id that is already held is granted without a second
+///   hold.
+/// - `settle` turns a reservation into a charge of `charge.amount_micros` (which may be more or less
+///   than reserved) exactly once per reservation id: a repeated settle changes nothing. Settling a
+///   reservation that expired still records the charge (the money was spent).
+/// - `release` drops a reservation without a charge; idempotent.
+/// - `snapshot` reports the period's totals with expired reservations left out.
+#[async_trait]
+pub trait BudgetLedger: Send + Sync + 'static {
+    /// Atomically holds `reservation.amount_micros` unless the limit would be passed.
+    async fn reserve(
+        &self,
+        period: &str,
+        reservation: &Reservation,
+        limit_micros: i64,
+        now: DateTime<Utc>,
+    ) -> BResult<ReserveOutcome>;
+    /// Converts a hold into the actual charge (idempotent per reservation id).
+    async fn settle(&self, period: &str, charge: &Charge) -> BResult<()>;
+    /// Drops a hold without charging (idempotent).
+    async fn release(&self, period: &str, reservation_id: &str) -> BResult<()>;
+    /// The period's totals.
+    async fn snapshot(&self, period: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot>;
+}
+
+/// The artifacts store (S3 bucket per stage, or a directory locally).
+///
+/// Contract: keys are relative paths (`jobs/{job_id}/result.json`, `inputs/{job_id}`); `put`
+/// overwrites atomically (a reader sees the old or the new object, never a torn one); `get` of a
+/// missing key is `Ok(None)`; `location` is a human-readable address for the key.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Stores an object.
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> BResult<()>;
+    /// Reads an object.
+    async fn get(&self, key: &str) -> BResult<Option<Vec<u8>>>;
+    /// Where a key lives, for people (`s3://bucket/key` or a file path).
+    fn location(&self, key: &str) -> String;
+}
+
+/// The backends a stage runs on, built once from settings.
+#[derive(Clone)]
+pub struct Backends {
+    /// The job queue and its DLQ.
+    pub queue: Arc<dyn Queue>,
+    /// The job records.
+    pub jobs: Arc<dyn JobStore>,
+    /// The budget ledger.
+    pub ledger: Arc<dyn BudgetLedger>,
+    /// Results and large inputs.
+    pub artifacts: Arc<dyn ArtifactStore>,
+}

@@ -1,0 +1,692 @@
+//! The job message producers enqueue, its legacy (seed) form, and the job record the worker keeps.
+//!
+//! Parsing never panics and never guesses: every problem is a [`MessageError`] naming the field.
+//! The wire format is documented in `docs/messages.md` and `docs/job.schema.json`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The message version this worker writes and understands.
+pub const MESSAGE_VERSION: u32 = 1;
+/// Largest accepted message body in bytes (SQS's own limit is 256 KiB; larger inputs go by `input_key`).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Hard limits for crawls, whatever a message asks for.
+pub const MAX_CRAWL_PAGES: u32 = 100;
+/// Deepest crawl a message may ask for.
+pub const MAX_CRAWL_DEPTH: u32 = 10;
+/// Longest accepted `instructions` text, in bytes.
+pub const MAX_INSTRUCTIONS_BYTES: usize = 32 * 1024;
+
+/// A job's identifier: client-chosen, `[A-Za-z0-9_-]{1,128}`, and the idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// Checks the id's syntax.
+    pub fn parse(s: &str) -> Result<JobId, MessageError> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(JobId(s.to_string()))
+        } else {
+            Err(MessageError::InvalidField {
+                field: "job_id".into(),
+                reason: "must match [A-Za-z0-9_-]{1,128}".into(),
+            })
+        }
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// A fresh random id, for producers that did not choose one.
+    pub fn generate() -> JobId {
+        JobId(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = MessageError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        JobId::parse(&s)
+    }
+}
+impl From<JobId> for String {
+    fn from(j: JobId) -> String {
+        j.0
+    }
+}
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of work a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// One page (or inline input) in, one structured result out.
+    Extract,
+    /// Breadth-first over a site, a result per page plus an aggregate.
+    Crawl,
+}
+
+impl JobType {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobType::Extract => "extract",
+            JobType::Crawl => "crawl",
+        }
+    }
+}
+
+/// Where a job's input comes from: exactly one per message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Fetch this http(s) URL (SSRF-checked).
+    Url(String),
+    /// Inline HTML, processed like a fetched page.
+    Html(String),
+    /// Inline plain text, given to the model as it is.
+    Text(String),
+    /// An object in the artifacts store (claim check for inputs above the message size limit).
+    InputKey(String),
+}
+
+/// Output formats a producer may ask to have in the result besides `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The cleaned page as Markdown.
+    Markdown,
+    /// Absolute, de-duplicated links.
+    Links,
+    /// Title, description, Open Graph, JSON-LD ...
+    Metadata,
+    /// Structured data from the model (the default when instructions or a schema are given).
+    Json,
+}
+
+/// A validated job, normalised from either message format.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// The idempotency key.
+    pub job_id: JobId,
+    /// Extract or crawl.
+    pub job_type: JobType,
+    /// The one input.
+    pub source: Source,
+    /// Natural-language instructions for the model.
+    pub instructions: Option<String>,
+    /// JSON Schema the model's output must validate against.
+    pub schema: Option<Value>,
+    /// Extra outputs to include in the result.
+    pub formats: Vec<Format>,
+    /// Crawl page limit (≤ 100).
+    pub max_pages: u32,
+    /// Crawl depth limit (≤ 10).
+    pub max_depth: u32,
+    /// A specific model asked for; honoured only where the stage allows it.
+    pub model: Option<String>,
+    /// This job's own spending cap in USD, escalations included.
+    pub max_cost_usd: Option<f64>,
+    /// Who the job is for (cost attribution only; never a metric label).
+    pub tenant: Option<String>,
+    /// True when the message came in the legacy (seed) format.
+    pub legacy: bool,
+}
+
+impl Job {
+    /// Whether a model call is needed at all (no schema and no instructions means page only).
+    pub fn needs_model(&self) -> bool {
+        self.schema.is_some() || self.instructions.as_deref().is_some_and(|s| !s.trim().is_empty())
+    }
+
+    /// The URL, when the source is one.
+    pub fn url(&self) -> Option<&str> {
+        match &self.source {
+            Source::Url(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// Serialises the job back into a current-format message (what `submit` sends).
+    pub fn to_message(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("version".into(), MESSAGE_VERSION.into());
+        m.insert("job_id".into(), self.job_id.as_str().into());
+        m.insert("type".into(), self.job_type.as_str().into());
+        let (k, v) = match &self.source {
+            Source::Url(s) => ("url", s),
+            Source::Html(s) => ("html", s),
+            Source::Text(s) => ("text", s),
+            Source::InputKey(s) => ("input_key", s),
+        };
+        m.insert(k.into(), v.clone().into());
+        if let Some(i) = &self.instructions {
+            m.insert("instructions".into(), i.clone().into());
+        }
+        if let Some(s) = &self.schema {
+            m.insert("schema".into(), s.clone());
+        }
+        if !self.formats.is_empty() {
+            m.insert("formats".into(), serde_json::to_value(&self.formats).unwrap_or_default());
+        }
+        if self.job_type == JobType::Crawl {
+            m.insert("max_pages".into(), self.max_pages.into());
+            m.insert("max_depth".into(), self.max_depth.into());
+        }
+        if let Some(x) = &self.model {
+            m.insert("model".into(), x.clone().into());
+        }
+        if let Some(x) = self.max_cost_usd {
+            m.insert("max_cost_usd".into(), x.into());
+        }
+        if let Some(x) = &self.tenant {
+            m.insert("tenant".into(), x.clone().into());
+        }
+        Value::Object(m)
+    }
+}
+
+/// Why a message could not be turned into a [`Job`]. Always permanent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    /// The body is not JSON (or not UTF-8).
+    #[error("message is not valid JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("message must be a JSON object")]
+    NotObject,
+    /// The body is larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message is {0} bytes; the limit is {MAX_MESSAGE_BYTES} (use input_key for large inputs)")]
+    TooLarge(usize),
+    /// `version` names a version this worker does not know.
+    #[error("unsupported message version {0} (this worker understands {MESSAGE_VERSION})")]
+    UnsupportedVersion(String),
+    /// A required field is absent.
+    #[error("missing required field `{0}`")]
+    MissingField(String),
+    /// A field has the wrong type or an invalid value.
+    #[error("invalid field `{field}`: {reason}")]
+    InvalidField {
+        /// The field's name.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A field this format does not define.
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    /// No input, or more than one.
+    #[error("exactly one of url, html, text, input_key is required (found {0})")]
+    Source(String),
+}
+
+impl MessageError {
+    /// Stable reason for the job record and the DLQ attributes.
+    pub fn kind(&self) -> &'static str {
+        "invalid_message"
+    }
+}
+
+const CURRENT_FIELDS: &[&str] = &[
+    "version", "job_id", "type", "url", "html", "text", "input_key", "instructions", "schema",
+    "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "apiKey", "api_key",
+];
+
+/// Extracts the job id from a body even when the rest of it is broken, so the failure can be
+/// recorded on the job. Returns `None` when no valid id can be found.
+pub fn salvage_job_id(body: &str) -> Option<JobId> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let id = v.get("job_id").or_else(|| v.get("jobId"))?.as_str()?;
+    JobId::parse(id).ok()
+}
+
+/// Parses a message body in the current or the legacy format.
+///
+/// An `apiKey`/`api_key` field is dropped wherever it appears at the top level or in `params`:
+/// it is never stored, logged or used.
+pub fn parse_message(body: &str) -> Result<Job, MessageError> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageError::TooLarge(body.len()));
+    }
+    let v: Value = serde_json::from_str(body).map_err(|e| MessageError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = v else {
+        return Err(MessageError::NotObject);
+    };
+    obj.remove("apiKey");
+    obj.remove("api_key");
+    if obj.contains_key("jobId") || obj.contains_key("params") {
+        return parse_legacy(obj);
+    }
+    parse_current(obj)
+}
+
+fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageError> {
+    for k in obj.keys() {
+        if !CURRENT_FIELDS.contains(&k.as_str()) {
+            return Err(MessageError::UnknownField(k.clone()));
+        }
+    }
+    if let Some(v) = obj.get("version") {
+        match v.as_u64() {
+            Some(n) if n == MESSAGE_VERSION as u64 => {}
+            _ => return Err(MessageError::UnsupportedVersion(v.to_string())),
+        }
+    }
+    let job_id = JobId::parse(req_str(&obj, "job_id")?)?;
+    let job_type = parse_type(obj.get("type"), "type")?;
+    let mut sources = Vec::new();
+    for key in ["url", "html", "text", "input_key"] {
+        if let Some(v) = obj.get(key) {
+            let s = v.as_str().ok_or_else(|| invalid(key, "must be a string"))?;
+            sources.push(match key {
+                "url" => Source::Url(s.to_string()),
+                "html" => Source::Html(s.to_string()),
+                "text" => Source::Text(s.to_string()),
+                _ => Source::InputKey(s.to_string()),
+            });
+        }
+    }
+    let source = one_source(sources)?;
+    let instructions = opt_str(&obj, "instructions")?;
+    let schema = obj.get("schema").filter(|v| !v.is_null()).cloned();
+    let formats = parse_formats(obj.get("formats"), "formats")?;
+    let max_pages = opt_u32(&obj, "max_pages")?;
+    let max_depth = opt_u32(&obj, "max_depth")?;
+    let model = opt_str(&obj, "model")?;
+    let max_cost_usd = match obj.get("max_cost_usd") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| invalid("max_cost_usd", "must be a positive number"))?,
+        ),
+    };
+    let tenant = opt_str(&obj, "tenant")?;
+    finish(Job {
+        job_id,
+        job_type,
+        source,
+        instructions,
+        schema,
+        formats,
+        max_pages: max_pages.unwrap_or(10),
+        max_depth: max_depth.unwrap_or(2),
+        model,
+        max_cost_usd,
+        tenant,
+        legacy: false,
+    })
+}
+
+fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageError> {
+    let job_id = JobId::parse(req_str(&obj, "jobId")?)?;
+    let job_type = parse_type(obj.get("type"), "type")?;
+    let mut params = match obj.remove("params") {
+        Some(Value::Object(p)) => p,
+        None => serde_json::Map::new(),
+        Some(_) => return Err(invalid("params", "must be an object")),
+    };
+    params.remove("apiKey");
+    params.remove("api_key");
+    let mut sources = Vec::new();
+    if let Some(v) = params.get("url") {
+        sources.push(Source::Url(
+            v.as_str().ok_or_else(|| invalid("params.url", "must be a string"))?.to_string(),
+        ));
+    }
+    if let Some(v) = params.get("html") {
+        sources.push(Source::Html(
+            v.as_str().ok_or_else(|| invalid("params.html", "must be a string"))?.to_string(),
+        ));
+    }
+    let source = one_source(sources)?;
+    let instructions = opt_str(&params, "extractionInstructions")?;
+    let schema = params.get("outputSchema").filter(|v| !v.is_null()).cloned();
+    let formats = parse_formats(params.get("formats"), "params.formats")?;
+    let max_pages = opt_u32(&params, "maxPages")?;
+    let max_depth = opt_u32(&params, "maxDepth")?;
+    let model = opt_str(&params, "model")?;
+    finish(Job {
+        job_id,
+        job_type,
+        source,
+        instructions,
+        schema,
+        formats,
+        max_pages: max_pages.unwrap_or(10),
+        max_depth: max_depth.unwrap_or(2),
+        model,
+        max_cost_usd: None,
+        tenant: opt_str(&params, "tenant")?,
+        legacy: true,
+    })
+}
+
+fn finish(job: Job) -> Result<Job, MessageError> {
+    if job.max_pages == 0 || job.max_pages > MAX_CRAWL_PAGES {
+        return Err(invalid("max_pages", &format!("must be between 1 and {MAX_CRAWL_PAGES}")));
+    }
+    if job.max_depth > MAX_CRAWL_DEPTH {
+        return Err(invalid("max_depth", &format!("must be at most {MAX_CRAWL_DEPTH}")));
+    }
+    if job.job_type == JobType::Crawl && !matches!(job.source, Source::Url(_)) {
+        return Err(invalid("url", "a crawl needs a url"));
+    }
+    if let Source::Url(u) = &job.source {
+        let parsed = url::Url::parse(u).map_err(|e| invalid("url", &e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("url", "only http and https URLs are accepted"));
+        }
+    }
+    if let Source::InputKey(k) = &job.source {
+        if k.is_empty() || k.contains("..") || k.starts_with('/') {
+            return Err(invalid("input_key", "must be a relative key without `..`"));
+        }
+    }
+    if job.instructions.as_ref().is_some_and(|i| i.len() > MAX_INSTRUCTIONS_BYTES) {
+        return Err(invalid("instructions", &format!("longer than {MAX_INSTRUCTIONS_BYTES} bytes")));
+    }
+    if let Some(schema) = &job.schema {
+        if !schema.is_object() {
+            return Err(invalid("schema", "must be a JSON Schema object"));
+        }
+        if let Err(e) = jsonschema::meta::validate(schema) {
+            return Err(invalid("schema", &format!("not a valid JSON Schema: {e}")));
+        }
+        if json_depth(schema) > 32 {
+            return Err(invalid("schema", "nested deeper than 32 levels"));
+        }
+    }
+    if let Some(t) = &job.tenant {
+        if t.len() > 128 {
+            return Err(invalid("tenant", "longer than 128 characters"));
+        }
+    }
+    Ok(job)
+}
+
+/// Nesting depth of a JSON value (a scalar is 0).
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(json_depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> MessageError {
+    MessageError::InvalidField { field: field.to_string(), reason: reason.to_string() }
+}
+
+fn one_source(mut s: Vec<Source>) -> Result<Source, MessageError> {
+    match s.len() {
+        1 => Ok(s.remove(0)),
+        n => Err(MessageError::Source(n.to_string())),
+    }
+}
+
+fn req_str<'a>(o: &'a serde_json::Map<String, Value>, k: &str) -> Result<&'a str, MessageError> {
+    match o.get(k) {
+        None | Some(Value::Null) => Err(MessageError::MissingField(k.to_string())),
+        Some(v) => v.as_str().ok_or_else(|| invalid(k, "must be a string")),
+    }
+}
+
+fn opt_str(o: &serde_json::Map<String, Value>, k: &str) -> Result<Option<String>, MessageError> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(v.as_str().ok_or_else(|| invalid(k, "must be a string"))?.to_string())),
+    }
+}
+
+fn opt_u32(o: &serde_json::Map<String, Value>, k: &str) -> Result<Option<u32>, MessageError> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| invalid(k, "must be a non-negative integer")),
+    }
+}
+
+fn parse_type(v: Option<&Value>, field: &str) -> Result<JobType, MessageError> {
+    match v {
+        None | Some(Value::Null) => Ok(JobType::Extract),
+        Some(Value::String(s)) => match s.as_str() {
+            "extract" | "scrape" => Ok(JobType::Extract),
+            "crawl" => Ok(JobType::Crawl),
+            other => Err(invalid(field, &format!("unknown type `{other}` (extract | crawl)"))),
+        },
+        Some(_) => Err(invalid(field, "must be a string")),
+    }
+}
+
+fn parse_formats(v: Option<&Value>, field: &str) -> Result<Vec<Format>, MessageError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| match i.as_str() {
+                Some("markdown") => Ok(Format::Markdown),
+                Some("links") => Ok(Format::Links),
+                Some("metadata") => Ok(Format::Metadata),
+                Some("json") | Some("structured") => Ok(Format::Json),
+                _ => Err(invalid(field, &format!("unknown format {i} (markdown | links | metadata | json)"))),
+            })
+            .collect(),
+        Some(_) => Err(invalid(field, "must be an array of strings")),
+    }
+}
+
+/// A job's state. Transitions: `pending` → `processing` → `completed` | `failed`;
+/// `processing` → `pending` (retry or budget deferral); `failed` → `processing` (DLQ redrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Known, not running (new, waiting for a retry, or deferred for budget).
+    Pending,
+    /// A worker holds the lease.
+    Processing,
+    /// Done; the result is stored. Terminal.
+    Completed,
+    /// Failed permanently; the message is in the DLQ.
+    Failed,
+}
+
+impl JobStatus {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+        }
+    }
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "pending" => JobStatus::Pending,
+            "processing" => JobStatus::Processing,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Token counts reported by the provider for one call (or summed over a job's calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Completion tokens, reasoning included.
+    pub output_tokens: u64,
+    /// The part of `output_tokens` spent on reasoning.
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// Adds another call's usage.
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+    }
+}
+
+/// How a job was routed: the model, its tier, the complexity score and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// The model first chosen.
+    pub model: String,
+    /// `nano`, `mini`, `full` or `production`.
+    pub tier: String,
+    /// The complexity score (0-100).
+    pub score: u32,
+    /// A short explanation of the decision.
+    pub reason: String,
+}
+
+/// One model call made for a job, kept on the record (every try is recorded and charged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The model called.
+    pub model: String,
+    /// `ok`, `invalid_output`, `rate_limited`, `server_error`, `timeout`, `error`.
+    pub outcome: String,
+    /// Tokens used by this call.
+    pub usage: Usage,
+    /// What this call cost, in micro-USD.
+    pub cost_micros: i64,
+    /// Wall time of the call in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// The failure kept on a job record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable reason (see [`crate::error::JobError::kind`]).
+    pub kind: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Whether the failure was permanent.
+    pub permanent: bool,
+}
+
+/// The job record kept in the job store (DynamoDB `atlas-codex-jobs-{stage}` or SQLite).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job's id (partition key).
+    pub id: String,
+    /// Current state.
+    pub status: JobStatus,
+    /// The stage that ran it.
+    pub stage: String,
+    /// `extract` or `crawl` (absent when the message could not be parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<String>,
+    /// The URL, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Tenant for cost attribution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// When the record was created.
+    pub created_at: DateTime<Utc>,
+    /// When the record last changed.
+    pub updated_at: DateTime<Utc>,
+    /// How many times a worker has claimed it.
+    pub attempts: u32,
+    /// The worker holding the lease while `processing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_owner: Option<String>,
+    /// When that lease runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Why a pending job is waiting (`retry`, `budget_exhausted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// The last error (current one when `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// The routing decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    /// The model whose answer was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Every model call made, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Attempt>,
+    /// Summed token usage.
+    #[serde(default)]
+    pub usage: Usage,
+    /// Total charged, in micro-USD (the exact unit the budget ledger uses).
+    #[serde(default)]
+    pub cost_micros: i64,
+    /// Where the full result lives in the artifacts store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
+    /// The result's `data`, inline when it serialises to at most 32 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// Wall time of the successful attempt in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// True when produced by the simulated provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
+    /// Unix time after which the store may delete the record (DynamoDB TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl JobRecord {
+    /// A fresh `pending` record.
+    pub fn new(id: &str, stage: &str, now: DateTime<Utc>) -> JobRecord {
+        JobRecord {
+            id: id.to_string(),
+            status: JobStatus::Pending,
+            stage: stage.to_string(),
+            job_type: None,
+            url: None,
+            tenant: None,
+            created_at: now,
+            updated_at: now,
+            attempts: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+            pending_reason: None,
+            error: None,
+            route: None,
+            model: None,
+            calls: Vec::new(),
+            usage: Usage::default(),
+            cost_micros: 0,
+            result_key: None,
+            data: None,
+            duration_ms: None,
+            simulated: false,
+            expires_at: None,
+        }
+    }
+
+    /// Total charged, in USD.
+    pub fn cost_usd(&self) -> f64 {
+        crate::pricing::micros_to_usd(self.cost_micros)
+    }
+}

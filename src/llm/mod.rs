@@ -1,0 +1,120 @@
+//! The LLM seam: [`LlmClient`] and its request/response types.
+//!
+//! Providers: [`openai`] (async-openai against any OpenAI-compatible server, chat completions)
+//! and [`simulated`] (schema-conforming answers with realistic usage and latency, no spending).
+
+
+
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::job::Usage;
+
+/// How the model must shape its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// Any JSON object (validated afterwards).
+    JsonObject,
+    /// Structured output against a schema.
+    JsonSchema {
+        /// Schema name sent to the provider (`[A-Za-z0-9_-]`).
+        name: String,
+        /// The (strict-adapted) schema.
+        schema: Value,
+        /// `strict: true` on the wire.
+        strict: bool,
+    },
+}
+
+/// Per-call parameters, from the model's tier settings in config.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CallParams {
+    /// gpt-5 style (`max_completion_tokens`, `reasoning_effort`, `verbosity`, no temperature)
+    /// rather than GPT-4 style (`max_tokens`, `temperature`).
+    pub reasoning_model: bool,
+    /// Upper bound on output tokens (also the budget reservation's output size).
+    pub max_output_tokens: u32,
+    /// GPT-4 class only.
+    pub temperature: Option<f32>,
+    /// gpt-5 only: `minimal` | `low` | `medium` | `high`.
+    pub reasoning_effort: Option<String>,
+    /// gpt-5 only: `low` | `medium` | `high`.
+    pub verbosity: Option<String>,
+}
+
+/// One chat completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmRequest {
+    /// Model id as the provider knows it.
+    pub model: String,
+    /// System message.
+    pub system: String,
+    /// User message (instructions plus the cleaned page).
+    pub user: String,
+    /// Output shape.
+    pub response_format: ResponseFormat,
+    /// Tier parameters.
+    pub params: CallParams,
+    /// The schema the answer must satisfy, for providers that synthesise answers (simulated).
+    pub output_schema: Option<Value>,
+}
+
+/// A completed call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmResponse {
+    /// The message content (JSON text for structured calls).
+    pub content: String,
+    /// Tokens as reported by the provider.
+    pub usage: Usage,
+    /// The model that answered.
+    pub model: String,
+    /// True for the simulated provider.
+    pub simulated: bool,
+}
+
+/// Why a call failed. None of these carry secrets.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// 429: slow down; never fails a job by itself.
+    #[error("rate limited (retry after {retry_after:?})")]
+    RateLimited {
+        /// From `Retry-After` or `x-ratelimit-reset-*`.
+        retry_after: Option<Duration>,
+    },
+    /// 5xx from the provider.
+    #[error("provider error {status}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Provider's message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("model call timed out")]
+    Timeout,
+    /// 4xx other than 429: the request itself is wrong (bad model id, bad schema).
+    #[error("request rejected {status}: {message}")]
+    BadRequest {
+        /// HTTP status.
+        status: u16,
+        /// Provider's message.
+        message: String,
+    },
+    /// Connection-level failure.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// A chat-completions provider.
+#[async_trait]
+pub trait LlmClient: Send + Sync + 'static {
+    /// Makes one call; no hidden retries (the caller decides on retries and fallbacks).
+    async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError>;
+    /// Provider name for logs (`openai`, `simulated`).
+    fn name(&self) -> &'static str;
+}
