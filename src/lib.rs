@@ -21,3 +21,5 @@ pub mod job;
 pub mod llm;
 pub mod pricing;
 pub mod settings;
+pub mod telemetry;
+pub mod admin;
