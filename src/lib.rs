@@ -23,3 +23,4 @@ pub mod pricing;
 pub mod settings;
 pub mod telemetry;
 pub mod admin;
+pub mod fetch;
