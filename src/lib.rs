@@ -24,3 +24,6 @@ pub mod settings;
 pub mod telemetry;
 pub mod admin;
 pub mod fetch;
+pub mod budget;
+pub mod ratelimit;
+pub mod route;
