@@ -30,8 +30,9 @@ pub struct Health {
 
 impl Health {
     /// A fresh state: not draining, backends not yet known to be reachable (so not ready).
-    pub fn new() -> Arc<Health> {
-        Arc::new(Health::default())
+    /// Share it as `Arc<Health>` between the worker and [`serve`].
+    pub fn new() -> Health {
+        Health::default()
     }
 
     /// The worker stopped taking work (SIGTERM): readiness fails from now on, for good.
