@@ -3,6 +3,7 @@
 //! Providers: [`openai`] (async-openai against any OpenAI-compatible server, chat completions)
 //! and [`simulated`] (schema-conforming answers with realistic usage and latency, no spending).
 
+pub mod openai;
 pub mod schema;
 pub mod simulated;
 
