@@ -6,6 +6,7 @@
 //! (SQS, DynamoDB, S3). The processing core only ever sees these traits, so it is tested
 //! without AWS.
 
+pub mod aws;
 pub mod local;
 
 use std::sync::Arc;
