@@ -27,3 +27,4 @@ pub mod fetch;
 pub mod budget;
 pub mod ratelimit;
 pub mod route;
+pub mod mock_openai;
