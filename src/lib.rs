@@ -28,3 +28,5 @@ pub mod budget;
 pub mod ratelimit;
 pub mod route;
 pub mod mock_openai;
+pub mod page;
+pub mod crawl;

@@ -1,0 +1,450 @@
+//! Page processing: fetched (or inline) HTML → clean Markdown, metadata and links, plus the
+//! token counting and truncation that keep a page inside the model's input budget.
+//!
+//! HTML is parsed with `scraper` (html5ever, the browsers' parsing algorithm) and converted to
+//! Markdown with `htmd`; nothing here parses HTML with string matching.
+//!
+//! Main content: the single `<article>` if there is exactly one, else `<main>`, else
+//! `[role=main]`, else every `<article>` when there are several, else `<body>`. Inside it,
+//! navigation and chrome are removed before conversion: `nav`, `aside`, `script`, `style`,
+//! `noscript`, `template`, `iframe`, `svg`, `canvas`, hidden inputs and `[hidden]` elements always;
+//! `footer` always; `header` only in the `<body>` fallback (an article's own header usually holds
+//! its title). Link and image URLs in the Markdown are made absolute.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::OnceLock;
+
+use scraper::{ElementRef, Html, Node, Selector};
+use serde::Serialize;
+use url::Url;
+
+/// Metadata found in a page's `<head>` (and JSON-LD blocks anywhere).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Metadata {
+    /// `<title>`, else `og:title`; whitespace collapsed.
+    pub title: Option<String>,
+    /// `<meta name=description>`, else `og:description`.
+    pub description: Option<String>,
+    /// `<link rel=canonical>`, absolute.
+    pub canonical_url: Option<String>,
+    /// `<html lang>` (else `Content-Language` meta).
+    pub language: Option<String>,
+    /// Open Graph properties keyed by their full name (`og:title`, `og:image` ...); first wins.
+    pub open_graph: BTreeMap<String, String>,
+    /// Twitter card properties keyed by their full name (`twitter:card` ...); first wins.
+    pub twitter: BTreeMap<String, String>,
+    /// Every valid JSON-LD block (top-level arrays are flattened); invalid blocks are skipped.
+    pub json_ld: Vec<serde_json::Value>,
+}
+
+/// A processed page: what the model and the result's `markdown`/`links`/`metadata` formats get.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Page {
+    /// The main content as Markdown.
+    pub markdown: String,
+    /// Head metadata and JSON-LD.
+    pub metadata: Metadata,
+    /// Absolute http(s) links, fragments stripped, de-duplicated, in document order.
+    pub links: Vec<String>,
+}
+
+/// Most JSON-LD blocks kept per page (a page is already size-capped; this bounds the output).
+const MAX_JSON_LD_BLOCKS: usize = 64;
+
+fn sel(s: &str) -> Option<Selector> {
+    Selector::parse(s).ok()
+}
+
+/// Selectors compiled once (parsing them is not free and they never change).
+struct Selectors {
+    title: Selector,
+    meta: Selector,
+    canonical: Selector,
+    html: Selector,
+    base: Selector,
+    json_ld: Selector,
+    links: Selector,
+    article: Selector,
+    main: Selector,
+    role_main: Selector,
+    body: Selector,
+    remove_always: Selector,
+    remove_body: Selector,
+    rewrite: Selector,
+}
+
+fn selectors() -> Option<&'static Selectors> {
+    static S: OnceLock<Option<Selectors>> = OnceLock::new();
+    S.get_or_init(|| {
+        Some(Selectors {
+            title: sel("title")?,
+            meta: sel("meta")?,
+            canonical: sel("link[rel~=\"canonical\" i][href]")?,
+            html: sel("html")?,
+            base: sel("base[href]")?,
+            json_ld: sel("script[type]")?,
+            links: sel("a[href], area[href]")?,
+            article: sel("article")?,
+            main: sel("main")?,
+            role_main: sel("[role=\"main\" i]")?,
+            body: sel("body")?,
+            remove_always: sel(
+                "nav, aside, footer, script, style, noscript, template, iframe, svg, canvas, object, embed, \
+                 input[type=\"hidden\" i], [hidden], [aria-hidden=\"true\"]",
+            )?,
+            remove_body: sel("header, [role=\"navigation\" i], [role=\"banner\" i], [role=\"contentinfo\" i]")?,
+            rewrite: sel("a[href], img[src]")?,
+        })
+    })
+    .as_ref()
+}
+
+/// Processes an HTML document. `base` is the page's URL (after redirects), used to make links
+/// absolute; a `<base href>` in the page takes precedence. Never fails: malformed HTML is parsed
+/// the way a browser would, and anything unusable is left out.
+pub fn process(html: &str, base: Option<&Url>) -> Page {
+    let Some(s) = selectors() else {
+        return text_page(html);
+    };
+    let mut doc = Html::parse_document(html);
+
+    let base_url = effective_base(&doc, s, base);
+    let metadata = extract_metadata(&doc, s, base_url.as_ref());
+    let links = extract_links(&doc, s, base_url.as_ref());
+
+    let (roots, is_body) = main_roots(&doc, s);
+    let mut markdown_parts = Vec::new();
+    for root in roots {
+        clean_subtree(&mut doc, s, root, is_body, base_url.as_ref());
+        if let Some(el) = doc.tree.get(root).and_then(ElementRef::wrap) {
+            let md = to_markdown(&el.html());
+            if !md.is_empty() {
+                markdown_parts.push(md);
+            }
+        }
+    }
+    Page { markdown: tidy(&markdown_parts.join("\n\n")), metadata, links }
+}
+
+/// A plain-text input as a [`Page`]: the text itself is the Markdown, http(s) URLs in it are its
+/// links, and there is no metadata.
+pub fn text_page(text: &str) -> Page {
+    let mut seen = HashSet::new();
+    let mut links = Vec::new();
+    for word in text.split_whitespace() {
+        let Some(start) = word.find("http://").or_else(|| word.find("https://")) else { continue };
+        let candidate = word[start..].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '}', '>', '"', '\'']);
+        if let Some(u) = absolute_http(candidate, None) {
+            if seen.insert(u.clone()) {
+                links.push(u);
+            }
+        }
+    }
+    Page { markdown: text.trim().to_string(), metadata: Metadata::default(), links }
+}
+
+/// The URL relative links resolve against: `<base href>` (itself resolved against the page URL),
+/// else the page URL.
+fn effective_base(doc: &Html, s: &Selectors, page: Option<&Url>) -> Option<Url> {
+    let href = doc.select(&s.base).next().and_then(|e| e.value().attr("href")).map(str::trim);
+    match (href, page) {
+        (Some(h), Some(p)) => p.join(h).ok().or_else(|| Some(p.clone())),
+        (Some(h), None) => Url::parse(h).ok(),
+        (None, p) => p.cloned(),
+    }
+    .filter(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+/// `href` made absolute, fragment stripped; `None` unless it is http(s).
+fn absolute_http(href: &str, base: Option<&Url>) -> Option<String> {
+    let href = href.trim();
+    if href.is_empty() || href.starts_with('#') {
+        return None;
+    }
+    let mut u = match base {
+        Some(b) => b.join(href).ok()?,
+        None => Url::parse(href).ok()?,
+    };
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return None;
+    }
+    u.set_fragment(None);
+    Some(u.to_string())
+}
+
+fn collapse_ws(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn extract_metadata(doc: &Html, s: &Selectors, base: Option<&Url>) -> Metadata {
+    let mut m = Metadata::default();
+    let mut description = None;
+    let mut content_language = None;
+    for meta in doc.select(&s.meta) {
+        let el = meta.value();
+        let key = el.attr("property").or_else(|| el.attr("name")).map(|k| k.trim().to_ascii_lowercase());
+        let content = el.attr("content").or_else(|| el.attr("value")).map(collapse_ws);
+        if let Some(h) = el.attr("http-equiv") {
+            if h.trim().eq_ignore_ascii_case("content-language") && content_language.is_none() {
+                content_language = content.clone().and_then(non_empty);
+            }
+        }
+        let (Some(key), Some(content)) = (key, content) else { continue };
+        if content.is_empty() {
+            continue;
+        }
+        if key.starts_with("og:") {
+            m.open_graph.entry(key).or_insert(content);
+        } else if key.starts_with("twitter:") {
+            m.twitter.entry(key).or_insert(content);
+        } else if key == "description" && description.is_none() {
+            description = Some(content);
+        }
+    }
+    m.title = doc
+        .select(&s.title)
+        .next()
+        .map(|t| collapse_ws(&t.text().collect::<String>()))
+        .and_then(non_empty)
+        .or_else(|| m.open_graph.get("og:title").cloned());
+    m.description = description.or_else(|| m.open_graph.get("og:description").cloned());
+    m.canonical_url =
+        doc.select(&s.canonical).next().and_then(|e| e.value().attr("href")).and_then(|h| absolute_http(h, base));
+    m.language = doc
+        .select(&s.html)
+        .next()
+        .and_then(|e| e.value().attr("lang"))
+        .map(|l| l.trim().to_string())
+        .and_then(non_empty)
+        .or(content_language);
+    for script in doc.select(&s.json_ld) {
+        let ty = script.value().attr("type").unwrap_or("").trim().to_ascii_lowercase();
+        if !ty.starts_with("application/ld+json") {
+            continue;
+        }
+        let raw: String = script.text().collect();
+        let mut body = raw.trim();
+        for (open, close) in [("<!--", "-->"), ("<![CDATA[", "]]>"), ("//<![CDATA[", "//]]>")] {
+            if let Some(inner) = body.strip_prefix(open) {
+                body = inner.trim().strip_suffix(close).unwrap_or(inner).trim();
+            }
+        }
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(items)) => m.json_ld.extend(items.into_iter().filter(|v| v.is_object())),
+            Ok(v @ serde_json::Value::Object(_)) => m.json_ld.push(v),
+            _ => {}
+        }
+        if m.json_ld.len() >= MAX_JSON_LD_BLOCKS {
+            m.json_ld.truncate(MAX_JSON_LD_BLOCKS);
+            break;
+        }
+    }
+    m
+}
+
+fn extract_links(doc: &Html, s: &Selectors, base: Option<&Url>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for a in doc.select(&s.links) {
+        if let Some(u) = a.value().attr("href").and_then(|h| absolute_http(h, base)) {
+            if seen.insert(u.clone()) {
+                out.push(u);
+            }
+        }
+    }
+    out
+}
+
+/// The node(s) holding the main content, and whether that is the `<body>` fallback.
+fn main_roots(doc: &Html, s: &Selectors) -> (Vec<ego_tree::NodeId>, bool) {
+    let articles: Vec<_> = doc.select(&s.article).map(|e| e.id()).collect();
+    if articles.len() == 1 {
+        return (articles, false);
+    }
+    if let Some(m) = doc.select(&s.main).next().or_else(|| doc.select(&s.role_main).next()) {
+        return (vec![m.id()], false);
+    }
+    if articles.len() > 1 {
+        // Nested articles (comments inside a post) would be emitted twice; keep outermost ones.
+        let set: HashSet<_> = articles.iter().copied().collect();
+        let outer = articles
+            .into_iter()
+            .filter(|id| {
+                doc.tree
+                    .get(*id)
+                    .map(|n| !n.ancestors().any(|a| set.contains(&a.id())))
+                    .unwrap_or(false)
+            })
+            .collect();
+        return (outer, false);
+    }
+    match doc.select(&s.body).next() {
+        Some(b) => (vec![b.id()], true),
+        None => (vec![doc.root_element().id()], true),
+    }
+}
+
+/// Removes chrome below `root` and makes link/image URLs absolute.
+fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body: bool, base: Option<&Url>) {
+    let Some(el) = doc.tree.get(root).and_then(ElementRef::wrap) else { return };
+    let mut remove: Vec<_> = el.select(&s.remove_always).map(|e| e.id()).collect();
+    if is_body {
+        remove.extend(el.select(&s.remove_body).map(|e| e.id()));
+    }
+    let mut rewrite = Vec::new();
+    if let Some(base) = base {
+        for e in el.select(&s.rewrite) {
+            let attr = if e.value().name() == "a" { "href" } else { "src" };
+            if let Some(abs) = e.value().attr(attr).and_then(|v| absolute_url_any(v, base)) {
+                rewrite.push((e.id(), attr, abs));
+            }
+        }
+    }
+    for id in remove {
+        if let Some(mut n) = doc.tree.get_mut(id) {
+            n.detach();
+        }
+    }
+    for (id, attr, abs) in rewrite {
+        if let Some(mut n) = doc.tree.get_mut(id) {
+            if let Node::Element(e) = n.value() {
+                for (name, value) in e.attrs.iter_mut() {
+                    if &*name.local == attr {
+                        *value = abs.as_str().into();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Like [`absolute_http`] but keeps fragments (in-page anchors stay meaningful in Markdown).
+fn absolute_url_any(v: &str, base: &Url) -> Option<String> {
+    let v = v.trim();
+    if v.is_empty() || v.starts_with('#') {
+        return None;
+    }
+    let u = base.join(v).ok()?;
+    matches!(u.scheme(), "http" | "https").then(|| u.to_string())
+}
+
+fn to_markdown(html: &str) -> String {
+    let converter = htmd::HtmlToMarkdown::builder()
+        .skip_tags(vec![
+            "script", "style", "noscript", "template", "iframe", "svg", "canvas", "object", "embed", "nav", "aside",
+            "head", "input", "button", "select", "textarea",
+        ])
+        .build();
+    converter.convert(html).unwrap_or_default()
+}
+
+/// Trims lines' trailing spaces' excess and collapses runs of blank lines.
+fn tidy(md: &str) -> String {
+    let mut out = String::with_capacity(md.len());
+    let mut blank = 0;
+    for line in md.lines() {
+        if line.trim().is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+            out.push('\n');
+        } else {
+            blank = 0;
+            out.push_str(line.trim_end_matches([' ', '\t']).trim_end());
+            if line.ends_with("  ") {
+                out.push_str("  "); // Markdown hard line break
+            }
+            out.push('\n');
+        }
+    }
+    out.trim().to_string()
+}
+
+fn bpe() -> Option<&'static tiktoken_rs::CoreBPE> {
+    static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+}
+
+/// Tokens in `text` under the o200k_base encoding (the GPT-4o / GPT-5 family). Special-token
+/// strings in page content are counted as ordinary text. If the encoding cannot be loaded (it is
+/// compiled in, so this should not happen) it estimates one token per 4 bytes.
+pub fn count_tokens(text: &str) -> usize {
+    match bpe() {
+        Some(b) => b.encode_ordinary(text).len(),
+        None => text.len().div_ceil(4),
+    }
+}
+
+/// Cuts `markdown` so that it, plus a note saying so, fits in `max_tokens` (o200k_base); returns
+/// the text and whether it was cut. The note reads `[content truncated to N of M tokens]`. When
+/// `max_tokens` is smaller than the note itself, the note alone is returned.
+pub fn truncate_to_tokens(markdown: &str, max_tokens: usize) -> (String, bool) {
+    let Some(b) = bpe() else {
+        let limit = max_tokens.saturating_mul(4);
+        if markdown.len() <= limit {
+            return (markdown.to_string(), false);
+        }
+        let mut cut = limit.min(markdown.len());
+        while !markdown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return (format!("{}\n\n[content truncated to about {max_tokens} tokens]", &markdown[..cut]), true);
+    };
+    let tokens = b.encode_ordinary(markdown);
+    let total = tokens.len();
+    if total <= max_tokens {
+        return (markdown.to_string(), false);
+    }
+    let probe = format!("\n\n[content truncated to {max_tokens} of {total} tokens]");
+    let keep = max_tokens.saturating_sub(b.encode_ordinary(&probe).len());
+    let bytes = b.decode_bytes(&tokens[..keep]).unwrap_or_default();
+    // Only the tail can hold a partial UTF-8 sequence; cut it off.
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t.to_string(),
+        Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
+    };
+    let text = text.trim_end();
+    let note = format!("[content truncated to {keep} of {total} tokens]");
+    if text.is_empty() {
+        (note, true)
+    } else {
+        (format!("{text}\n\n{note}"), true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_fits_and_notes() {
+        let text = "word ".repeat(5000);
+        let (out, cut) = truncate_to_tokens(&text, 100);
+        assert!(cut);
+        assert!(out.contains("[content truncated to"), "{out}");
+        assert!(count_tokens(&out) <= 100, "{}", count_tokens(&out));
+        let (same, cut) = truncate_to_tokens("short text", 100);
+        assert_eq!((same.as_str(), cut), ("short text", false));
+    }
+
+    #[test]
+    fn truncation_never_splits_chars() {
+        let text = "日本語のテキスト🎉".repeat(500);
+        for max in [20, 21, 22, 23, 50] {
+            let (out, cut) = truncate_to_tokens(&text, max);
+            assert!(cut);
+            assert!(!out.contains('\u{fffd}'));
+        }
+    }
+
+    #[test]
+    fn text_page_links() {
+        let p = text_page("see https://a.example/x#top, and (http://b.example/y). ftp://c.example/z");
+        assert_eq!(p.links, vec!["https://a.example/x", "http://b.example/y"]);
+    }
+}
