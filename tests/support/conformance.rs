@@ -1,0 +1,940 @@
+//! The backend conformance suite: every line of the contracts in `atlas_codex::backend`, written
+//! once against the traits, run against every implementation.
+//!
+//! Why it exists: the worker only sees the four traits, so each implementation (embedded SQLite,
+//! AWS on moto) must behave the same way. Each check takes a factory that makes FRESH state (a new
+//! queue, table, ledger or bucket), so checks never see each other's data and may run in parallel.
+//!
+//! Written to run on an emulator too: queue depths stay small (≤ 12 messages), waits use whole
+//! seconds (visibility timeouts of 1-2 s, long polls of 1 s), and no check relies on sub-second
+//! timing. Ids are random so a shared table cannot confuse two checks.
+//!
+//! Use from a test file (after `mod support;`):
+//! ```ignore
+//! support::conformance::queue_tests!(my_queue_factory());      // a `MakeQueue`
+//! support::conformance::job_store_tests!(my_jobs_factory());   // a `MakeJobs`
+//! support::conformance::ledger_tests!(my_ledger_factory());    // a `MakeLedger`
+//! support::conformance::artifact_tests!(my_artifacts_factory()); // a `MakeArtifacts`
+//! ```
+//! Each macro expands to one `#[tokio::test]` per check (put it in its own `mod` to run several
+//! implementations in one file). The `*_contract` functions run a whole suite in one call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atlas_codex::backend::{
+    ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, Reservation,
+    ReserveOutcome,
+};
+use atlas_codex::job::{Attempt, JobRecord, JobStatus, Usage};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+
+/// A boxed future, so factories can be stored as trait objects.
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The queue attributes a check needs (the SQS attributes' counterparts).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSpec {
+    /// How long a received message stays hidden (whole seconds on SQS).
+    pub visibility_timeout: Duration,
+    /// Receives after which the queue itself moves a message to the DLQ.
+    pub max_receive_count: u32,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 3 }
+    }
+}
+
+/// Makes a fresh, empty queue (with an empty DLQ) with the given attributes.
+pub type MakeQueue = Arc<dyn Fn(QueueSpec) -> BoxFut<Arc<dyn Queue>> + Send + Sync>;
+/// Makes a fresh, empty job store.
+pub type MakeJobs = Arc<dyn Fn() -> BoxFut<Arc<dyn JobStore>> + Send + Sync>;
+/// Makes a fresh, empty budget ledger.
+pub type MakeLedger = Arc<dyn Fn() -> BoxFut<Arc<dyn BudgetLedger>> + Send + Sync>;
+/// Makes a fresh, empty artifacts store.
+pub type MakeArtifacts = Arc<dyn Fn() -> BoxFut<Arc<dyn ArtifactStore>> + Send + Sync>;
+
+/// Boxes a closure into a [`MakeQueue`].
+pub fn make_queue<F, Fut>(f: F) -> MakeQueue
+where
+    F: Fn(QueueSpec) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn Queue>> + Send + 'static,
+{
+    Arc::new(move |s| Box::pin(f(s)))
+}
+/// Boxes a closure into a [`MakeJobs`].
+pub fn make_jobs<F, Fut>(f: F) -> MakeJobs
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn JobStore>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+/// Boxes a closure into a [`MakeLedger`].
+pub fn make_ledger<F, Fut>(f: F) -> MakeLedger
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn BudgetLedger>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+/// Boxes a closure into a [`MakeArtifacts`].
+pub fn make_artifacts<F, Fut>(f: F) -> MakeArtifacts
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn ArtifactStore>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// A random suffix for ids, so checks sharing a table never collide.
+pub fn uniq(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Receives until `want` messages arrived or `within` passed (long polls of 1 s).
+pub async fn receive_n(q: &dyn Queue, want: usize, within: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + within;
+    let mut out: Vec<Message> = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        let got = q.receive((want - out.len()).min(10), SEC).await.expect("receive");
+        out.extend(got);
+    }
+    out
+}
+
+/// Receives one message, waiting up to `within`.
+pub async fn receive_one(q: &dyn Queue, within: Duration) -> Message {
+    let mut got = receive_n(q, 1, within).await;
+    assert_eq!(got.len(), 1, "expected one message within {within:?}");
+    got.remove(0)
+}
+
+/// Asserts nothing is receivable during one 1 s long poll.
+pub async fn assert_nothing_visible(q: &dyn Queue, why: &str) {
+    let got = q.receive(10, SEC).await.expect("receive");
+    assert!(got.is_empty(), "{why}: got {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+}
+
+// =============================================================================================
+// Queue
+
+/// Send, receive, delete: the body round-trips, the first delivery counts 1, `sent_at` is about
+/// now, and a deleted message never comes back.
+pub async fn queue_send_receive_delete(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    let before = Utc::now();
+    let body = r#"{"job_id":"a","text":"héllo ✓"}"#;
+    let id = q.send(body, Duration::ZERO).await.expect("send");
+    assert!(!id.is_empty(), "send returns the message id");
+    let m = receive_one(&*q, Duration::from_secs(5)).await;
+    assert_eq!(m.body, body);
+    assert_eq!(m.message_id, id);
+    assert_eq!(m.receive_count, 1, "a new message starts at 0, so its first delivery counts 1");
+    let sent = m.sent_at.expect("sent_at is known");
+    assert!((sent - before).num_seconds().abs() <= 60, "sent_at {sent} is not about now ({before})");
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.visible, d.in_flight, d.delayed), (0, 1, 0), "{d:?}");
+    assert!(!d.is_drained());
+    let failed = q.delete_batch(&[m.receipt.clone()]).await.expect("delete");
+    assert!(failed.is_empty(), "{failed:?}");
+    let d = q.depth().await.expect("depth");
+    assert!(d.is_drained(), "{d:?}");
+    assert_eq!(d.dead_letters, 0);
+    // Wait past the visibility timeout: a deleted message stays gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_nothing_visible(&*q, "deleted message came back").await;
+}
+
+/// A received message is invisible to other receivers for the visibility timeout, then comes
+/// back with its receive count increased and a new receipt.
+pub async fn queue_visibility_and_redelivery(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 5 }).await;
+    q.send("redeliver-me", Duration::ZERO).await.expect("send");
+    let first = receive_one(&*q, Duration::from_secs(5)).await;
+    let t0 = Instant::now();
+    assert_eq!(first.receive_count, 1);
+    let hidden = q.receive(10, Duration::ZERO).await.expect("receive");
+    assert!(hidden.is_empty(), "a received message must be invisible to other receivers");
+    let second = receive_one(&*q, Duration::from_secs(8)).await;
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "came back after {waited:?}, before its 2 s timeout");
+    assert_eq!(second.message_id, first.message_id);
+    assert_eq!(second.body, "redeliver-me");
+    assert_eq!(second.receive_count, 2, "the redelivery counts");
+    assert_ne!(second.receipt, first.receipt, "each delivery has its own receipt");
+    assert!(q.delete_batch(&[second.receipt]).await.expect("delete").is_empty());
+}
+
+/// `set_visibility(receipt, 0)` gives a message back at once; a longer timeout keeps it hidden
+/// past the queue's own timeout (the heartbeat); a stale receipt is an error.
+pub async fn queue_set_visibility(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(1), max_receive_count: 5 }).await;
+    q.send("vis", Duration::ZERO).await.expect("send");
+    let m = receive_one(&*q, Duration::from_secs(5)).await;
+    q.set_visibility(&m.receipt, Duration::ZERO).await.expect("set_visibility 0");
+    let t0 = Instant::now();
+    let again = receive_one(&*q, Duration::from_secs(3)).await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "visibility 0 should make it visible at once");
+    assert_eq!(again.receive_count, 2);
+
+    // Heartbeat: extend to 4 s; the queue's own 1 s timeout must not bring it back.
+    q.set_visibility(&again.receipt, Duration::from_secs(4)).await.expect("extend");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_nothing_visible(&*q, "an extended message reappeared early").await;
+    let back = receive_one(&*q, Duration::from_secs(6)).await;
+    assert_eq!(back.receive_count, 3);
+
+    // Stale: after delete, the receipt no longer acts on anything.
+    assert!(q.delete_batch(&[back.receipt.clone()]).await.expect("delete").is_empty());
+    let err = q.set_visibility(&back.receipt, Duration::ZERO).await;
+    assert!(err.is_err(), "set_visibility with the receipt of a deleted message must fail");
+    assert_nothing_visible(&*q, "stale set_visibility resurrected a message").await;
+}
+
+/// A message received more than `max_receive_count` times is moved to the DLQ by `receive`
+/// itself, is not returned, and keeps its body; a redrive-policy move has no reason.
+pub async fn queue_auto_dead_letter(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 2 }).await;
+    q.send("poison", Duration::ZERO).await.expect("send");
+    for n in 1..=2u32 {
+        let m = receive_one(&*q, Duration::from_secs(5)).await;
+        assert_eq!(m.receive_count, n);
+        q.set_visibility(&m.receipt, Duration::ZERO).await.expect("give back");
+    }
+    // The third receive would exceed the limit: the queue dead-letters it instead.
+    let got = receive_n(&*q, 1, Duration::from_secs(3)).await;
+    assert!(got.is_empty(), "a message past max_receive_count was delivered: {got:?}");
+    let dlq = q.dlq_peek(10).await.expect("peek");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].body, "poison");
+    assert_eq!(dlq[0].reason, None, "redrive-policy moves carry no reason");
+    assert_eq!(dlq[0].receive_count, 2, "receives before it was dead-lettered");
+    let d = q.depth().await.expect("depth");
+    assert!(d.is_drained(), "{d:?}");
+    assert_eq!(d.dead_letters, 1);
+}
+
+/// `dead_letter` moves a message to the DLQ at once, with its reason, on its first receive.
+pub async fn queue_dead_letter_with_reason(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(1), max_receive_count: 5 }).await;
+    q.send("bad-message", Duration::ZERO).await.expect("send");
+    let m = receive_one(&*q, Duration::from_secs(5)).await;
+    q.dead_letter(&m, "invalid_message").await.expect("dead_letter");
+    let dlq = q.dlq_peek(10).await.expect("peek");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].body, "bad-message");
+    assert_eq!(dlq[0].reason.as_deref(), Some("invalid_message"));
+    assert_eq!(dlq[0].receive_count, 1);
+    // Gone from the queue, even after its visibility timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_nothing_visible(&*q, "a dead-lettered message is still on the queue").await;
+    let d = q.depth().await.expect("depth");
+    assert!(d.is_drained(), "{d:?}");
+    assert_eq!(d.dead_letters, 1);
+}
+
+/// `dlq_peek` lists without consuming and honours `max`.
+pub async fn queue_dlq_peek_does_not_consume(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    q.send_batch(&["d1".to_string(), "d2".to_string()]).await.expect("send");
+    let ms = receive_n(&*q, 2, Duration::from_secs(5)).await;
+    assert_eq!(ms.len(), 2);
+    for m in &ms {
+        q.dead_letter(m, "test").await.expect("dead_letter");
+    }
+    for _ in 0..2 {
+        let dlq = q.dlq_peek(10).await.expect("peek");
+        let bodies: BTreeSet<_> = dlq.iter().map(|d| d.body.as_str()).collect();
+        assert_eq!(bodies, BTreeSet::from(["d1", "d2"]), "peek must not consume");
+    }
+    assert_eq!(q.dlq_peek(1).await.expect("peek").len(), 1, "peek honours max");
+    assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
+}
+
+/// `dlq_redrive(max)` moves up to `max` (all with `None`) back with receive counts reset.
+pub async fn queue_dlq_redrive(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 2 }).await;
+    q.send_batch(&["r1".to_string(), "r2".to_string()]).await.expect("send");
+    // Both reach receive count 2, then one is dead-lettered by hand and one by the queue.
+    let mut last = Vec::new();
+    for _ in 0..2 {
+        let ms = receive_n(&*q, 2, Duration::from_secs(5)).await;
+        assert_eq!(ms.len(), 2);
+        last = ms;
+        for m in &last {
+            q.set_visibility(&m.receipt, Duration::ZERO).await.expect("give back");
+        }
+    }
+    let hand = receive_n(&*q, 2, Duration::from_secs(3)).await;
+    assert!(hand.is_empty(), "both passed max_receive_count: {hand:?}");
+    assert!(last.iter().all(|m| m.receive_count == 2));
+    assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
+
+    assert_eq!(q.dlq_redrive(Some(1)).await.expect("redrive 1"), 1);
+    assert_eq!(q.dlq_peek(10).await.expect("peek").len(), 1);
+    assert_eq!(q.dlq_redrive(None).await.expect("redrive all"), 1);
+    assert!(q.dlq_peek(10).await.expect("peek").is_empty());
+    assert_eq!(q.dlq_redrive(None).await.expect("redrive empty"), 0);
+
+    let back = receive_n(&*q, 2, Duration::from_secs(5)).await;
+    let bodies: BTreeSet<_> = back.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, BTreeSet::from(["r1", "r2"]));
+    for m in &back {
+        assert_eq!(m.receive_count, 1, "redrive resets the receive count");
+    }
+    let receipts: Vec<String> = back.iter().map(|m| m.receipt.clone()).collect();
+    assert!(q.delete_batch(&receipts).await.expect("delete").is_empty());
+}
+
+/// `delete_batch` deletes the good receipts and returns the bad one without failing the batch.
+pub async fn queue_delete_batch_partial(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    q.send_batch(&["x1".to_string(), "x2".to_string(), "x3".to_string()]).await.expect("send");
+    let ms = receive_n(&*q, 3, Duration::from_secs(5)).await;
+    assert_eq!(ms.len(), 3);
+    let bogus = "not-a-receipt-this-queue-ever-issued".to_string();
+    let mut receipts: Vec<String> = ms.iter().map(|m| m.receipt.clone()).collect();
+    receipts.insert(1, bogus.clone());
+    let failed = q.delete_batch(&receipts).await.expect("delete_batch must not fail for one bad entry");
+    assert_eq!(failed, vec![bogus]);
+    assert!(q.delete_batch(&[]).await.expect("empty batch").is_empty());
+    let d = q.depth().await.expect("depth");
+    assert!(d.is_drained(), "the good receipts were deleted: {d:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_nothing_visible(&*q, "a deleted message came back").await;
+}
+
+/// `send` with a delay keeps the message invisible (counted as delayed) for that long; delays
+/// over 15 minutes are refused.
+pub async fn queue_delayed_send(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    let t0 = Instant::now();
+    q.send("later", Duration::from_secs(2)).await.expect("send");
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.visible, d.delayed), (0, 1), "{d:?}");
+    let early = q.receive(10, Duration::ZERO).await.expect("receive");
+    assert!(early.is_empty(), "a delayed message was delivered early");
+    let m = receive_one(&*q, Duration::from_secs(8)).await;
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "delivered after {:?}", t0.elapsed());
+    assert_eq!(m.body, "later");
+    assert_eq!(m.receive_count, 1);
+    assert!(q.send("too-late", Duration::from_secs(16 * 60)).await.is_err(), "delay > 15 min");
+}
+
+/// `receive` waits up to `wait` for the first message (long poll) and returns as soon as one
+/// arrives; on an empty queue it returns empty after about `wait`.
+pub async fn queue_long_poll(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    let t0 = Instant::now();
+    let got = q.receive(10, SEC).await.expect("receive");
+    assert!(got.is_empty());
+    assert!(t0.elapsed() >= Duration::from_millis(900), "returned after {:?}, not a long poll", t0.elapsed());
+
+    let sender = q.clone();
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(SEC).await;
+        sender.send("arrives-later", Duration::ZERO).await.expect("send");
+    });
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    // One long poll of up to 10 s (retried once in case an emulator returns early and empty).
+    for _ in 0..2 {
+        got = q.receive(1, Duration::from_secs(10)).await.expect("receive");
+        if !got.is_empty() {
+            break;
+        }
+    }
+    let waited = t0.elapsed();
+    task.await.expect("sender task");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "arrives-later");
+    assert!(waited < Duration::from_secs(6), "long poll did not return on arrival ({waited:?})");
+}
+
+/// `receive` returns at most `max`; `send_batch` takes more than one SQS batch (12 bodies) and
+/// every message is delivered exactly once while unexpired; depth counts them.
+pub async fn queue_batches_and_max(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(30), max_receive_count: 3 }).await;
+    let bodies: Vec<String> = (0..12).map(|i| format!("b{i:02}")).collect();
+    q.send_batch(&bodies).await.expect("send_batch");
+    q.send_batch(&[]).await.expect("empty send_batch");
+    let d = q.depth().await.expect("depth");
+    assert_eq!(d.visible, 12, "{d:?}");
+    let two = q.receive(2, SEC).await.expect("receive");
+    assert!(!two.is_empty() && two.len() <= 2, "receive(2) gave {}", two.len());
+    let rest = receive_n(&*q, 12 - two.len(), Duration::from_secs(10)).await;
+    let all: Vec<&Message> = two.iter().chain(rest.iter()).collect();
+    let got: BTreeSet<&str> = all.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(all.len(), 12, "each message delivered once");
+    assert_eq!(got, bodies.iter().map(String::as_str).collect());
+    let ids: BTreeSet<&str> = all.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids.len(), 12, "message ids are distinct");
+    let d = q.depth().await.expect("depth");
+    assert_eq!((d.visible, d.in_flight), (0, 12), "{d:?}");
+    let receipts: Vec<String> = all.iter().map(|m| m.receipt.clone()).collect();
+    assert!(q.delete_batch(&receipts).await.expect("delete 12").is_empty());
+    assert!(q.depth().await.expect("depth").is_drained());
+}
+
+/// Runs every queue check in turn.
+pub async fn queue_contract(make: &MakeQueue) {
+    queue_send_receive_delete(make).await;
+    queue_visibility_and_redelivery(make).await;
+    queue_set_visibility(make).await;
+    queue_auto_dead_letter(make).await;
+    queue_dead_letter_with_reason(make).await;
+    queue_dlq_peek_does_not_consume(make).await;
+    queue_dlq_redrive(make).await;
+    queue_delete_batch_partial(make).await;
+    queue_delayed_send(make).await;
+    queue_long_poll(make).await;
+    queue_batches_and_max(make).await;
+}
+
+/// One `#[tokio::test]` per queue check, against the [`MakeQueue`] expression given.
+macro_rules! queue_tests {
+    ($make:expr) => {
+        $crate::support::conformance::__tests!(make_queue_: $make; MakeQueue;
+            queue_send_receive_delete, queue_visibility_and_redelivery, queue_set_visibility,
+            queue_auto_dead_letter, queue_dead_letter_with_reason, queue_dlq_peek_does_not_consume,
+            queue_dlq_redrive, queue_delete_batch_partial, queue_delayed_send, queue_long_poll,
+            queue_batches_and_max);
+    };
+}
+pub(crate) use queue_tests;
+
+// =============================================================================================
+// Job store
+
+fn t(base: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    base + ChronoDuration::seconds(secs)
+}
+
+fn claimed(c: Claim) -> JobRecord {
+    match c {
+        Claim::Claimed(r) => r,
+        other => panic!("expected Claimed, got {other:?}"),
+    }
+}
+
+fn is_conflict(r: Result<(), BackendError>) -> bool {
+    matches!(r, Err(BackendError::Conflict(_)))
+}
+
+/// Claiming an unknown job creates it as `processing` with the caller's lease, attempt 1, stage.
+pub async fn jobs_claim_creates(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("new");
+    let now = Utc::now();
+    let rec = claimed(s.claim(&id, "teststage", "w1", t(now, 60), now).await.expect("claim"));
+    assert_eq!(rec.id, id);
+    assert_eq!(rec.status, JobStatus::Processing);
+    assert_eq!(rec.stage, "teststage");
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(rec.lease_owner.as_deref(), Some("w1"));
+    assert_eq!(rec.lease_expires_at, Some(t(now, 60)));
+    let stored = s.get(&id).await.expect("get").expect("stored");
+    assert_eq!(stored, rec, "get returns the record as stored after the claim");
+    assert!(s.get(&uniq("absent")).await.expect("get").is_none());
+}
+
+/// A live lease held by another worker gives `Busy` (with owner and expiry) and changes nothing;
+/// once it has expired another worker takes over, and the old owner can neither renew nor finish.
+pub async fn jobs_busy_then_expired_takeover(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("lease");
+    let now = Utc::now();
+    claimed(s.claim(&id, "st", "w1", t(now, 30), now).await.expect("claim"));
+    match s.claim(&id, "st", "w2", t(now, 60), t(now, 10)).await.expect("claim") {
+        Claim::Busy { owner, until } => {
+            assert_eq!(owner, "w1");
+            assert_eq!(until, t(now, 30));
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    let r = s.get(&id).await.expect("get").expect("stored");
+    assert_eq!((r.attempts, r.lease_owner.as_deref()), (1, Some("w1")), "Busy changes nothing");
+
+    // w1's lease ran out at +30; at +31 w2 takes over.
+    let r2 = claimed(s.claim(&id, "st", "w2", t(now, 91), t(now, 31)).await.expect("claim"));
+    assert_eq!(r2.attempts, 2);
+    assert_eq!(r2.lease_owner.as_deref(), Some("w2"));
+    assert_eq!(r2.lease_expires_at, Some(t(now, 91)));
+    assert!(!s.renew(&id, "w1", t(now, 120)).await.expect("renew"), "w1 lost the lease");
+    let mut done = r2.clone();
+    done.status = JobStatus::Completed;
+    done.lease_owner = None;
+    done.lease_expires_at = None;
+    assert!(is_conflict(s.finish(&done, "w1").await), "w1 must not finish w2's job");
+    s.finish(&done, "w2").await.expect("w2 finishes");
+}
+
+/// `renew` extends only the owner's lease; others get `false`; the new expiry is what `Busy` reports.
+pub async fn jobs_renew(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("renew");
+    let now = Utc::now();
+    claimed(s.claim(&id, "st", "w1", t(now, 30), now).await.expect("claim"));
+    assert!(s.renew(&id, "w1", t(now, 300)).await.expect("renew"));
+    assert!(!s.renew(&id, "w2", t(now, 900)).await.expect("renew by other"));
+    assert!(!s.renew(&uniq("absent"), "w1", t(now, 900)).await.expect("renew absent"));
+    // At +100 the original lease would have expired; the renewed one has not.
+    match s.claim(&id, "st", "w2", t(now, 400), t(now, 100)).await.expect("claim") {
+        Claim::Busy { owner, until } => {
+            assert_eq!(owner, "w1");
+            assert_eq!(until, t(now, 300));
+        }
+        other => panic!("renew did not extend the lease: {other:?}"),
+    }
+    let r = s.get(&id).await.expect("get").expect("stored");
+    assert_eq!(r.lease_expires_at, Some(t(now, 300)));
+}
+
+/// `finish` writes the whole record while the owner holds the lease; a completed job gives
+/// `AlreadyCompleted`; finishing twice, or by a non-owner, is a `Conflict`.
+pub async fn jobs_finish_and_already_completed(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("done");
+    let now = Utc::now();
+    let mut r = claimed(s.claim(&id, "st", "w1", t(now, 60), now).await.expect("claim"));
+
+    let mut stranger = r.clone();
+    stranger.status = JobStatus::Completed;
+    assert!(is_conflict(s.finish(&stranger, "w2").await), "a non-owner's finish is a Conflict");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored").status, JobStatus::Processing);
+
+    r.status = JobStatus::Completed;
+    r.lease_owner = None;
+    r.lease_expires_at = None;
+    r.updated_at = t(now, 5);
+    r.model = Some("model-x".into());
+    r.data = Some(serde_json::json!({"title": "ok", "n": 3}));
+    r.cost_micros = 1234;
+    s.finish(&r, "w1").await.expect("finish");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored"), r, "finish writes the whole record");
+    assert!(is_conflict(s.finish(&r, "w1").await), "finish needs stored status processing");
+
+    match s.claim(&id, "st", "w3", t(now, 120), t(now, 10)).await.expect("claim") {
+        Claim::AlreadyCompleted(rec) => assert_eq!(rec, r),
+        other => panic!("expected AlreadyCompleted, got {other:?}"),
+    }
+    assert_eq!(s.get(&id).await.expect("get").expect("stored"), r, "claim of a completed job changes nothing");
+    let missing = JobRecord::new(&uniq("never"), "st", now);
+    assert!(is_conflict(s.finish(&missing, "w1").await), "finish of an unknown job is a Conflict");
+}
+
+/// `pending` and `failed` jobs can be claimed again; `attempts` counts and earlier calls and
+/// costs are kept.
+pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("again");
+    let now = Utc::now();
+    let mut r = claimed(s.claim(&id, "st", "w1", t(now, 60), now).await.expect("claim"));
+    r.status = JobStatus::Pending;
+    r.pending_reason = Some("retry".into());
+    r.lease_owner = None;
+    r.lease_expires_at = None;
+    r.calls.push(Attempt {
+        model: "model-x".into(),
+        outcome: "invalid_output".into(),
+        usage: Usage { input_tokens: 100, cached_input_tokens: 0, output_tokens: 20, reasoning_tokens: 0 },
+        cost_micros: 77,
+        latency_ms: 12,
+    });
+    r.cost_micros = 77;
+    s.finish(&r, "w1").await.expect("finish pending");
+
+    let r2 = claimed(s.claim(&id, "st", "w2", t(now, 160), t(now, 100)).await.expect("claim pending"));
+    assert_eq!(r2.attempts, 2);
+    assert_eq!(r2.status, JobStatus::Processing);
+    assert_eq!(r2.calls, r.calls, "earlier calls kept");
+    assert_eq!(r2.cost_micros, 77, "earlier cost kept");
+    assert!(r2.updated_at >= r.updated_at);
+
+    let mut f = r2.clone();
+    f.status = JobStatus::Failed;
+    f.lease_owner = None;
+    f.lease_expires_at = None;
+    s.finish(&f, "w2").await.expect("finish failed");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored").status, JobStatus::Failed);
+
+    // failed → processing (DLQ redrive).
+    let r3 = claimed(s.claim(&id, "st", "w3", t(now, 260), t(now, 200)).await.expect("claim failed"));
+    assert_eq!(r3.attempts, 3);
+    assert_eq!(r3.lease_owner.as_deref(), Some("w3"));
+    assert_eq!(r3.cost_micros, 77);
+}
+
+/// `put_if_absent` creates once and never overwrites; a put `pending` job is claimable.
+pub async fn jobs_put_if_absent(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("put");
+    let now = Utc::now();
+    let mut rec = JobRecord::new(&id, "st", now);
+    rec.url = Some("https://example.com/".into());
+    rec.tenant = Some("acme".into());
+    assert!(s.put_if_absent(&rec).await.expect("put"));
+    let mut other = rec.clone();
+    other.url = Some("https://other.example/".into());
+    assert!(!s.put_if_absent(&other).await.expect("put again"), "an existing record is kept");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored"), rec);
+    let c = claimed(s.claim(&id, "st", "w1", t(now, 60), now).await.expect("claim"));
+    assert_eq!(c.attempts, 1);
+    assert_eq!(c.url, rec.url);
+    assert_eq!(c.tenant.as_deref(), Some("acme"));
+}
+
+/// `list` is newest first, filters by status and honours the limit.
+pub async fn jobs_list(make: &MakeJobs) {
+    let s = make().await;
+    let base = Utc::now() - ChronoDuration::hours(1);
+    let mut ids = Vec::new();
+    for (i, status) in
+        [JobStatus::Pending, JobStatus::Completed, JobStatus::Pending, JobStatus::Failed].iter().enumerate()
+    {
+        let id = uniq(&format!("list{i}"));
+        let mut r = JobRecord::new(&id, "st", t(base, i as i64 * 10));
+        r.status = *status;
+        assert!(s.put_if_absent(&r).await.expect("put"));
+        ids.push(id);
+    }
+    let all: Vec<String> = s.list(None, 100).await.expect("list").into_iter().map(|r| r.id).collect();
+    let expected: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(all, expected, "newest first");
+    let pending: Vec<String> =
+        s.list(Some(JobStatus::Pending), 100).await.expect("list").into_iter().map(|r| r.id).collect();
+    assert_eq!(pending, vec![ids[2].clone(), ids[0].clone()]);
+    let failed = s.list(Some(JobStatus::Failed), 100).await.expect("list");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, JobStatus::Failed);
+    assert!(s.list(Some(JobStatus::Processing), 100).await.expect("list").is_empty());
+    let two: Vec<String> = s.list(None, 2).await.expect("list").into_iter().map(|r| r.id).collect();
+    assert_eq!(two, vec![ids[3].clone(), ids[2].clone()], "limit keeps the newest");
+}
+
+/// Concurrent claims of one job: exactly one worker gets it.
+pub async fn jobs_concurrent_claim(make: &MakeJobs) {
+    let s = make().await;
+    let id = uniq("race");
+    let now = Utc::now();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (s, id) = (s.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            s.claim(&id, "st", &format!("w{w}"), t(now, 60), now).await.expect("claim")
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Claim::Claimed(_) => winners += 1,
+            Claim::Busy { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent claim wins");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored").attempts, 1);
+}
+
+/// Runs every job store check in turn.
+pub async fn job_store_contract(make: &MakeJobs) {
+    jobs_claim_creates(make).await;
+    jobs_busy_then_expired_takeover(make).await;
+    jobs_renew(make).await;
+    jobs_finish_and_already_completed(make).await;
+    jobs_reclaim_pending_and_failed(make).await;
+    jobs_put_if_absent(make).await;
+    jobs_list(make).await;
+    jobs_concurrent_claim(make).await;
+}
+
+/// One `#[tokio::test]` per job store check, against the [`MakeJobs`] expression given.
+macro_rules! job_store_tests {
+    ($make:expr) => {
+        $crate::support::conformance::__tests!(make_jobs_: $make; MakeJobs;
+            jobs_claim_creates, jobs_busy_then_expired_takeover, jobs_renew,
+            jobs_finish_and_already_completed, jobs_reclaim_pending_and_failed, jobs_put_if_absent,
+            jobs_list, jobs_concurrent_claim);
+    };
+}
+pub(crate) use job_store_tests;
+
+// =============================================================================================
+// Budget ledger
+
+const PERIOD: &str = "2031-07";
+
+fn res(id: &str, amount: i64, expires_at: DateTime<Utc>) -> Reservation {
+    Reservation { id: id.into(), job_id: format!("job-{id}"), amount_micros: amount, expires_at }
+}
+
+fn charge(reservation: &str, model: &str, tenant: Option<&str>, amount: i64) -> Charge {
+    Charge {
+        reservation_id: reservation.into(),
+        job_id: format!("job-{reservation}"),
+        model: model.into(),
+        tenant: tenant.map(str::to_string),
+        amount_micros: amount,
+    }
+}
+
+/// Grants up to the limit exactly (≤), refuses past it with the current totals and changes
+/// nothing; periods are separate accounts.
+pub async fn ledger_refuses_at_limit(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    let exp = t(now, 600);
+    assert_eq!(l.reserve(PERIOD, &res("a", 600, exp), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert_eq!(l.reserve(PERIOD, &res("b", 400, exp), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert_eq!(
+        l.reserve(PERIOD, &res("c", 1, exp), 1000, now).await.expect("reserve"),
+        ReserveOutcome::Refused { spent_micros: 0, reserved_micros: 1000 }
+    );
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!(snap.period, PERIOD);
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (0, 1000), "a refusal holds nothing");
+    // Another month is another account.
+    assert_eq!(l.reserve("2031-08", &res("c", 1000, exp), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert_eq!(l.snapshot(PERIOD, now).await.expect("snapshot").reserved_micros, 1000);
+}
+
+/// Reserving an id that is already held is granted without a second hold.
+pub async fn ledger_rereserve_is_single_hold(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    let r = res("same", 600, t(now, 600));
+    for _ in 0..3 {
+        assert_eq!(l.reserve(PERIOD, &r, 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    }
+    assert_eq!(l.snapshot(PERIOD, now).await.expect("snapshot").reserved_micros, 600);
+    assert_eq!(l.reserve(PERIOD, &res("other", 400, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+}
+
+/// A reservation stops counting once its `expires_at` has passed (per `now`).
+pub async fn ledger_expiry_frees_budget(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    assert_eq!(l.reserve(PERIOD, &res("old", 900, t(now, 60)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert!(matches!(
+        l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 30)).await.expect("reserve"),
+        ReserveOutcome::Refused { reserved_micros: 900, .. }
+    ));
+    assert_eq!(
+        l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
+        ReserveOutcome::Granted,
+        "an expired hold must not block"
+    );
+    let snap = l.snapshot(PERIOD, t(now, 61)).await.expect("snapshot");
+    assert_eq!(snap.reserved_micros, 200, "snapshot leaves expired reservations out");
+    assert_eq!(l.snapshot(PERIOD, t(now, 30)).await.expect("snapshot").reserved_micros, 1100);
+}
+
+/// `settle` charges the actual amount once per reservation id and frees the hold; repeats change
+/// nothing; the budget left follows the charge, not the reservation.
+pub async fn ledger_settle_idempotent(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    assert_eq!(l.reserve(PERIOD, &res("s1", 500, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    l.settle(PERIOD, &charge("s1", "m1", Some("acme"), 300)).await.expect("settle");
+    l.settle(PERIOD, &charge("s1", "m1", Some("acme"), 300)).await.expect("settle again");
+    l.settle(PERIOD, &charge("s1", "m1", Some("acme"), 999)).await.expect("settle with another amount");
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (300, 0), "{snap:?}");
+    assert_eq!(snap.by_model.get("m1"), Some(&300));
+    assert_eq!(l.reserve(PERIOD, &res("s2", 701, t(now, 600)), 1000, now).await.expect("reserve"),
+        ReserveOutcome::Refused { spent_micros: 300, reserved_micros: 0 });
+    assert_eq!(l.reserve(PERIOD, &res("s2", 700, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    // A charge may exceed its reservation.
+    l.settle(PERIOD, &charge("s2", "m1", None, 900)).await.expect("settle over");
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (1200, 0));
+    assert!(matches!(
+        l.reserve(PERIOD, &res("s3", 0, t(now, 600)), 1000, now).await.expect("reserve"),
+        ReserveOutcome::Refused { spent_micros: 1200, .. }
+    ), "over the limit nothing more is granted");
+}
+
+/// Settling a reservation that expired still records the charge.
+pub async fn ledger_settle_after_expiry(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    assert_eq!(l.reserve(PERIOD, &res("late", 400, t(now, 10)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert_eq!(l.snapshot(PERIOD, t(now, 20)).await.expect("snapshot").reserved_micros, 0);
+    l.settle(PERIOD, &charge("late", "m1", None, 350)).await.expect("settle");
+    let snap = l.snapshot(PERIOD, t(now, 20)).await.expect("snapshot");
+    assert_eq!(snap.spent_micros, 350, "the money was spent");
+    assert!(matches!(
+        l.reserve(PERIOD, &res("next", 651, t(now, 600)), 1000, t(now, 20)).await.expect("reserve"),
+        ReserveOutcome::Refused { spent_micros: 350, .. }
+    ));
+}
+
+/// `release` drops a hold without a charge; repeating it (or releasing an unknown id) is fine.
+pub async fn ledger_release_idempotent(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    assert_eq!(l.reserve(PERIOD, &res("r1", 800, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    l.release(PERIOD, "r1").await.expect("release");
+    l.release(PERIOD, "r1").await.expect("release again");
+    l.release(PERIOD, "never-reserved").await.expect("release unknown");
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (0, 0));
+    assert!(snap.by_model.is_empty());
+    assert_eq!(l.reserve(PERIOD, &res("r2", 1000, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+}
+
+/// The snapshot breaks settled spend down by model and by tenant (`-` for none).
+pub async fn ledger_snapshot_breakdown(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    for (id, model, tenant, amount) in
+        [("c1", "m1", Some("a"), 100), ("c2", "m2", Some("a"), 200), ("c3", "m1", None, 50), ("c4", "m2", Some("b"), 7)]
+    {
+        assert_eq!(l.reserve(PERIOD, &res(id, amount, t(now, 600)), 10_000, now).await.expect("reserve"), ReserveOutcome::Granted);
+        l.settle(PERIOD, &charge(id, model, tenant, amount)).await.expect("settle");
+    }
+    assert_eq!(l.reserve(PERIOD, &res("open", 1000, t(now, 600)), 10_000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!(snap.spent_micros, 357);
+    assert_eq!(snap.reserved_micros, 1000);
+    assert_eq!(snap.by_model, BTreeMap::from([("m1".to_string(), 150), ("m2".to_string(), 207)]));
+    assert_eq!(
+        snap.by_tenant,
+        BTreeMap::from([("-".to_string(), 50), ("a".to_string(), 300), ("b".to_string(), 7)])
+    );
+    let empty = l.snapshot("2031-01", now).await.expect("snapshot");
+    assert_eq!((empty.spent_micros, empty.reserved_micros), (0, 0));
+    assert!(empty.by_model.is_empty() && empty.by_tenant.is_empty());
+}
+
+/// 8 tasks reserving at once never hold more than the limit, and the limit is reached exactly.
+pub async fn ledger_concurrent_reserve(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    let limit = 2_500;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0;
+            for i in 0..10 {
+                let r = res(&format!("w{w}-{i}"), 100, t(now, 600));
+                if l.reserve(PERIOD, &r, limit, now).await.expect("reserve") == ReserveOutcome::Granted {
+                    granted += 1;
+                }
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.expect("task");
+    }
+    assert_eq!(granted * 100, limit, "granted {granted} holds of 100 against a limit of {limit}");
+    assert_eq!(l.snapshot(PERIOD, now).await.expect("snapshot").reserved_micros, limit);
+}
+
+/// Runs every ledger check in turn.
+pub async fn ledger_contract(make: &MakeLedger) {
+    ledger_refuses_at_limit(make).await;
+    ledger_rereserve_is_single_hold(make).await;
+    ledger_expiry_frees_budget(make).await;
+    ledger_settle_idempotent(make).await;
+    ledger_settle_after_expiry(make).await;
+    ledger_release_idempotent(make).await;
+    ledger_snapshot_breakdown(make).await;
+    ledger_concurrent_reserve(make).await;
+}
+
+/// One `#[tokio::test]` per ledger check, against the [`MakeLedger`] expression given.
+macro_rules! ledger_tests {
+    ($make:expr) => {
+        $crate::support::conformance::__tests!(make_ledger_: $make; MakeLedger;
+            ledger_refuses_at_limit, ledger_rereserve_is_single_hold, ledger_expiry_frees_budget,
+            ledger_settle_idempotent, ledger_settle_after_expiry, ledger_release_idempotent,
+            ledger_snapshot_breakdown, ledger_concurrent_reserve);
+    };
+}
+pub(crate) use ledger_tests;
+
+// =============================================================================================
+// Artifacts
+
+/// Put/get round-trips bytes, put overwrites, a missing key is `None`, `location` names the key.
+pub async fn artifacts_put_get(make: &MakeArtifacts) {
+    let a = make().await;
+    let key = format!("jobs/{}/result.json", uniq("job"));
+    assert_eq!(a.get(&key).await.expect("get missing"), None);
+    let v1 = br#"{"data":{"title":"one"}}"#.to_vec();
+    a.put(&key, v1.clone(), "application/json").await.expect("put");
+    assert_eq!(a.get(&key).await.expect("get"), Some(v1));
+    let v2: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    a.put(&key, v2.clone(), "application/octet-stream").await.expect("overwrite");
+    assert_eq!(a.get(&key).await.expect("get"), Some(v2), "put overwrites");
+    a.put(&key, Vec::new(), "text/plain").await.expect("empty");
+    assert_eq!(a.get(&key).await.expect("get"), Some(Vec::new()), "an empty object is not a missing one");
+    let other = format!("inputs/{}", uniq("in"));
+    assert_eq!(a.get(&other).await.expect("get other"), None);
+    let loc = a.location(&key);
+    assert!(loc.contains(&key), "location {loc:?} names the key");
+}
+
+/// A reader racing an overwriting writer sees the old or the new object, never a torn one.
+pub async fn artifacts_atomic_overwrite(make: &MakeArtifacts) {
+    let a = make().await;
+    let key = format!("jobs/{}/big.bin", uniq("job"));
+    let old = vec![b'o'; 512 * 1024];
+    let new = vec![b'n'; 512 * 1024];
+    a.put(&key, old.clone(), "application/octet-stream").await.expect("put");
+    let writer = {
+        let (a, key, old, new) = (a.clone(), key.clone(), old.clone(), new.clone());
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let body = if i % 2 == 0 { new.clone() } else { old.clone() };
+                a.put(&key, body, "application/octet-stream").await.expect("put");
+            }
+        })
+    };
+    for _ in 0..40 {
+        let got = a.get(&key).await.expect("get").expect("present throughout");
+        assert!(got == old || got == new, "torn read of {} bytes", got.len());
+    }
+    writer.await.expect("writer");
+}
+
+/// Runs every artifacts check in turn.
+pub async fn artifacts_contract(make: &MakeArtifacts) {
+    artifacts_put_get(make).await;
+    artifacts_atomic_overwrite(make).await;
+}
+
+/// One `#[tokio::test]` per artifacts check, against the [`MakeArtifacts`] expression given.
+macro_rules! artifact_tests {
+    ($make:expr) => {
+        $crate::support::conformance::__tests!(make_artifacts_: $make; MakeArtifacts;
+            artifacts_put_get, artifacts_atomic_overwrite);
+    };
+}
+pub(crate) use artifact_tests;
+
+/// Expands to one multi-threaded `#[tokio::test]` per named check.
+macro_rules! __tests {
+    ($_tag:ident: $make:expr; $ty:ident; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let make: $crate::support::conformance::$ty = $make;
+                $crate::support::conformance::$name(&make).await;
+            }
+        )+
+    };
+}
+pub(crate) use __tests;
