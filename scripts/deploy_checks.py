@@ -1,0 +1,806 @@
+#!/usr/bin/env python3
+"""Offline checks of the deployment artefacts: Helm chart, per-stage values, CloudFormation template.
+
+Usage: deploy_checks.py [GROUP ...]   (default: every group, in order)
+
+Groups:
+  chart-files  the chart's copies (files/default.toml, files/alerts.yaml) equal their sources
+  values       deploy/helm/values-{stage}.yaml agree with config/{stage}.toml
+  lint         `helm lint --strict` with each stage's values
+  render       each stage's render: kubernetes-validate --strict (built-in kinds), CRD schemas
+               (KEDA, Prometheus Operator), and the pod's contract (probes, security, config, secret)
+  isolation    the two stages' renders share no object or selector and name only their own stage
+  assertions   render tests with changed values (monitoring, autoscaler exclusivity, grace period, ...)
+  cfn          cfn-lint plus static checks of deploy/cloudformation/atlas-codex-stage.yaml
+
+Needs `helm` on PATH and the repo's .venv (PyYAML, kubernetes-validate, jsonschema, cfn-lint).
+Results go to stdout and, via checklib, to $DEPLOY_CHECK_RESULTS. Exit code 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checklib import Results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "atlas-codex-worker"
+STAGES = ("preview", "production")
+ALL_KNOWN_STAGES = ("local", "preview", "production")
+K8S_VERSIONS = ("1.30.0", "1.35.0")
+CFN_TEMPLATE = ROOT / "deploy" / "cloudformation" / "atlas-codex-stage.yaml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+R = Results()
+
+
+# ----------------------------------------------------------------------------- helpers
+def values_file(stage: str) -> Path:
+    return ROOT / "deploy" / "helm" / f"values-{stage}.yaml"
+
+
+def release(stage: str) -> str:
+    """The release name docs/deploy.md uses for a stage."""
+    return f"atlas-codex-worker-{stage}"
+
+
+def namespace(stage: str) -> str:
+    return f"atlas-codex-{stage}"
+
+
+def load_values(stage: str) -> dict:
+    with open(values_file(stage), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def effective_config(stage: str) -> dict:
+    """config/default.toml with config/{stage}.toml laid over it (the file layers of settings.rs)."""
+    base = tomllib.loads((ROOT / "config" / "default.toml").read_text())
+    layer = tomllib.loads((ROOT / "config" / f"{stage}.toml").read_text())
+    return deep_merge(base, layer)
+
+
+class Render:
+    """The outcome of one `helm template`."""
+
+    def __init__(self, rc: int, out: str, err: str):
+        self.rc, self.out, self.err = rc, out, err
+        self.docs: list[dict] = []
+        if rc == 0:
+            self.docs = [d for d in yaml.safe_load_all(out) if d]
+
+    def kind(self, kind: str) -> list[dict]:
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def one(self, kind: str) -> dict:
+        found = self.kind(kind)
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+
+def helm_template(stage: str, *, rel: str | None = None, ns: str | None = None,
+                  sets: list[str] = (), values: dict | None = None,
+                  skip_schema: bool = False, base_values: bool = True) -> Render:
+    """Renders the chart for `stage` with its values file, plus `values` (a dict) and `--set`s."""
+    cmd = ["helm", "template", rel or release(stage), str(CHART), "--namespace", ns or namespace(stage)]
+    if base_values:
+        cmd += ["-f", str(values_file(stage))]
+    tmp = None
+    if values is not None:
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        yaml.safe_dump(values, tmp)
+        tmp.close()
+        cmd += ["-f", tmp.name]
+    for s in sets:
+        cmd += ["--set", s]
+    if skip_schema:
+        cmd.append("--skip-schema-validation")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        if tmp:
+            os.unlink(tmp.name)
+    return Render(p.returncode, p.stdout, p.stderr)
+
+
+def container(dep: dict) -> dict:
+    cs = dep["spec"]["template"]["spec"]["containers"]
+    assert len(cs) == 1, f"expected one container, found {len(cs)}"
+    return cs[0]
+
+
+def env_map(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def expect_failure(r: Render, *needles: str) -> None:
+    assert r.rc != 0, "render succeeded but should have failed"
+    for n in needles:
+        assert n in r.err, f"error does not mention {n!r}: {r.err.strip()[-400:]}"
+
+
+# ----------------------------------------------------------------------------- chart-files
+def group_chart_files() -> None:
+    src, copy_ = ROOT / "config" / "default.toml", CHART / "files" / "default.toml"
+    R.check("chart files/default.toml is identical to config/default.toml",
+            copy_.is_file() and copy_.read_bytes() == src.read_bytes(),
+            "differs or missing: run scripts/sync-chart-files.sh")
+    acopy = CHART / "files" / "alerts.yaml"
+    if ALERTS.is_file():
+        R.check("chart files/alerts.yaml is identical to deploy/prometheus/alerts.yaml",
+                acopy.is_file() and acopy.read_bytes() == ALERTS.read_bytes(),
+                "differs or missing: run scripts/sync-chart-files.sh")
+    else:
+        R.note("deploy/prometheus/alerts.yaml does not exist yet: alerts copy not checked")
+        R.check("chart carries no stale files/alerts.yaml when deploy/prometheus/alerts.yaml is absent",
+                not acopy.exists(), "remove it: run scripts/sync-chart-files.sh")
+
+
+# ----------------------------------------------------------------------------- values
+def group_values() -> None:
+    for stage in STAGES:
+        def t(stage=stage):
+            v = load_values(stage)
+            assert v.get("stage") == stage, f"stage is {v.get('stage')!r}"
+            chart_layer = tomllib.loads(v["config"]["stageToml"])
+            repo_layer = tomllib.loads((ROOT / "config" / f"{stage}.toml").read_text())
+            assert chart_layer == repo_layer, (
+                f"config.stageToml differs from config/{stage}.toml: {chart_layer} != {repo_layer}")
+        R.run(f"{stage}: values config.stageToml equals config/{stage}.toml", t)
+
+        def w(stage=stage):
+            v, cfg = load_values(stage), effective_config(stage)
+            assert v["worker"]["concurrency"] == cfg["worker"]["concurrency"], (
+                f"worker.concurrency {v['worker']['concurrency']} != config {cfg['worker']['concurrency']}")
+            assert v["worker"]["drainTimeoutSeconds"] == cfg["worker"]["drain_timeout_secs"], (
+                f"drainTimeoutSeconds {v['worker']['drainTimeoutSeconds']} != config "
+                f"{cfg['worker']['drain_timeout_secs']}")
+        R.run(f"{stage}: values worker.* equal the stage config (concurrency, drain timeout)", w)
+
+        def names(stage=stage):
+            v = load_values(stage)
+            assert v["serviceAccount"]["roleArn"].endswith(f":role/atlas-codex-worker-{stage}"), \
+                v["serviceAccount"]["roleArn"]
+            assert v["autoscaling"]["keda"]["queueURL"].endswith(f"/atlas-codex-queue-{stage}"), \
+                v["autoscaling"]["keda"]["queueURL"]
+            assert v["openai"]["existingSecret"].endswith(f"-{stage}"), v["openai"]["existingSecret"]
+        R.run(f"{stage}: values name the stage's role, queue and secret", names)
+
+    def policy():
+        prod, prev = effective_config("production"), effective_config("preview")
+        assert prod["routing"]["gpt5_enabled"] is False and prod["routing"]["force_gpt4"] is True
+        assert prod["routing"]["strategy"] == "gpt4_stable" and prod["budget"]["monthly_usd"] == 2000
+        assert prod["worker"]["concurrency"] == 128
+        assert prev["routing"]["strategy"] == "gpt5_preview" and prev["budget"]["monthly_usd"] == 500
+    R.run("stage policies: production GPT-4 only / 2000 USD / 128; preview gpt5_preview / 500 USD", policy)
+
+
+# ----------------------------------------------------------------------------- lint
+def group_lint() -> None:
+    for stage in STAGES:
+        p = subprocess.run(["helm", "lint", "--strict", str(CHART), "-f", str(values_file(stage)),
+                            "--namespace", namespace(stage)], capture_output=True, text=True, timeout=120)
+        R.check(f"{stage}: helm lint --strict", p.returncode == 0, (p.stdout + p.stderr)[-800:])
+
+
+# ----------------------------------------------------------------------------- render
+S = {"type": "string"}
+I = {"type": "integer"}
+STR_MAP = {"type": "object", "additionalProperties": S}
+LABEL_SELECTOR = {"type": "object", "properties": {"matchLabels": STR_MAP, "matchExpressions": {"type": "array"}},
+                  "additionalProperties": False}
+META = {"type": "object", "required": ["name", "namespace"],
+        "properties": {"name": S, "namespace": S, "labels": STR_MAP, "annotations": STR_MAP}}
+
+# Subsets of the CRDs' OpenAPI schemas (KEDA 2.13+, Prometheus Operator v1): the fields this chart
+# writes, strictly typed; unknown spec fields are rejected as the API server would prune/refuse them.
+CRD_SCHEMAS: dict[tuple[str, str], dict] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {"type": "object", "additionalProperties": False, "required": ["name"],
+                                   "properties": {"apiVersion": S, "kind": S, "name": S,
+                                                  "envSourceContainerName": S}},
+                "pollingInterval": I, "cooldownPeriod": I, "initialCooldownPeriod": I,
+                "idleReplicaCount": I, "minReplicaCount": I, "maxReplicaCount": I,
+                "fallback": {"type": "object"}, "advanced": {"type": "object"},
+                "triggers": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["type", "metadata"],
+                    "properties": {"type": S, "name": S, "metricType": S, "useCachedMetrics": {"type": "boolean"},
+                                   "metadata": STR_MAP,
+                                   "authenticationRef": {"type": "object", "additionalProperties": False,
+                                                         "required": ["name"],
+                                                         "properties": {"name": S, "kind": S}}}}}}}}},
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": META, "spec": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"podIdentity": {
+                "type": "object", "additionalProperties": False, "required": ["provider"],
+                "properties": {"provider": {"enum": ["none", "azure-workload", "aws", "aws-eks", "gcp"]},
+                               "identityOwner": {"enum": ["keda", "workload"]}, "roleArn": S,
+                               "identityId": S}}}}}},
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": LABEL_SELECTOR, "jobLabel": S,
+                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                      "properties": {"any": {"type": "boolean"},
+                                                     "matchNames": {"type": "array", "items": S}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"port": S, "path": S, "interval": S, "scrapeTimeout": S, "scheme": S,
+                                   "honorLabels": {"type": "boolean"},
+                                   "relabelings": {"type": "array"},
+                                   "metricRelabelings": {"type": "array"}}}}}}}},
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": META, "spec": {
+            "type": "object", "additionalProperties": False, "required": ["groups"],
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                "properties": {"name": S, "interval": S, "limit": I, "partial_response_strategy": S,
+                               "rules": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "additionalProperties": False, "required": ["expr"],
+                                   "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                   "properties": {"alert": S, "record": S,
+                                                  "expr": {"type": ["string", "integer"]},
+                                                  "for": S, "keep_firing_for": S,
+                                                  "labels": STR_MAP, "annotations": STR_MAP}}}}}}}}}},
+}
+
+
+def validate_docs(docs: list[dict]) -> list[str]:
+    """Problems found validating each object (built-in kinds via kubernetes-validate, CRDs locally)."""
+    problems = []
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        label = f"{key[1]}/{d.get('metadata', {}).get('name')}"
+        if key in CRD_SCHEMAS:
+            try:
+                jsonschema.validate(d, CRD_SCHEMAS[key])
+            except jsonschema.ValidationError as e:
+                problems.append(f"{label}: {e.message} at {list(e.absolute_path)}")
+            continue
+        for v in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                problems.append(f"{label}: no schema for {key} in Kubernetes {v} (unknown kind)")
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{label} (k8s {v}): {e.message} at {list(e.path)}")
+    return problems
+
+
+def check_pod_contract(stage: str, r: Render) -> None:
+    v = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), load_values(stage))
+    dep = r.one("Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    env = env_map(c)
+    drain = int(env["ATLAS__WORKER__DRAIN_TIMEOUT_SECS"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > drain, (
+        f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} <= drain {drain}")
+    assert drain == v["worker"]["drainTimeoutSeconds"]
+    # Probes on the admin port, which is where ATLAS__ADMIN__LISTEN puts the server.
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    listen_port = int(env["ATLAS__ADMIN__LISTEN"]["value"].rsplit(":", 1)[1])
+    assert ports.get("admin") == listen_port == v["admin"]["port"], (ports, listen_port)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, c["readinessProbe"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, c["livenessProbe"]
+    # Hardening.
+    psc, csc = pod["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, psc
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, psc
+    assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False, csc
+    assert csc["capabilities"]["drop"] == ["ALL"] and "add" not in csc["capabilities"], csc
+    for part in ("requests", "limits"):
+        assert set(c["resources"][part]) >= {"cpu", "memory"}, f"resources.{part}: {c['resources']}"
+    vols = {vol["name"]: vol for vol in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert "emptyDir" in vols[mounts["/tmp"]["name"]], "/tmp is not an emptyDir"
+    # Config: ConfigMap mounted at ATLAS_CONFIG_DIR, holding default.toml + {stage}.toml.
+    cfg_dir = env["ATLAS_CONFIG_DIR"]["value"]
+    cm_name = vols[mounts[cfg_dir]["name"]]["configMap"]["name"]
+    cms = [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"] == cm_name]
+    assert len(cms) == 1, f"ConfigMap {cm_name} not rendered"
+    data = cms[0]["data"]
+    assert set(data) == {"default.toml", f"{stage}.toml"}, sorted(data)
+    assert data["default.toml"].rstrip("\n") == (ROOT / "config/default.toml").read_text().rstrip("\n")
+    assert tomllib.loads(data[f"{stage}.toml"]) == tomllib.loads((ROOT / f"config/{stage}.toml").read_text())
+    # Stage and command line.
+    assert env["STAGE"]["value"] == stage
+    assert c["args"][:2] == ["--stage", stage] and c["args"][-1] == "worker", c["args"]
+    # The API key only by reference to the stage's Secret.
+    key = env["OPENAI_API_KEY"]
+    assert "value" not in key, "OPENAI_API_KEY has a literal value"
+    ref = key["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == v["openai"]["existingSecret"] and ref["key"] == v["openai"]["apiKeyKey"], ref
+    # Restart on config change.
+    ck = dep["spec"]["template"]["metadata"]["annotations"].get("checksum/config", "")
+    assert re.fullmatch(r"[0-9a-f]{64}", ck), f"checksum/config annotation is {ck!r}"
+    # IRSA.
+    sa = r.one("ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == v["serviceAccount"]["roleArn"]
+
+
+RENDERS: dict[str, Render] = {}
+
+
+def stage_render(stage: str) -> Render:
+    if stage not in RENDERS:
+        RENDERS[stage] = helm_template(stage)
+    return RENDERS[stage]
+
+
+def group_render() -> None:
+    for stage in STAGES:
+        r = stage_render(stage)
+        if not R.check(f"{stage}: helm template renders", r.rc == 0, r.err[-800:]):
+            continue
+
+        def kv(r=r):
+            probs = validate_docs(r.docs)
+            assert not probs, "; ".join(probs[:10])
+        R.run(f"{stage}: every object validates (kubernetes-validate --strict {'/'.join(K8S_VERSIONS)}, "
+              f"CRD schemas for KEDA/Prometheus Operator)", kv)
+        R.run(f"{stage}: pod contract (probes, grace > drain, hardening, config mount, secret, IRSA)",
+              lambda stage=stage, r=r: check_pod_contract(stage, r))
+
+        def kinds(stage=stage, r=r):
+            got = sorted({d["kind"] for d in r.docs})
+            want = sorted({"ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule",
+                           "ScaledObject", "Service", "ServiceAccount", "ServiceMonitor",
+                           "TriggerAuthentication"})
+            assert got == want, f"{got} != {want}"
+        R.run(f"{stage}: the stage values render the expected kinds", kinds)
+
+    # The standalone CLI as well, as the brief's tool of record (it knows no CRDs, so built-ins only).
+    for stage in STAGES:
+        r = stage_render(stage)
+        if r.rc != 0:
+            continue
+        builtin = [d for d in r.docs if (d.get("apiVersion"), d.get("kind")) not in CRD_SCHEMAS]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump_all(builtin, f)
+        try:
+            p = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet",
+                                "-k", K8S_VERSIONS[-1], f.name], capture_output=True, text=True, timeout=120)
+        finally:
+            os.unlink(f.name)
+        R.check(f"{stage}: kubernetes-validate CLI --strict on the built-in objects", p.returncode == 0,
+                (p.stdout + p.stderr)[-800:])
+
+
+# ----------------------------------------------------------------------------- isolation
+def object_keys(r: Render) -> set[tuple[str, str, str]]:
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in r.docs}
+
+
+def selectors(r: Render) -> list[tuple[str, dict]]:
+    out = []
+    for d in r.docs:
+        k, spec = d["kind"], d.get("spec", {})
+        if k in ("Deployment", "PodDisruptionBudget", "ServiceMonitor"):
+            out.append((k, spec["selector"]["matchLabels"]))
+        elif k == "Service":
+            out.append((k, spec["selector"]))
+        elif k == "NetworkPolicy":
+            out.append((k, spec["podSelector"]["matchLabels"]))
+    return out
+
+
+def scrubbed_text(r: Render) -> str:
+    """The render as JSON with TOML and YAML comments dropped (comments may mention every stage)."""
+    docs = copy.deepcopy(r.docs)
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            d["data"] = {k: tomllib.loads(v) for k, v in d["data"].items()}
+    return json.dumps(docs, sort_keys=True)
+
+
+def other_stage_mentions(text: str, stage: str) -> list[str]:
+    """Tokens that name another known stage as a `-`-separated word (like settings::names_other_stage)."""
+    hits = set()
+    for tok in re.split(r"[^A-Za-z0-9_-]+", text):
+        for other in ALL_KNOWN_STAGES:
+            if other == stage:
+                continue
+            if tok == other or tok.startswith(other + "-") or tok.endswith("-" + other) or f"-{other}-" in tok:
+                hits.add(tok)
+    return sorted(hits)
+
+
+def group_isolation() -> None:
+    a, b = stage_render("preview"), stage_render("production")
+    if not R.check("isolation: both stages render", a.rc == 0 and b.rc == 0, (a.err + b.err)[-800:]):
+        return
+    R.check("isolation: no object (kind, namespace, name) is in both stages' renders",
+            not (object_keys(a) & object_keys(b)), str(sorted(object_keys(a) & object_keys(b))))
+    # Same namespace too: names must still differ (they carry the release name).
+    a1 = helm_template("preview", ns="atlas-codex")
+    b1 = helm_template("production", ns="atlas-codex")
+    R.check("isolation: no shared object when both stages share one namespace",
+            a1.rc == 0 and b1.rc == 0 and not (object_keys(a1) & object_keys(b1)),
+            (a1.err + b1.err)[-400:] or str(sorted(object_keys(a1) & object_keys(b1))))
+
+    def sels():
+        for mine, theirs, name in ((a, b, "preview"), (b, a, "production")):
+            my_pods = mine.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+            their_pods = theirs.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+            for kind, sel in selectors(mine):
+                assert sel, f"{name} {kind} has an empty selector"
+                assert selector_matches(sel, my_pods), f"{name} {kind} selector misses its own pods"
+                assert not selector_matches(sel, their_pods), f"{name} {kind} selector {sel} matches the other stage's pods"
+        so_a, so_b = a.one("ScaledObject"), b.one("ScaledObject")
+        assert so_a["spec"]["scaleTargetRef"]["name"] == a.one("Deployment")["metadata"]["name"]
+        assert so_b["spec"]["scaleTargetRef"]["name"] == b.one("Deployment")["metadata"]["name"]
+    R.run("isolation: every selector (Deployment, PDB, Service, NetworkPolicy, ServiceMonitor) matches only its own stage's pods", sels)
+
+    for stage, r in (("preview", a), ("production", b)):
+        hits = other_stage_mentions(scrubbed_text(r), stage)
+        R.check(f"isolation: the {stage} render names no other stage (queues, tables, buckets, roles, secrets)",
+                not hits, str(hits[:20]))
+
+        def own(stage=stage, r=r):
+            text = scrubbed_text(r)
+            for needle in (f"/atlas-codex-queue-{stage}\"", f":role/atlas-codex-worker-{stage}\"",
+                           f"\"atlas-codex-openai-{stage}\"", f"\"{stage}.toml\""):
+                assert needle in text, f"missing {needle}"
+        R.run(f"isolation: the {stage} render names its own queue, role, secret and config layer", own)
+
+    def grep_logic():
+        # The detector must find what it is meant to find (a check that cannot fail proves nothing).
+        assert other_stage_mentions('"https://sqs.x/1/atlas-codex-queue-production"', "preview")
+        assert other_stage_mentions('"arn:aws:iam::1:role/atlas-codex-worker-preview"', "production")
+        assert not other_stage_mentions('"production_model": "gpt-4o", "gpt5_preview"', "preview")
+    R.run("isolation: the other-stage detector flags foreign names and ignores look-alikes", grep_logic)
+
+
+# ----------------------------------------------------------------------------- assertions
+def group_assertions() -> None:
+    stage = "preview"
+    v = load_values(stage)
+
+    def monitoring():
+        r = helm_template(stage, values={"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                                                        "prometheusRule": {"enabled": ALERTS.is_file()}}})
+        assert r.rc == 0, r.err
+        sm, svc = r.one("ServiceMonitor"), r.one("Service")
+        assert sm["metadata"]["labels"]["release"] == "kps"
+        assert selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+        assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+        assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+        if ALERTS.is_file():
+            want = yaml.safe_load(ALERTS.read_text())["groups"]
+            assert r.one("PrometheusRule")["spec"]["groups"] == want, "PrometheusRule groups differ from alerts.yaml"
+    R.run("assert: monitoring on renders a ServiceMonitor on the metrics Service"
+          + (" and a PrometheusRule equal to deploy/prometheus/alerts.yaml" if ALERTS.is_file() else ""), monitoring)
+
+    def monitoring_off():
+        r = helm_template(stage, values={"monitoring": {"serviceMonitor": {"enabled": False},
+                                                        "prometheusRule": {"enabled": False}}})
+        assert r.rc == 0, r.err
+        assert not r.kind("ServiceMonitor") and not r.kind("PrometheusRule")
+    R.run("assert: monitoring objects are absent when disabled", monitoring_off)
+
+    def chart_defaults_off():
+        d = yaml.safe_load((CHART / "values.yaml").read_text())
+        for path in (("monitoring", "serviceMonitor"), ("monitoring", "prometheusRule"), ("autoscaling", "keda"),
+                     ("autoscaling", "hpa"), ("networkPolicy",)):
+            node = d
+            for p in path:
+                node = node[p]
+            assert node["enabled"] is False, f"{'.'.join(path)}.enabled defaults to {node['enabled']}"
+    R.run("assert: optional objects (ServiceMonitor, PrometheusRule, KEDA, HPA, NetworkPolicy) are off by chart default", chart_defaults_off)
+
+    both = {"autoscaling": {"keda": {"enabled": True}, "hpa": {"enabled": True}}}
+    R.run("assert: KEDA and HPA together are refused by the schema",
+          lambda: expect_failure(helm_template(stage, values=both), "/autoscaling"))
+    R.run("assert: KEDA and HPA together are refused by the template too (schema skipped)",
+          lambda: expect_failure(helm_template(stage, values=both, skip_schema=True), "mutually exclusive"))
+
+    def hpa_only():
+        r = helm_template(stage, values={"autoscaling": {"keda": {"enabled": False}, "hpa": {"enabled": True, "minReplicas": 3}}})
+        assert r.rc == 0, r.err
+        dep, hpa = r.one("Deployment"), r.one("HorizontalPodAutoscaler")
+        assert "replicas" not in dep["spec"], "Deployment sets replicas while the HPA owns them"
+        assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"] and hpa["spec"]["minReplicas"] == 3
+        assert not r.kind("ScaledObject") and not r.kind("TriggerAuthentication")
+        assert not validate_docs(r.docs), validate_docs(r.docs)
+    R.run("assert: HPA alone targets the Deployment, which leaves replicas to it", hpa_only)
+
+    def fixed():
+        r = helm_template(stage, values={"replicaCount": 4, "autoscaling": {"keda": {"enabled": False}}})
+        assert r.rc == 0, r.err
+        assert r.one("Deployment")["spec"]["replicas"] == 4
+        assert not r.kind("HorizontalPodAutoscaler") and not r.kind("ScaledObject")
+    R.run("assert: without an autoscaler the Deployment has replicaCount replicas", fixed)
+
+    def keda():
+        for st in STAGES:
+            r = stage_render(st)
+            assert r.rc == 0, r.err
+            so, ta = r.one("ScaledObject"), r.one("TriggerAuthentication")
+            assert "replicas" not in r.one("Deployment")["spec"]
+            trig = so["spec"]["triggers"][0]
+            md = trig["metadata"]
+            assert trig["type"] == "aws-sqs-queue"
+            assert md["queueLength"] == str(load_values(st)["worker"]["concurrency"]), md
+            assert md["scaleOnInFlight"] == "true" and md["queueURL"].endswith(f"/atlas-codex-queue-{st}")
+            assert md["awsRegion"] == load_values(st)["aws"]["region"]
+            assert trig["authenticationRef"]["name"] == ta["metadata"]["name"]
+            assert ta["spec"]["podIdentity"] == {"provider": "aws", "identityOwner": "workload"}
+        r = helm_template(stage, values={"autoscaling": {"keda": {"queueLength": 10, "identityOwner": "keda"}}})
+        assert r.rc == 0, r.err
+        assert r.one("ScaledObject")["spec"]["triggers"][0]["metadata"]["queueLength"] == "10"
+        assert r.one("TriggerAuthentication")["spec"]["podIdentity"]["identityOwner"] == "keda"
+    R.run("assert: KEDA scales on the stage queue with queueLength = worker concurrency (64 / 128) unless set", keda)
+
+    def grace():
+        r = helm_template(stage, values={"worker": {"drainTimeoutSeconds": 600, "terminationGraceMarginSeconds": 45}})
+        assert r.rc == 0, r.err
+        dep = r.one("Deployment")
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 645
+        assert env_map(container(dep))["ATLAS__WORKER__DRAIN_TIMEOUT_SECS"]["value"] == "600"
+    R.run("assert: terminationGracePeriodSeconds = drain timeout + margin (600 + 45 = 645)", grace)
+    R.run("assert: a zero grace margin is refused by the schema",
+          lambda: expect_failure(helm_template(stage, values={"worker": {"terminationGraceMarginSeconds": 0}}),
+                                 "terminationGraceMarginSeconds"))
+    R.run("assert: a zero grace margin is refused by the template too (schema skipped)",
+          lambda: expect_failure(helm_template(stage, values={"worker": {"terminationGraceMarginSeconds": 0}},
+                                               skip_schema=True), "must exceed"))
+
+    R.run("assert: a KEDA queue URL of another stage is refused",
+          lambda: expect_failure(helm_template(stage, values={"autoscaling": {"keda": {
+              "queueURL": "https://sqs.us-east-1.amazonaws.com/123456789012/atlas-codex-queue-production"}}}),
+              "atlas-codex-queue-preview"))
+    R.run("assert: an IRSA role of another stage is refused",
+          lambda: expect_failure(helm_template(stage, values={"serviceAccount": {
+              "roleArn": "arn:aws:iam::123456789012:role/atlas-codex-worker-production"}}), "preview stage's role"))
+    R.run("assert: an unknown top-level value is refused (strict schema)",
+          lambda: expect_failure(helm_template(stage, values={"replicas": 3}), "additional properties 'replicas'"))
+    R.run("assert: an unknown nested value is refused (strict schema)",
+          lambda: expect_failure(helm_template(stage, values={"worker": {"concurency": 3}}), "additional properties 'concurency'"))
+    R.run("assert: stage `local` cannot be deployed with the chart",
+          lambda: expect_failure(helm_template(stage, sets=["stage=local"]), "/stage"))
+    R.run("assert: the chart refuses to render without stage values (stage, role, secret, region required)",
+          lambda: expect_failure(helm_template(stage, base_values=False), "/stage", "/serviceAccount/roleArn",
+                                 "/openai/existingSecret", "/aws/region", "/config/stageToml"))
+    R.run("assert: extraEnv cannot replace OPENAI_API_KEY with a literal",
+          lambda: expect_failure(helm_template(stage, values={"extraEnv": [{"name": "OPENAI_API_KEY", "value": "sk-x"}]}),
+                                 "/extraEnv/0/name"))
+
+    def checksum():
+        base = stage_render(stage)
+        changed = helm_template(stage, values={"config": {"stageToml": v["config"]["stageToml"] + "\n[crawl]\nrespect_robots = true\n"}})
+        assert base.rc == 0 and changed.rc == 0, changed.err
+        a = base.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        b = changed.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        assert a != b, "config changed but the checksum did not"
+        same = helm_template(stage)
+        assert same.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"] == a
+    R.run("assert: the config checksum annotation changes with the config and only with it", checksum)
+
+    def netpol():
+        r = stage_render(stage)
+        np_ = r.one("NetworkPolicy")
+        blocks = [t["ipBlock"] for e in np_["spec"]["egress"] for t in e.get("to", []) if "ipBlock" in t]
+        v4 = [b for b in blocks if b["cidr"] == "0.0.0.0/0"]
+        assert v4 and "169.254.169.254/32" in v4[0].get("except", []), blocks
+        assert [p["port"] for p in np_["spec"]["ingress"][0]["ports"]] == ["admin"]
+        off = helm_template(stage, values={"networkPolicy": {"enabled": False}})
+        assert off.rc == 0 and not off.kind("NetworkPolicy")
+    R.run("assert: NetworkPolicy admits only the admin port and blocks the metadata service", netpol)
+
+    def two_releases():
+        a1 = helm_template(stage, rel="atlas-codex-worker-preview")
+        a2 = helm_template(stage, rel="atlas-codex-worker-preview-canary")
+        assert a1.rc == 0 and a2.rc == 0, a1.err + a2.err
+        assert not (object_keys(a1) & object_keys(a2)), sorted(object_keys(a1) & object_keys(a2))
+        s1 = a1.one("Deployment")["spec"]["selector"]["matchLabels"]
+        p2 = a2.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert not selector_matches(s1, p2), "one release's selector matches the other's pods"
+    R.run("assert: two releases of one stage in one namespace share no name or selector", two_releases)
+
+    def digest():
+        d = "sha256:" + hashlib.sha256(b"x").hexdigest()
+        r = helm_template(stage, values={"image": {"digest": d}})
+        assert r.rc == 0, r.err
+        assert container(r.one("Deployment"))["image"].endswith("@" + d)
+    R.run("assert: an image digest pins the image", digest)
+
+
+# ----------------------------------------------------------------------------- cfn
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that turns CloudFormation short tags (!Ref, !Sub, ...) into their long forms."""
+
+
+def _cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> Any:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        val: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            val = val.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        val = loader.construct_sequence(node, deep=True)
+    else:
+        val = loader.construct_mapping(node, deep=True)
+    return {name: val}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def refs(node: Any) -> set[str]:
+    """Logical ids and parameters referenced anywhere in `node`."""
+    out: set[str] = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "Ref" and isinstance(v, str):
+                out.add(v)
+            elif k == "Fn::GetAtt":
+                out.add(v[0] if isinstance(v, list) else str(v).split(".")[0])
+            elif k == "Fn::Sub":
+                s = v[0] if isinstance(v, list) else v
+                out |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", s)}
+                if isinstance(v, list):
+                    out |= refs(v[1])
+            else:
+                out |= refs(v)
+    elif isinstance(node, list):
+        for x in node:
+            out |= refs(x)
+    return out
+
+
+def group_cfn() -> None:
+    p = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(CFN_TEMPLATE)],
+                       capture_output=True, text=True, timeout=300)
+    R.check("cfn: cfn-lint passes", p.returncode == 0, (p.stdout + p.stderr)[-1500:])
+    t = yaml.load(CFN_TEMPLATE.read_text(), Loader=CfnLoader)
+    res, params = t["Resources"], t["Parameters"]
+    cfg = effective_config("production")  # the shared defaults (default.toml) are what the template mirrors
+
+    def params_match_config():
+        assert params["Stage"]["AllowedValues"] == list(ALL_KNOWN_STAGES)
+        assert int(params["JobTimeoutSeconds"]["Default"]) == cfg["worker"]["job_timeout_secs"]
+        assert params["MaxReceiveCount"]["Default"] == cfg["queue"]["max_receive_count"]
+        assert params["ArtifactRetentionDays"]["Default"] == cfg["storage"]["retention_days"]
+        for k, m in t["Mappings"]["VisibilityTimeout"].items():
+            assert m["Seconds"] == 6 * int(k), f"visibility for job timeout {k} is {m['Seconds']}, not 6x"
+        assert set(t["Mappings"]["VisibilityTimeout"]) == set(params["JobTimeoutSeconds"]["AllowedValues"])
+    R.run("cfn: parameter defaults mirror config/default.toml (job timeout, max receives, retention); visibility = 6x job timeout", params_match_config)
+
+    def names():
+        want = {"Queue": "atlas-codex-queue-${Stage}", "DeadLetterQueue": "atlas-codex-dlq-${Stage}",
+                "JobsTable": "atlas-codex-jobs-${Stage}", "BudgetTable": "atlas-codex-budget-${Stage}",
+                "WorkerRole": "atlas-codex-worker-${Stage}"}
+        for lid, name in want.items():
+            props = res[lid]["Properties"]
+            got = props.get("QueueName") or props.get("TableName") or props.get("RoleName")
+            assert got == {"Fn::Sub": name}, f"{lid} name is {got}"
+        b = res["ArtifactsBucket"]["Properties"]["BucketName"]
+        assert b == {"Fn::If": ["DefaultBucketName", {"Fn::Sub": "atlas-codex-artifacts-${Stage}"}, {"Ref": "BucketName"}]}, b
+    R.run("cfn: every resource name is the worker's default for the stage", names)
+
+    def queues():
+        q, d = res["Queue"]["Properties"], res["DeadLetterQueue"]["Properties"]
+        assert q["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+        assert q["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+        assert d["MessageRetentionPeriod"] == 14 * 24 * 3600
+        assert q["SqsManagedSseEnabled"] is True and d["SqsManagedSseEnabled"] is True
+    R.run("cfn: queue dead-letters into its own DLQ; DLQ keeps 14 days; both encrypted", queues)
+
+    def tables():
+        j, b = res["JobsTable"]["Properties"], res["BudgetTable"]["Properties"]
+        assert j["BillingMode"] == b["BillingMode"] == "PAY_PER_REQUEST"
+        assert j["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+        assert b["KeySchema"] == [{"AttributeName": "period", "KeyType": "HASH"}]
+        gsi = {g["IndexName"]: g for g in j["GlobalSecondaryIndexes"]}
+        assert gsi["status-created_at-index"]["KeySchema"] == [
+            {"AttributeName": "status", "KeyType": "HASH"}, {"AttributeName": "created_at", "KeyType": "RANGE"}]
+        types = {a["AttributeName"]: a["AttributeType"] for a in j["AttributeDefinitions"]}
+        assert types == {"id": "S", "status": "S", "created_at": "S"}, types
+        assert j["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+        for x in (j, b):
+            assert x["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert res["JobsTable"]["DeletionPolicy"] == res["BudgetTable"]["DeletionPolicy"] == "Retain"
+    R.run("cfn: job table (id, GSI status-created_at-index, TTL expires_at, PITR) and budget table (period, PITR)", tables)
+
+    def bucket():
+        b = res["ArtifactsBucket"]["Properties"]
+        assert all(b["PublicAccessBlockConfiguration"].values()) and len(b["PublicAccessBlockConfiguration"]) == 4
+        assert b["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        rules = {r.get("Prefix"): r for r in b["LifecycleConfiguration"]["Rules"]}
+        for prefix in ("jobs/", "inputs/"):
+            assert rules[prefix]["ExpirationInDays"] == {"Ref": "ArtifactRetentionDays"}, prefix
+        pol = res["ArtifactsBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in pol)
+    R.run("cfn: bucket encrypted, never public, TLS-only, jobs/ and inputs/ expire", bucket)
+
+    def iam():
+        role = res["WorkerRole"]["Properties"]
+        trust = role["AssumeRolePolicyDocument"]["Fn::Sub"][0]
+        assert "sts:AssumeRoleWithWebIdentity" in trust and ":sub" in trust and ":aud" in trust
+        assert "system:serviceaccount:${Namespace}:${ServiceAccount}" in trust
+        stmts = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        own = set(res)
+        for s in stmts:
+            assert s["Effect"] == "Allow"
+            acts = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+            assert not any(a == "*" or a.endswith(":*") for a in acts), f"{s['Sid']}: wildcard action"
+            rs = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+            for r_ in rs:
+                assert r_ != "*" and isinstance(r_, dict), f"{s['Sid']}: resource {r_!r} is not one of this stack's"
+                used = refs(r_)
+                assert used and used <= own, f"{s['Sid']}: resource refers to {used - own or used}"
+    R.run("cfn: worker role trusts only the stage's ServiceAccount and reaches only this stack's resources", iam)
+
+    def outputs():
+        want = {"QueueUrl", "DeadLetterQueueUrl", "JobsTableName", "BudgetTableName", "ArtifactsBucketName", "WorkerRoleArn"}
+        assert want <= set(t["Outputs"]), want - set(t["Outputs"])
+    R.run("cfn: outputs give queue and DLQ URLs, table names, bucket and role ARN", outputs)
+
+
+GROUPS = {
+    "chart-files": group_chart_files,
+    "values": group_values,
+    "lint": group_lint,
+    "render": group_render,
+    "isolation": group_isolation,
+    "assertions": group_assertions,
+    "cfn": group_cfn,
+}
+
+
+def main(argv: list[str]) -> None:
+    wanted = argv or list(GROUPS)
+    unknown = [g for g in wanted if g not in GROUPS]
+    if unknown:
+        print(f"unknown group(s) {unknown}; known: {list(GROUPS)}", file=sys.stderr)
+        sys.exit(2)
+    for g in wanted:
+        print(f"# {g}", flush=True)
+        try:
+            GROUPS[g]()
+        except Exception as e:  # a crashed group is a failure, not a pass
+            R.check(f"{g}: group ran to completion", False, f"{type(e).__name__}: {e}")
+    R.exit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
