@@ -12,6 +12,7 @@ Groups:
   isolation    the two stages' renders share no object or selector and name only their own stage
   assertions   render tests with changed values (monitoring, autoscaler exclusivity, grace period, ...)
   cfn          cfn-lint plus static checks of deploy/cloudformation/atlas-codex-stage.yaml
+  docker       the Dockerfile agrees with the crate (compiled-in dirs copied) and the chart (uid, port)
 
 Needs `helm` on PATH and the repo's .venv (PyYAML, kubernetes-validate, jsonschema, cfn-lint).
 Results go to stdout and, via checklib, to $DEPLOY_CHECK_RESULTS. Exit code 1 on any failure.
@@ -776,6 +777,76 @@ def group_cfn() -> None:
     R.run("cfn: outputs give queue and DLQ URLs, table names, bucket and role ARN", outputs)
 
 
+# ----------------------------------------------------------------------------- docker
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, args = line.partition(" ")
+        instr = instr.upper()
+        if instr == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instr, args.strip()))
+    return stages
+
+
+def group_docker() -> None:
+    """The image can't be built offline here (no base images); these checks keep the Dockerfile
+    consistent with the crate and the chart."""
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())
+    stages = dockerfile_stages()
+
+    def shape():
+        assert len(stages) == 2, f"{len(stages)} stages"
+        assert stages[0][0][1].startswith("rust:1.95-bookworm"), stages[0][0]
+        assert stages[1][0][1].startswith("debian:bookworm-slim"), stages[1][0]
+        build_runs = [a for i, a in stages[0] if i == "RUN"]
+        assert "--locked" in build_runs[0] and "src/main.rs" in build_runs[0], "first RUN is not the dependency build"
+        copies = [a for i, a in stages[0] if i == "COPY"]
+        assert copies[0].split()[:2] == ["Cargo.toml", "Cargo.lock"], "Cargo.toml/Cargo.lock are not copied first"
+        assert any("cargo build --release --locked" in a for a in build_runs[1:]), "no real release build"
+    R.run("docker: two stages; deps cached by a placeholder build of Cargo.toml + Cargo.lock, then --locked release build", shape)
+
+    def sources_copied():
+        copies = " ".join(a for i, a in stages[0] if i == "COPY")
+        needed = {"src"}
+        for f in (ROOT / "src").rglob("*.rs"):
+            for m in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', f.read_text()):
+                target = (f.parent / m).resolve().relative_to(ROOT)
+                needed.add(target.parts[0])
+        missing = [d for d in sorted(needed) if not re.search(rf"(^|\s){re.escape(d)}/?(\s|$)", copies)]
+        assert not missing, f"build stage does not COPY {missing} (needed by include_str!/include_bytes!)"
+        ignored = {l.strip().rstrip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
+                   if l.strip() and not l.startswith("#")}
+        assert not (needed | {"config", "Cargo.toml", "Cargo.lock"}) & ignored, "a needed path is in .dockerignore"
+        assert {"target", ".venv", ".tools", "atlas-data", ".git"} <= ignored, ignored
+        manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+        extra = [k for k in ("test", "bench", "example") if manifest.get(k)] + (["build"] if "build" in manifest.get("package", {}) else [])
+        assert not extra, f"Cargo.toml declares {extra}: the placeholder dependency build must create them too"
+    R.run("docker: build stage copies every source dir the crate compiles in; .dockerignore keeps state out", sources_copied)
+
+    def runtime():
+        rt = dict()
+        for i, a in stages[1]:
+            rt.setdefault(i, []).append(a)
+        user = rt["USER"][-1].split(":")[0]
+        assert user == str(chart["podSecurityContext"]["runAsUser"]), f"USER {user} != chart runAsUser"
+        assert "ca-certificates" in " ".join(rt["RUN"])
+        env = " ".join(rt["ENV"])
+        assert "ATLAS_CONFIG_DIR=/etc/atlas-codex" in env, env
+        assert any(a.split()[-1].rstrip("/") == "/etc/atlas-codex" and a.split()[0].rstrip("/") == "config" for a in rt["COPY"] if not a.startswith("--from")), rt["COPY"]
+        assert rt["EXPOSE"] == [str(chart["admin"]["port"])], rt["EXPOSE"]
+        assert json.loads(rt["ENTRYPOINT"][-1]) == ["/usr/local/bin/atlas-codex"]
+        assert json.loads(rt["CMD"][-1]) == ["worker"]
+    R.run("docker: runtime is non-root uid 10001 (= chart), config in /etc/atlas-codex (= ATLAS_CONFIG_DIR), EXPOSE 9090, CMD worker", runtime)
+
+
 GROUPS = {
     "chart-files": group_chart_files,
     "values": group_values,
@@ -784,6 +855,7 @@ GROUPS = {
     "isolation": group_isolation,
     "assertions": group_assertions,
     "cfn": group_cfn,
+    "docker": group_docker,
 }
 
 
