@@ -53,6 +53,8 @@ use crate::job::{JobRecord, JobStatus};
 pub const STATUS_INDEX: &str = "status-created_at-index";
 /// Tries of one optimistic ledger update before giving up with a transient error.
 const LEDGER_TRIES: u32 = 60;
+/// How long after expiry a lapsed hold is still kept in the month item, milliseconds (a day).
+const HOLD_GC_GRACE_MS: i64 = 24 * 3600 * 1000;
 /// Tries of a claim whose condition failed on a state that has since changed.
 const CLAIM_TRIES: u32 = 4;
 
@@ -505,10 +507,17 @@ impl Month {
         }
     }
 
-    /// Drops holds that lapsed by `now`.
+    /// Forgets holds that lapsed long before `now` (they no longer count anyway). Holds that
+    /// lapsed recently are kept, so a reader whose `now` is a little earlier (another worker's
+    /// clock, or a snapshot "as of") still counts them as the contract says.
     fn prune(&mut self, now: DateTime<Utc>) {
-        let now_ms = now.timestamp_millis();
-        self.reservations.retain(|_, h| h.expires_at_ms > now_ms);
+        let horizon = now.timestamp_millis().saturating_sub(HOLD_GC_GRACE_MS);
+        self.reservations.retain(|_, h| h.expires_at_ms > horizon);
+    }
+
+    /// Whether `id` is held and unexpired at `now`.
+    fn holds_live(&self, id: &str, now: DateTime<Utc>) -> bool {
+        self.reservations.get(id).is_some_and(|h| h.expires_at_ms > now.timestamp_millis())
     }
 
     fn live_reserved(&self, now: DateTime<Utc>) -> i64 {
@@ -518,7 +527,8 @@ impl Month {
 
     /// The item to write as the next version.
     fn to_item(&self, period: &str, now: DateTime<Utc>) -> Item {
-        let reserved: i64 = self.reservations.values().map(|h| h.amount).sum();
+        // Informational totals as of this write (readers recompute live holds with their `now`).
+        let reserved = self.live_reserved(now);
         let holds: Item = self
             .reservations
             .iter()
@@ -640,7 +650,7 @@ impl BudgetLedger for DynamoLedger {
         for attempt in 1..=LEDGER_TRIES {
             let mut month = self.read_month(period).await?;
             month.prune(now);
-            if month.reservations.contains_key(&reservation.id) {
+            if month.holds_live(&reservation.id, now) {
                 return Ok(ReserveOutcome::Granted);
             }
             let reserved = month.live_reserved(now);
@@ -807,13 +817,19 @@ mod tests {
             "gone".into(),
             Hold { amount: 7, expires_at_ms: (now - chrono::Duration::seconds(1)).timestamp_millis(), job_id: "j".into() },
         );
+        m.reservations.insert(
+            "long-gone".into(),
+            Hold { amount: 9, expires_at_ms: (now - chrono::Duration::days(2)).timestamp_millis(), job_id: "j".into() },
+        );
         assert_eq!(m.live_reserved(now), 5);
+        assert!(m.holds_live("live", now) && !m.holds_live("gone", now));
         m.by_model.insert("gpt-5".into(), 10);
         let back = Month::from_item(&m.to_item("2025-01", now));
         assert_eq!(back.version, 4);
         assert_eq!(back.reservations, m.reservations);
         assert_eq!(back.by_model, m.by_model);
         m.prune(now);
-        assert_eq!(m.reservations.len(), 1);
+        let kept: Vec<&str> = m.reservations.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["gone", "live"], "recently lapsed holds are kept, old ones dropped");
     }
 }

@@ -22,7 +22,7 @@ pub mod s3;
 pub mod sqs;
 
 pub use dynamo::{DynamoJobStore, DynamoLedger};
-pub use provision::{provision, provision_with, ProvisionReport};
+pub use provision::{provision, provision_with, ProvisionReport, ProvisionedResource};
 pub use s3::S3Artifacts;
 pub use sqs::SqsQueue;
 

@@ -81,11 +81,21 @@ pub async fn provision_with(
     settings: &Settings,
     sdk: &SdkConfig,
 ) -> Result<ProvisionReport, BackendError> {
+    let mut report = provision_queues(settings, sdk).await?;
+    report.resources.extend(provision_jobs_table(settings, sdk).await?.resources);
+    report.resources.extend(provision_budget_table(settings, sdk).await?.resources);
+    report.resources.extend(provision_bucket(settings, sdk).await?.resources);
+    Ok(report)
+}
+
+/// The DLQ (14-day retention) and the queue (visibility timeout, long-poll wait, redrive policy
+/// to the DLQ after `queue.max_receive_count` receives), created or brought up to date.
+pub async fn provision_queues(
+    settings: &Settings,
+    sdk: &SdkConfig,
+) -> Result<ProvisionReport, BackendError> {
     let mut report = ProvisionReport::default();
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let ddb = aws_sdk_dynamodb::Client::new(sdk);
-    let s3c = s3::client(sdk);
-
     // DLQ first: the queue's redrive policy names its ARN.
     let dlq = settings.dlq_name();
     let dlq_attrs = HashMap::from([(
@@ -113,27 +123,58 @@ pub async fn provision_with(
     })
     .to_string();
     let queue_attrs = HashMap::from([
-        (QueueAttributeName::VisibilityTimeout, settings.queue.visibility_timeout_secs.min(43_200).to_string()),
-        (QueueAttributeName::ReceiveMessageWaitTimeSeconds, settings.queue.wait_time_secs.min(20).to_string()),
+        (
+            QueueAttributeName::VisibilityTimeout,
+            settings.queue.visibility_timeout_secs.min(43_200).to_string(),
+        ),
+        (
+            QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+            settings.queue.wait_time_secs.min(20).to_string(),
+        ),
         (QueueAttributeName::RedrivePolicy, redrive),
     ]);
     let (_, created) = ensure_queue(&sqs, &queue, queue_attrs).await?;
     report.push("queue", &queue, created);
+    Ok(report)
+}
 
+/// The jobs table: `id` key, the `status-created_at-index` GSI, TTL on `expires_at`.
+pub async fn provision_jobs_table(
+    settings: &Settings,
+    sdk: &SdkConfig,
+) -> Result<ProvisionReport, BackendError> {
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let jobs = settings.jobs_table();
     let created = ensure_table(&ddb, &jobs, TableShape::Jobs).await?;
     ensure_ttl(&ddb, &jobs, "expires_at").await?;
+    let mut report = ProvisionReport::default();
     report.push("jobs table", &jobs, created);
+    Ok(report)
+}
 
+/// The budget ledger table: `period` key.
+pub async fn provision_budget_table(
+    settings: &Settings,
+    sdk: &SdkConfig,
+) -> Result<ProvisionReport, BackendError> {
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let budget = settings.budget_table();
     let created = ensure_table(&ddb, &budget, TableShape::Budget).await?;
+    let mut report = ProvisionReport::default();
     report.push("budget table", &budget, created);
+    Ok(report)
+}
 
+/// The artifacts bucket (in the SDK config's region).
+pub async fn provision_bucket(
+    settings: &Settings,
+    sdk: &SdkConfig,
+) -> Result<ProvisionReport, BackendError> {
     let bucket = settings.bucket();
     let region = sdk.region().map(|r| r.as_ref().to_string());
-    let created = ensure_bucket(&s3c, &bucket, region.as_deref()).await?;
+    let created = ensure_bucket(&s3::client(sdk), &bucket, region.as_deref()).await?;
+    let mut report = ProvisionReport::default();
     report.push("bucket", &bucket, created);
-
     Ok(report)
 }
 

@@ -66,7 +66,7 @@ impl SqsQueue {
     /// Resolves both queues by name (`NotFound` when either is missing: provision first).
     pub async fn open(sdk: &SdkConfig, queue_name: &str, dlq_name: &str) -> BResult<SqsQueue> {
         let client = Client::new(sdk);
-        let queue_url = queue_url(&client, queue_name).await?;
+        let queue_url = queue_url_of(&client, queue_name).await?;
         let dlq_url = queue_url_of(&client, dlq_name).await?;
         Ok(SqsQueue::new(client, queue_url, dlq_url))
     }
@@ -242,10 +242,6 @@ impl SqsQueue {
     }
 }
 
-async fn queue_url(client: &Client, name: &str) -> BResult<String> {
-    queue_url_of(client, name).await
-}
-
 /// The URL of a queue by name.
 pub(crate) async fn queue_url_of(client: &Client, name: &str) -> BResult<String> {
     let out = client
@@ -336,7 +332,13 @@ fn to_dead_letter(m: &aws_sdk_sqs::types::Message) -> Option<DeadLetter> {
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, body: &str, delay: Duration) -> BResult<String> {
-        let delay = delay.as_secs().min(MAX_DELAY_SECS) as i32;
+        if delay.as_secs() > MAX_DELAY_SECS {
+            return Err(BackendError::Other(format!(
+                "delay of {}s is over SQS's {MAX_DELAY_SECS}s limit",
+                delay.as_secs()
+            )));
+        }
+        let delay = delay.as_secs() as i32;
         let out = self
             .client
             .send_message()
@@ -417,7 +419,8 @@ impl Queue for SqsQueue {
                 break;
             }
             let wait = if i == 0 { Duration::from_secs(1) } else { Duration::ZERO };
-            let raw = self.receive_from(&self.dlq_url, max - order.len(), wait, Some(0)).await?;
+            let asked = (max - order.len()).min(BATCH);
+            let raw = self.receive_from(&self.dlq_url, asked, wait, Some(0)).await?;
             let mut new = 0;
             for m in &raw {
                 if let Some(d) = to_dead_letter(m) {
@@ -428,7 +431,9 @@ impl Queue for SqsQueue {
                     }
                 }
             }
-            if new == 0 {
+            // A short batch means the DLQ had no more to give; stopping here also keeps the
+            // extra receives (each peek counts one) to a minimum.
+            if new == 0 || raw.len() < asked {
                 break;
             }
         }
