@@ -1,0 +1,263 @@
+//! `atlas-codex bench`: throughput, CPU, latency and memory of the worker on the embedded backend
+//! with a fast mock model at a set latency. Prints numbers; asserts nothing (targets are in
+//! `docs/performance.md`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::app::App;
+use crate::job::JobStatus;
+use crate::llm::{simulated::SimulatedClient, LlmClient};
+use crate::settings::{Settings, Sources};
+use crate::worker::RunOptions;
+
+/// Benchmark options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrency levels to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256, 1024, 4096])]
+    pub concurrency: Vec<usize>,
+    /// Model latency per call, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub latency_ms: u64,
+    /// Jobs per level = this × concurrency (at least 500).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// `simulated` (in-process mock model) or `http` (the OpenAI-compatible mock server over HTTP).
+    #[arg(long, default_value = "simulated")]
+    pub llm: String,
+    /// Also measure the real binary's start-up: time to ready and idle RSS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub startup: bool,
+}
+
+/// One level's numbers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LevelResult {
+    /// Jobs in flight allowed.
+    pub concurrency: usize,
+    /// Jobs run.
+    pub jobs: usize,
+    /// Jobs completed per second of wall time.
+    pub jobs_per_sec: f64,
+    /// `jobs_per_sec` as a share of the ideal `concurrency / latency`.
+    pub efficiency: f64,
+    /// Process CPU seconds (user + system) per 1,000 jobs.
+    pub cpu_secs_per_1000: f64,
+    /// Median job latency (claim to completion), ms.
+    pub p50_ms: u64,
+    /// 99th percentile job latency, ms.
+    pub p99_ms: u64,
+    /// Peak resident memory during the level, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Runs the benchmark and prints a table (or JSON).
+pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
+    let mut startup = None;
+    if args.startup {
+        startup = Some(measure_startup().await?);
+    }
+    let mock = if args.llm == "http" {
+        Some(
+            crate::mock_openai::MockOpenAi::try_start(crate::mock_openai::MockConfig {
+                behavior: crate::mock_openai::Behavior { latency: Duration::from_millis(args.latency_ms), ..Default::default() },
+                max_recorded: 0,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let dir = tempdir()?;
+        let settings = bench_settings(&dir, c)?;
+        let llm: Arc<dyn LlmClient> = match &mock {
+            Some(m) => Arc::new(
+                crate::llm::openai::OpenAiClient::new(&m.base_url(), &crate::settings::Secret::new("bench-key"), Duration::from_secs(60))
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => Arc::new(SimulatedClient::new(Duration::from_millis(args.latency_ms))),
+        };
+        let backends = crate::app::open_backends(&settings).await.map_err(|e| e.to_string())?;
+        let app = App::new(Arc::new(settings), backends, llm, args.llm.clone())?;
+        let jobs = (c * args.rounds).max(500);
+        let bodies: Vec<String> = (0..jobs)
+            .map(|i| {
+                json!({
+                    "job_id": format!("bench-{c}-{i}"),
+                    "type": "extract",
+                    "text": "Summit 45 Pack. Price $189.00. Weight 1.2 kg. In stock.",
+                    "instructions": "Extract the product name and price.",
+                    "schema": {"type": "object", "properties": {"name": {"type": "string"}, "price": {"type": "number"}}, "required": ["name", "price"]}
+                })
+                .to_string()
+            })
+            .collect();
+        app.backends.queue.send_batch(&bodies).await.map_err(|e| e.to_string())?;
+        reset_peak_rss();
+        let cpu0 = cpu_seconds();
+        let t0 = Instant::now();
+        let stats = app.run(RunOptions { exit_when_idle: true }, std::future::pending()).await?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let peak = peak_rss_mib();
+        let recs = app.backends.jobs.list(Some(JobStatus::Completed), jobs + 10).await.map_err(|e| e.to_string())?;
+        let mut lat: Vec<u64> = recs.iter().filter_map(|r| r.duration_ms).collect();
+        lat.sort_unstable();
+        let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+        let done = stats.completed as usize;
+        let jps = done as f64 / wall;
+        let ideal = c as f64 / (args.latency_ms.max(1) as f64 / 1000.0);
+        let r = LevelResult {
+            concurrency: c,
+            jobs: done,
+            jobs_per_sec: jps,
+            efficiency: jps / ideal,
+            cpu_secs_per_1000: cpu / (done.max(1) as f64) * 1000.0,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            peak_rss_mib: peak,
+        };
+        if !json_out {
+            eprintln!("  c={c}: {done}/{jobs} jobs in {wall:.1}s");
+        }
+        results.push(r);
+        drop(app);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"startup": startup, "levels": results, "latency_ms": args.latency_ms, "llm": args.llm})).map_err(|e| e.to_string())?);
+    } else {
+        if let Some(s) = &startup {
+            println!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
+        }
+        println!("model latency {} ms, llm {}, {} cores", args.latency_ms, args.llm, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        println!("{:>11} {:>7} {:>9} {:>7} {:>12} {:>8} {:>8} {:>10}", "CONCURRENCY", "JOBS", "JOBS/S", "IDEAL%", "CPU s/1000", "P50 ms", "P99 ms", "PEAK MiB");
+        for r in &results {
+            println!(
+                "{:>11} {:>7} {:>9.1} {:>6.1}% {:>12.3} {:>8} {:>8} {:>10.1}",
+                r.concurrency, r.jobs, r.jobs_per_sec, r.efficiency * 100.0, r.cpu_secs_per_1000, r.p50_ms, r.p99_ms, r.peak_rss_mib
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_settings(dir: &std::path::Path, concurrency: usize) -> Result<Settings, String> {
+    let mut src = Sources::from_env(Some("local".into()), None);
+    src.env.retain(|k, _| !k.starts_with("ATLAS__") && k != "OPENAI_API_KEY");
+    for (k, v) in [
+        ("ATLAS__STORAGE__DATA_DIR", dir.display().to_string()),
+        ("ATLAS__WORKER__CONCURRENCY", concurrency.to_string()),
+        ("ATLAS__ADMIN__LISTEN", String::new()),
+        ("ATLAS__QUEUE__WAIT_TIME_SECS", "1".into()),
+        ("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "300".into()),
+        ("ATLAS__LLM__PROVIDER", "simulated".into()),
+        ("ATLAS__TELEMETRY__LOG_LEVEL", "error".into()),
+        ("MONTHLY_BUDGET", "1000000".into()),
+    ] {
+        src.env.insert(k.into(), v);
+    }
+    let mut s = Settings::load(&src).map_err(|e| e.to_string())?;
+    for m in s.models.values_mut() {
+        m.rpm = 0;
+        m.tpm = 0;
+    }
+    Ok(s)
+}
+
+fn tempdir() -> Result<std::path::PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("atlas-bench-{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)));
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+/// User + system CPU seconds of this process (Linux `/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of the full line (utime, stime) are 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn status_kib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_mib() -> f64 {
+    status_kib("self", "VmHWM:") / 1024.0
+}
+
+/// Resets the kernel's peak-RSS mark so each level reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Start-up numbers of the real binary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Startup {
+    /// From spawn to `/readyz` answering 200, ms.
+    pub ready_ms: f64,
+    /// Resident memory once idle, MiB.
+    pub idle_rss_mib: f64,
+}
+
+async fn measure_startup() -> Result<Startup, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = tempdir()?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let t0 = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--stage", "local", "worker"])
+        .env("ATLAS__STORAGE__DATA_DIR", &dir)
+        .env("ATLAS__ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ATLAS__LLM__PROVIDER", "simulated")
+        .env("ATLAS__TELEMETRY__LOG_LEVEL", "error")
+        .env_remove("OPENAI_API_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the worker binary: {e}"))?;
+    let ready_ms = loop {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err("worker not ready within 10 s".into());
+        }
+        if readyz(port).await {
+            break t0.elapsed().as_secs_f64() * 1000.0;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let idle_rss_mib = status_kib(&pid, "VmRSS:") / 1024.0;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Startup { ready_ms, idle_rss_mib })
+}
+
+async fn readyz(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}

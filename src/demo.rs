@@ -1,0 +1,130 @@
+//! `atlas-codex demo`: the main job end to end on the embedded `local` stage, from a fresh clone
+//! with nothing else running. Serves the sample site shipped in `demo/pages/` from a local HTTP
+//! server, enqueues `demo/jobs.jsonl`, runs the worker until the queue is drained, and prints a table.
+
+use std::sync::Arc;
+
+
+use axum::extract::Path;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::Utc;
+use serde_json::json;
+
+use crate::app::App;
+use crate::job::{JobRecord, JobStatus};
+use crate::settings::{Settings, Sources};
+use crate::worker::RunOptions;
+
+/// The sample site, compiled in so the demo works from any directory.
+const PAGES: &[(&str, &str)] = &[
+    ("index.html", include_str!("../demo/pages/index.html")),
+    ("about.html", include_str!("../demo/pages/about.html")),
+    ("products/summit-pack.html", include_str!("../demo/pages/products/summit-pack.html")),
+    ("blog/ultralight.html", include_str!("../demo/pages/blog/ultralight.html")),
+];
+/// The sample jobs; `{BASE}` becomes the local server's address.
+const JOBS: &str = include_str!("../demo/jobs.jsonl");
+
+/// Serves the sample site on 127.0.0.1 (random port); returns its base URL.
+pub async fn serve_sample_site() -> std::io::Result<String> {
+    async fn page(Path(path): Path<String>) -> impl IntoResponse {
+        match PAGES.iter().find(|(p, _)| *p == path) {
+            Some((_, body)) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], *body).into_response(),
+            None => (StatusCode::NOT_FOUND, "not found").into_response(),
+        }
+    }
+    let app = axum::Router::new().route("/{*path}", get(page));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Runs the demo; `json` prints the result table as JSON.
+pub async fn run(json_out: bool) -> Result<(), String> {
+    let mut src = Sources::from_env(Some("local".into()), None);
+    src.env.insert("ATLAS__ADMIN__LISTEN".into(), String::new());
+    src.env.insert("ATLAS__QUEUE__WAIT_TIME_SECS".into(), "1".into());
+    src.env.insert("ATLAS__CRAWL__POLITENESS_DELAY_MS".into(), "100".into());
+    let settings = Settings::load(&src).map_err(|e| e.to_string())?;
+    crate::telemetry::init_tracing(&crate::settings::TelemetrySettings {
+        log_level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ..settings.telemetry.clone()
+    });
+    let base = serve_sample_site().await.map_err(|e| format!("cannot serve the sample site: {e}"))?;
+    let app = App::from_settings(settings).await?;
+    let s: Arc<Settings> = app.settings.clone();
+    eprintln!("Atlas Codex demo — stage `{}`, data in {}", s.stage, s.storage.data_dir.display());
+    eprintln!("  sample site: {base}");
+    eprintln!("  model provider: {}", app.provider);
+
+    // Unique ids per run, so a second demo run does real work instead of finding duplicates.
+    let run_id = Utc::now().format("%H%M%S").to_string();
+    let mut ids = Vec::new();
+    let mut bodies = Vec::new();
+    for line in JOBS.lines().filter(|l| !l.trim().is_empty()) {
+        let line = line.replace("{BASE}", &base).replace("\"demo-", &format!("\"demo{run_id}-"));
+        let job = crate::job::parse_message(&line).map_err(|e| format!("sample job invalid: {e}"))?;
+        let rec = JobRecord::new(job.job_id.as_str(), &s.stage, Utc::now());
+        app.backends.jobs.put_if_absent(&rec).await.map_err(|e| e.to_string())?;
+        ids.push(job.job_id.to_string());
+        bodies.push(line);
+    }
+    app.backends.queue.send_batch(&bodies).await.map_err(|e| e.to_string())?;
+    eprintln!("  enqueued {} jobs; running the worker until the queue is drained...\n", ids.len());
+    let stats = app.run(RunOptions { exit_when_idle: true }, std::future::pending()).await?;
+
+    let mut rows = Vec::new();
+    for id in &ids {
+        if let Ok(Some(r)) = app.backends.jobs.get(id).await {
+            rows.push(r);
+        }
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| json!({
+                "job_id": r.id, "status": r.status.as_str(), "model": r.model,
+                "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
+                "cost_usd": r.cost_usd(), "duration_ms": r.duration_ms,
+                "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
+                "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
+            }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    } else {
+        println!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", "COST USD", "TIME");
+        for r in &rows {
+            println!(
+                "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
+                r.id,
+                r.status.as_str(),
+                r.model.as_deref().unwrap_or("-"),
+                r.usage.input_tokens,
+                r.usage.output_tokens,
+                r.cost_usd(),
+                r.duration_ms.unwrap_or(0)
+            );
+            if let Some(e) = &r.error {
+                println!("    error: {}: {}", e.kind, e.message);
+            }
+        }
+        println!();
+        if let Some(k) = rows.iter().find_map(|r| r.result_key.as_ref()) {
+            let loc = app.backends.artifacts.location(k);
+            let dir = loc.rsplit_once("/jobs/").map(|(d, _)| format!("{d}/jobs/")).unwrap_or(loc);
+            println!("Results: {dir}<job_id>/result.json");
+        }
+        println!("Status of one job: cargo run --release -- status {}", ids[0]);
+        println!("Budget this month: cargo run --release -- budget");
+    }
+    let completed = rows.iter().filter(|r| r.status == JobStatus::Completed).count();
+    if completed != ids.len() {
+        return Err(format!("{} of {} demo jobs did not complete (worker stats: {stats:?})", ids.len() - completed, ids.len()));
+    }
+    Ok(())
+}

@@ -1,0 +1,620 @@
+//! One job end to end: parse → claim → input (fetch, crawl, inline, claim check) → page → route →
+//! reserve → rate limit → model → validate (escalate / fall back) → settle → store → finish.
+//!
+//! [`Processor::process`] never panics on bad input and always returns a [`Verdict`] that tells the
+//! worker what to do with the message; the job record has been written before it returns.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use crate::backend::{Backends, Claim, Message};
+use crate::budget::Budget;
+use crate::crawl;
+use crate::error::{Disposition, JobError};
+use crate::fetch::Fetcher;
+use crate::job::{self, Attempt, ErrorInfo, Job, JobRecord, JobStatus, Source, Usage};
+use crate::llm::{schema, CallParams, LlmClient, LlmError, LlmRequest, ResponseFormat};
+use crate::page::{self, Page};
+use crate::pricing;
+use crate::ratelimit::RateLimits;
+use crate::route::{Features, Router};
+use crate::settings::{OnBudgetExhausted, Settings};
+use crate::telemetry;
+
+/// What the worker must do with the message after processing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The job is `completed` (now, or already: `duplicate`): delete the message.
+    Completed {
+        /// The job.
+        job_id: String,
+        /// True when a redelivery found the job already completed (no work, no spend).
+        duplicate: bool,
+    },
+    /// The job is recorded `failed` but must not be dead-lettered (budget in `fail` mode): delete.
+    Failed {
+        /// The job.
+        job_id: String,
+        /// Why.
+        error: JobError,
+    },
+    /// Permanent failure recorded (when the job has an id): move the message to the DLQ.
+    DeadLetter {
+        /// The job, when the message had a usable id.
+        job_id: Option<String>,
+        /// Why.
+        error: JobError,
+    },
+    /// Transient failure: leave the message for a retry after a backoff.
+    Retry {
+        /// The job, when known.
+        job_id: Option<String>,
+        /// Why.
+        error: JobError,
+    },
+    /// Budget exhausted: re-queue later with the receive count reset; the job stays `pending`.
+    Defer {
+        /// The job.
+        job_id: String,
+        /// Why.
+        error: JobError,
+    },
+    /// Another worker holds a live lease on the job: do not run it twice.
+    Busy {
+        /// The job.
+        job_id: String,
+        /// When that lease runs out.
+        until: chrono::DateTime<Utc>,
+    },
+}
+
+/// The successful result of a job's work, before it is stored.
+struct Done {
+    data: Value,
+    model: Option<String>,
+    page: Option<Page>,
+    pages: Option<Vec<crawl::CrawledPage>>,
+    truncated: bool,
+    fetch_ms: u64,
+    model_ms: u64,
+}
+
+/// Runs jobs. One per worker process, shared by all tasks.
+pub struct Processor {
+    /// Stage settings.
+    settings: Arc<Settings>,
+    /// Queue and stores.
+    backends: Backends,
+    /// The model provider.
+    llm: Arc<dyn LlmClient>,
+    /// SSRF-safe HTTP fetcher.
+    fetcher: Fetcher,
+    /// Model choice, escalation, fallbacks.
+    router: Router,
+    /// Fleet-wide budget over the ledger.
+    budget: Budget,
+    /// Per-model RPM/TPM limits and adaptive slow-down.
+    limits: RateLimits,
+    /// This process's lease-owner id.
+    worker_id: String,
+}
+
+impl Processor {
+    /// Builds a processor from settings, backends and a provider.
+    pub fn new(settings: Arc<Settings>, backends: Backends, llm: Arc<dyn LlmClient>) -> Result<Processor, String> {
+        let fetcher = Fetcher::new(&settings.fetch).map_err(|e| format!("fetcher: {e}"))?;
+        Ok(Processor {
+            router: Router::new(&settings),
+            budget: Budget::from_settings(backends.ledger.clone(), &settings),
+            limits: RateLimits::from_settings(&settings),
+            fetcher,
+            llm,
+            backends,
+            worker_id: format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            settings,
+        })
+    }
+
+    /// Replaces the fetcher (tests inject resolver overrides).
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Processor {
+        self.fetcher = fetcher;
+        self
+    }
+
+    /// This process's lease-owner id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn lease_until(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(self.settings.queue.visibility_timeout_secs as i64)
+    }
+
+    /// Extends this worker's lease on a job (called by the heartbeat).
+    pub async fn renew_lease(&self, job_id: &str) {
+        match self.backends.jobs.renew(job_id, &self.worker_id, self.lease_until()).await {
+            Ok(true) => {}
+            Ok(false) => warn!(job_id, "job lease lost"),
+            Err(e) => warn!(job_id, error = %e, "lease renewal failed"),
+        }
+    }
+
+    /// Gives a job back (`pending`) when its attempt is abandoned (drain timeout).
+    pub async fn abandon(&self, job_id: &str, why: &str) {
+        if let Ok(Some(mut rec)) = self.backends.jobs.get(job_id).await {
+            if rec.status == JobStatus::Processing && rec.lease_owner.as_deref() == Some(&self.worker_id) {
+                rec.status = JobStatus::Pending;
+                rec.pending_reason = Some("retry".into());
+                rec.error = Some(ErrorInfo { kind: "abandoned".into(), message: why.into(), permanent: false });
+                clear_lease(&mut rec);
+                let _ = self.backends.jobs.finish(&rec, &self.worker_id).await;
+            }
+        }
+    }
+
+    /// Processes one message and records the outcome on the job. See [`Verdict`].
+    pub async fn process(&self, message: &Message, job_slot: Arc<OnceLock<String>>) -> Verdict {
+        let job = match job::parse_message(&message.body) {
+            Ok(j) => j,
+            Err(e) => return self.reject_unparsable(message, e).await,
+        };
+        let id = job.job_id.as_str().to_string();
+        tracing::Span::current().record("job_id", id.as_str());
+        let now = Utc::now();
+        let claim = match self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now).await {
+            Ok(c) => c,
+            Err(e) => return Verdict::Retry { job_id: Some(id), error: e.into() },
+        };
+        let mut rec = match claim {
+            Claim::Claimed(r) => r,
+            Claim::AlreadyCompleted(_) => return Verdict::Completed { job_id: id, duplicate: true },
+            Claim::Busy { until, .. } => return Verdict::Busy { job_id: id, until },
+        };
+        let _ = job_slot.set(id.clone());
+        rec.job_type = Some(job.job_type.as_str().into());
+        rec.url = job.url().map(str::to_string);
+        rec.tenant = job.tenant.clone();
+        if rec.expires_at.is_none() && self.settings.storage.retention_days > 0 {
+            rec.expires_at = Some(now.timestamp() + self.settings.storage.retention_days as i64 * 86_400);
+        }
+        let started = Instant::now();
+        let timeout = Duration::from_secs(self.settings.worker.job_timeout_secs);
+        let result = match tokio::time::timeout(timeout, self.run(&job, &mut rec, message.receive_count)).await {
+            Ok(r) => r,
+            Err(_) => Err(JobError::transient("job_timeout", format!("job exceeded {}s", timeout.as_secs()))),
+        };
+        match result {
+            Ok(done) => self.complete(&job, rec, done, started.elapsed()).await,
+            Err(error) => self.fail(rec, error, message.receive_count).await,
+        }
+    }
+
+    /// A message that is not a valid job: permanent; recorded when it carries an id.
+    async fn reject_unparsable(&self, message: &Message, e: job::MessageError) -> Verdict {
+        let error = JobError::permanent(e.kind(), e.to_string());
+        let Some(id) = job::salvage_job_id(&message.body) else {
+            return Verdict::DeadLetter { job_id: None, error };
+        };
+        let id = id.as_str().to_string();
+        let now = Utc::now();
+        match self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now).await {
+            Ok(Claim::Claimed(mut rec)) => {
+                rec.status = JobStatus::Failed;
+                rec.error = Some(ErrorInfo { kind: error.kind().into(), message: error.message().into(), permanent: true });
+                rec.updated_at = now;
+                clear_lease(&mut rec);
+                if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
+                    return Verdict::Retry { job_id: Some(id), error: e.into() };
+                }
+                Verdict::DeadLetter { job_id: Some(id), error }
+            }
+            // A valid job with this id already completed: this broken copy changes nothing.
+            Ok(Claim::AlreadyCompleted(_)) => Verdict::DeadLetter { job_id: Some(id), error },
+            Ok(Claim::Busy { .. }) => Verdict::DeadLetter { job_id: Some(id), error },
+            Err(e) => Verdict::Retry { job_id: Some(id), error: e.into() },
+        }
+    }
+
+    /// Stores the result, then marks the job `completed` (only then may the message go).
+    async fn complete(&self, job: &Job, mut rec: JobRecord, done: Done, elapsed: Duration) -> Verdict {
+        let id = rec.id.clone();
+        let key = format!("jobs/{id}/result.json");
+        let simulated = self.llm.name() == "simulated" && done.model.is_some();
+        let mut doc = json!({
+            "job_id": id,
+            "stage": self.settings.stage,
+            "type": job.job_type.as_str(),
+            "url": job.url(),
+            "data": done.data,
+            "model": done.model,
+            "route": rec.route,
+            "usage": rec.usage,
+            "cost_usd": rec.cost_usd(),
+            "timings": { "total_ms": elapsed.as_millis() as u64, "fetch_ms": done.fetch_ms, "model_ms": done.model_ms },
+            "calls": rec.calls,
+        });
+        let want = |f: job::Format| job.formats.contains(&f) || !job.needs_model();
+        if let Some(p) = &done.page {
+            doc["metadata"] = serde_json::to_value(&p.metadata).unwrap_or(Value::Null);
+            if want(job::Format::Markdown) {
+                doc["markdown"] = Value::String(p.markdown.clone());
+            }
+            if want(job::Format::Links) {
+                doc["links"] = serde_json::to_value(&p.links).unwrap_or(Value::Null);
+            }
+        }
+        if let Some(pages) = &done.pages {
+            let items: Vec<Value> = pages
+                .iter()
+                .map(|cp| {
+                    let mut v = json!({ "url": cp.url, "depth": cp.depth, "metadata": cp.page.metadata });
+                    if want(job::Format::Markdown) {
+                        v["markdown"] = Value::String(cp.page.markdown.clone());
+                    }
+                    if want(job::Format::Links) {
+                        v["links"] = serde_json::to_value(&cp.page.links).unwrap_or(Value::Null);
+                    }
+                    v
+                })
+                .collect();
+            doc["pages"] = Value::Array(items);
+        }
+        if done.truncated {
+            doc["truncated"] = Value::Bool(true);
+        }
+        if simulated {
+            doc["simulated"] = Value::Bool(true);
+        }
+        let body = match serde_json::to_vec_pretty(&doc) {
+            Ok(b) => b,
+            Err(e) => return self.fail(rec, JobError::permanent("result_encoding", e.to_string()), 0).await,
+        };
+        if let Err(e) = self.backends.artifacts.put(&key, body, "application/json").await {
+            return self.fail(rec, e.into(), 0).await;
+        }
+        let data_len = serde_json::to_vec(&done.data).map(|v| v.len()).unwrap_or(usize::MAX);
+        rec.data = (data_len <= self.settings.storage.inline_result_max_bytes).then_some(done.data);
+        rec.result_key = Some(key);
+        rec.model = done.model;
+        rec.simulated = simulated;
+        rec.status = JobStatus::Completed;
+        rec.error = None;
+        rec.pending_reason = None;
+        rec.duration_ms = Some(elapsed.as_millis() as u64);
+        rec.updated_at = Utc::now();
+        clear_lease(&mut rec);
+        match self.backends.jobs.finish(&rec, &self.worker_id).await {
+            Ok(()) => Verdict::Completed { job_id: id, duplicate: false },
+            Err(e) => Verdict::Retry { job_id: Some(id), error: e.into() },
+        }
+    }
+
+    /// Records a failure according to its disposition and says what to do with the message.
+    async fn fail(&self, mut rec: JobRecord, error: JobError, receive_count: u32) -> Verdict {
+        let id = rec.id.clone();
+        let mut disposition = error.disposition();
+        let mut error = error;
+        if disposition == Disposition::Retry && receive_count >= self.settings.queue.max_receive_count {
+            error = JobError::permanent(
+                "retries_exhausted",
+                format!("gave up after {receive_count} attempts; last error: {} ({})", error.message(), error.kind()),
+            );
+            disposition = Disposition::DeadLetter;
+        }
+        if disposition == Disposition::Defer && self.settings.worker.on_budget_exhausted == OnBudgetExhausted::Fail {
+            rec.status = JobStatus::Failed;
+        } else {
+            rec.status = match disposition {
+                Disposition::Retry | Disposition::Defer => JobStatus::Pending,
+                Disposition::DeadLetter => JobStatus::Failed,
+            };
+        }
+        rec.pending_reason = match (rec.status, disposition) {
+            (JobStatus::Pending, Disposition::Defer) => Some("budget_exhausted".into()),
+            (JobStatus::Pending, _) => Some("retry".into()),
+            _ => None,
+        };
+        rec.error = Some(ErrorInfo {
+            kind: error.kind().into(),
+            message: error.message().into(),
+            permanent: rec.status == JobStatus::Failed,
+        });
+        rec.updated_at = Utc::now();
+        clear_lease(&mut rec);
+        if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
+            warn!(job_id = %id, error = %e, "could not record the failure; retrying the message");
+            return Verdict::Retry { job_id: Some(id), error: e.into() };
+        }
+        match (rec.status, disposition) {
+            (JobStatus::Failed, Disposition::Defer) => Verdict::Failed { job_id: id, error },
+            (_, Disposition::Defer) => Verdict::Defer { job_id: id, error },
+            (_, Disposition::DeadLetter) => Verdict::DeadLetter { job_id: Some(id), error },
+            (_, Disposition::Retry) => Verdict::Retry { job_id: Some(id), error },
+        }
+    }
+
+    /// The job's work: input, page, and (when asked) the model.
+    async fn run(&self, job: &Job, rec: &mut JobRecord, _receive_count: u32) -> Result<Done, JobError> {
+        let t0 = Instant::now();
+        let (page, pages) = self.input(job).await?;
+        let fetch_ms = t0.elapsed().as_millis() as u64;
+        if !job.needs_model() {
+            return Ok(Done { data: Value::Null, model: None, page, pages, truncated: false, fetch_ms, model_ms: 0 });
+        }
+        let content = match (&page, &pages) {
+            (Some(p), _) => p.markdown.clone(),
+            (None, Some(ps)) => ps
+                .iter()
+                .map(|cp| format!("## Page: {}\n\n{}", cp.url, cp.page.markdown))
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+            _ => String::new(),
+        };
+        let (content, truncated) = page::truncate_to_tokens(&content, self.settings.llm.max_input_tokens);
+        let t1 = Instant::now();
+        let (data, model) = self.extract(job, rec, &content).await?;
+        Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 })
+    }
+
+    /// Fetches or reads the job's input and turns it into page(s).
+    async fn input(&self, job: &Job) -> Result<(Option<Page>, Option<Vec<crawl::CrawledPage>>), JobError> {
+        match &job.source {
+            Source::Url(u) if job.job_type == job::JobType::Crawl => {
+                let pages = crawl::crawl(&self.fetcher, u, job.max_pages, job.max_depth, &self.settings.crawl).await?;
+                Ok((None, Some(pages)))
+            }
+            Source::Url(u) => {
+                let f = self.fetcher.fetch(u).await?;
+                Ok((Some(page_from_body(&f.body, &f.content_type, Some(&f.final_url))), None))
+            }
+            Source::Html(h) => Ok((Some(page::process(h, None)), None)),
+            Source::Text(t) => Ok((Some(page::text_page(t)), None)),
+            Source::InputKey(k) => {
+                let bytes = self
+                    .backends
+                    .artifacts
+                    .get(k)
+                    .await?
+                    .ok_or_else(|| JobError::permanent("input_missing", format!("no object `{k}` in the artifacts store")))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| JobError::permanent("input_not_utf8", format!("object `{k}` is not UTF-8 text")))?;
+                let looks_html = text.trim_start().starts_with('<');
+                Ok((Some(if looks_html { page::process(&text, None) } else { page::text_page(&text) }), None))
+            }
+        }
+    }
+
+    /// Routes, reserves, calls, validates; escalates on invalid output and falls back on errors.
+    async fn extract(&self, job: &Job, rec: &mut JobRecord, content: &str) -> Result<(Value, String), JobError> {
+        let system = SYSTEM_PROMPT.to_string();
+        let user = user_prompt(job, content);
+        let input_tokens = page::count_tokens(&system) + page::count_tokens(&user) + 16;
+        let features = Features::from_job(job, input_tokens);
+        let used = self.budget.used_fraction(Utc::now()).await;
+        let decision = self.router.decide(job, &features, used)?;
+        telemetry::route_decision(&decision.tier, route_reason_label(&decision));
+        tracing::Span::current().record("model", decision.model.as_str());
+        if rec.route.is_none() {
+            rec.route = Some(decision.clone().into());
+        }
+        let response_format = match &job.schema {
+            Some(s) => match schema::to_strict(s) {
+                Some(strict) => ResponseFormat::JsonSchema { name: schema::schema_name(s, "extraction"), schema: strict, strict: true },
+                None => ResponseFormat::JsonObject,
+            },
+            None => ResponseFormat::JsonObject,
+        };
+        let mut model = decision.model.clone();
+        let mut escalations = 0u32;
+        let mut fallbacks_used: Vec<String> = Vec::new();
+        let mut calls = 0u32;
+        let mut last_error = JobError::transient("llm_unavailable", "no model call succeeded");
+        loop {
+            if calls >= self.settings.llm.max_calls_per_job {
+                return Err(last_error);
+            }
+            let price = self
+                .settings
+                .models
+                .get(&model)
+                .ok_or_else(|| JobError::permanent("model_unknown", format!("model `{model}` has no price in config")))?
+                .clone();
+            let worst = pricing::worst_case_micros(input_tokens as u64, &price);
+            crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst)?;
+            let reservation_id = format!("{}:{}:{}", rec.id, rec.attempts, rec.calls.len() + calls as usize);
+            let hold = self.budget.reserve(&rec.id, &reservation_id, worst, Utc::now()).await?;
+            let waited = self.limits.acquire(&model, (input_tokens as u64 + price.max_output_tokens as u64).min(u32::MAX as u64) as u32).await;
+            telemetry::ratelimit_wait(&model, waited);
+            let request = LlmRequest {
+                model: model.clone(),
+                system: system.clone(),
+                user: user.clone(),
+                response_format: response_format.clone(),
+                params: CallParams {
+                    reasoning_model: price.family == "gpt5",
+                    max_output_tokens: price.max_output_tokens,
+                    temperature: price.temperature,
+                    reasoning_effort: price.reasoning_effort.clone(),
+                    verbosity: price.verbosity.clone(),
+                },
+                output_schema: job.schema.clone(),
+            };
+            let t = Instant::now();
+            let outcome = self.llm.complete(&request).await;
+            let latency = t.elapsed();
+            match outcome {
+                Ok(resp) => {
+                    calls += 1;
+                    self.limits.on_success(&model);
+                    let cost = pricing::cost_micros(&resp.usage, &price);
+                    if let Err(e) = self.budget.settle(hold, cost, &model, job.tenant.as_deref()).await {
+                        warn!(job_id = %rec.id, error = %e, cost_micros = cost, "could not settle a charge; its hold lapses at expiry");
+                    }
+                    rec.usage.add(&resp.usage);
+                    rec.cost_micros += cost;
+                    let checked = check_output(&resp.content, job.schema.as_ref());
+                    let status = if checked.is_ok() { "ok" } else { "invalid_output" };
+                    telemetry::llm_request(&model, status, latency, Some(&resp.usage), cost);
+                    rec.calls.push(Attempt {
+                        model: model.clone(),
+                        outcome: status.into(),
+                        usage: resp.usage,
+                        cost_micros: cost,
+                        latency_ms: latency.as_millis() as u64,
+                    });
+                    match checked {
+                        Ok(data) => return Ok((data, model)),
+                        Err(why) => {
+                            debug!(model = %model, why = %why, "model output rejected");
+                            last_error = JobError::transient("invalid_output", format!("{model} answered output that fails the schema: {why}"));
+                            if escalations < self.settings.routing.max_escalations {
+                                if let Some(next) = self.router.escalate(&model) {
+                                    telemetry::escalation(&model, &next);
+                                    escalations += 1;
+                                    model = next;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Err(e) = self.budget.release(hold).await {
+                        warn!(job_id = %rec.id, error = %e, "could not release a hold; it lapses at expiry");
+                    }
+                    let status = llm_status(&e);
+                    telemetry::llm_request(&model, status, latency, None, 0);
+                    rec.calls.push(Attempt {
+                        model: model.clone(),
+                        outcome: status.into(),
+                        usage: Usage::default(),
+                        cost_micros: 0,
+                        latency_ms: latency.as_millis() as u64,
+                    });
+                    match e {
+                        LlmError::RateLimited { retry_after } => {
+                            // Never fails a job by itself: slow down and try again (bounded by the job timeout).
+                            self.limits.on_rate_limited(&model, retry_after);
+                        }
+                        LlmError::BadRequest { status, message } => {
+                            return Err(JobError::permanent("llm_bad_request", format!("{model} rejected the request ({status}): {message}")));
+                        }
+                        other => {
+                            calls += 1;
+                            last_error = JobError::transient(status, format!("{model}: {other}"));
+                            let next = self
+                                .router
+                                .fallbacks(&model)
+                                .into_iter()
+                                .find(|m| !fallbacks_used.contains(m) && *m != model);
+                            if let Some(next) = next {
+                                telemetry::fallback(&model, &next);
+                                fallbacks_used.push(model.clone());
+                                model = next;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+const SYSTEM_PROMPT: &str = "You extract structured data from web pages. Answer with one JSON object only. \
+Use only facts present in the page; use null where the page does not say.";
+
+fn user_prompt(job: &Job, content: &str) -> String {
+    let mut s = String::new();
+    if let Some(i) = &job.instructions {
+        s.push_str("Instructions:\n");
+        s.push_str(i);
+        s.push_str("\n\n");
+    }
+    if let Some(sc) = &job.schema {
+        s.push_str("Answer as JSON matching this schema:\n");
+        s.push_str(&sc.to_string());
+        s.push_str("\n\n");
+    } else {
+        s.push_str("Answer as a JSON object.\n\n");
+    }
+    s.push_str("Page content (Markdown):\n");
+    s.push_str(content);
+    s
+}
+
+/// Parses the model's answer and validates it against the job's schema.
+///
+/// Strict mode turns optional properties into nullable required ones, so a `null` the original
+/// schema does not allow is dropped before validation.
+fn check_output(content: &str, schema: Option<&Value>) -> Result<Value, String> {
+    let v: Value = serde_json::from_str(content.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(schema) = schema else {
+        return if v.is_object() { Ok(v) } else { Err("not a JSON object".into()) };
+    };
+    match schema::validate(schema, &v) {
+        Ok(()) => Ok(v),
+        Err(errors) => {
+            let stripped = strip_nulls(v.clone());
+            if schema::validate(schema, &stripped).is_ok() {
+                Ok(stripped)
+            } else {
+                Err(errors.join("; "))
+            }
+        }
+    }
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+fn page_from_body(body: &str, content_type: &str, url: Option<&url::Url>) -> Page {
+    if content_type.starts_with("text/html") || content_type.starts_with("application/xhtml") {
+        page::process(body, url)
+    } else {
+        page::text_page(body)
+    }
+}
+
+fn llm_status(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::RateLimited { .. } => "rate_limited",
+        LlmError::Server { .. } => "server_error",
+        LlmError::Timeout => "timeout",
+        LlmError::BadRequest { .. } => "bad_request",
+        LlmError::Transport(_) => "transport",
+    }
+}
+
+fn route_reason_label(d: &crate::route::Decision) -> &'static str {
+    if d.tier == "override" {
+        "override"
+    } else if d.tier == "production" {
+        "forced"
+    } else if d.reason.contains("cheaper") {
+        "cheaper"
+    } else {
+        "score"
+    }
+}
+
+fn clear_lease(rec: &mut JobRecord) {
+    rec.lease_owner = None;
+    rec.lease_expires_at = None;
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
