@@ -195,6 +195,28 @@ def group_values() -> None:
             assert v["openai"]["existingSecret"].endswith(f"-{stage}"), v["openai"]["existingSecret"]
         R.run(f"{stage}: values name the stage's role, queue and secret", names)
 
+    def documented():
+        # Every leaf value in the chart's values.yaml has a comment right above it (or on its line).
+        lines = (CHART / "values.yaml").read_text().splitlines()
+        undocumented = []
+        for i, line in enumerate(lines):
+            m = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9_]*):(.*)$", line)
+            if not m:
+                continue
+            rest = m.group(3).strip()
+            if rest == "" and i + 1 < len(lines) and re.match(rf"^{m.group(1)}\s+\S", lines[i + 1]) \
+                    and not lines[i + 1].strip().startswith("- "):
+                continue  # a mapping parent: its leaves carry the comments
+            if "#" in rest:
+                continue
+            j = i - 1
+            while j >= 0 and lines[j].strip().startswith("#") is False and lines[j].strip() == "":
+                j -= 1
+            if j < 0 or not lines[j].strip().startswith("#"):
+                undocumented.append(m.group(2))
+        assert not undocumented, f"values without a comment: {undocumented}"
+    R.run("chart values.yaml: every value has a comment", documented)
+
     def policy():
         prod, prev = effective_config("production"), effective_config("preview")
         assert prod["routing"]["gpt5_enabled"] is False and prod["routing"]["force_gpt4"] is True
