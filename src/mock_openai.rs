@@ -736,12 +736,16 @@ fn answer_content(body: &Value, bad: bool) -> String {
     }
 }
 
-/// Turns a valid instance into one `schema` rejects: drop a required property, else change the
-/// root's type, else give up (a schema that accepts anything cannot be broken).
+/// Turns a valid instance into one `schema` rejects: drop every required property (so the
+/// answer also breaks the caller's original, less strict schema), else change the root's type,
+/// else give up (a schema that accepts anything cannot be broken).
 fn break_instance(schema: &Value, instance: Value) -> Value {
     if let Value::Object(mut map) = instance.clone() {
-        if let Some(first) = schema.get("required").and_then(Value::as_array).and_then(|r| r.first()).and_then(Value::as_str) {
-            map.remove(first);
+        let required: Vec<&str> =
+            schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if !required.is_empty() {
+            map.retain(|k, _| !required.contains(&k.as_str()));
+            map.insert("unexpected_note".into(), json!("the model ignored the schema"));
             let broken = Value::Object(map);
             if schema::validate(schema, &broken).is_err() {
                 return broken;

@@ -66,6 +66,10 @@ const KEPT_KEYWORDS: &[&str] = &[
     "$ref",
 ];
 
+/// Dropped keywords whose value is carried over into the description as a hint
+/// (`(format: uri; minLength: 40)`).
+pub const HINTED_KEYWORDS: &[&str] = &["minLength", "maxLength", "uniqueItems", "minProperties", "maxProperties"];
+
 /// Keywords strict mode cannot express; a schema using any of them is not adaptable.
 const FATAL_KEYWORDS: &[&str] = &[
     "allOf",
@@ -169,10 +173,28 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
     if let Some(Value::String(s)) = obj.get("const") {
         stats.string_chars += s.chars().count();
     }
+    // Constraints strict mode does not take are kept as a hint in the description, which the
+    // model reads (and the simulated generator honours); validate() still enforces them.
+    let mut hints: Vec<String> = Vec::new();
     if let Some(Value::String(f)) = obj.get("format") {
         if STRICT_FORMATS.contains(&f.as_str()) {
             out.insert("format".into(), Value::String(f.clone()));
+        } else {
+            hints.push(format!("format: {f}"));
         }
+    }
+    for key in HINTED_KEYWORDS {
+        if let Some(v) = obj.get(*key).filter(|v| v.is_number() || v.is_boolean()) {
+            hints.push(format!("{key}: {v}"));
+        }
+    }
+    if !hints.is_empty() {
+        let hint = format!("({})", hints.join("; "));
+        let text = match obj.get("description").and_then(Value::as_str) {
+            Some(d) if !d.trim().is_empty() => format!("{} {hint}", d.trim_end()),
+            _ => hint,
+        };
+        out.insert("description".into(), Value::String(text));
     }
     if let Some(t) = obj.get("type") {
         out.insert("type".into(), t.clone());

@@ -284,8 +284,17 @@ fn sample_text(name: &str, salt: usize) -> String {
     }
 }
 
+/// A constraint given as a description hint by [`super::schema::to_strict`]
+/// (`... (format: uri; minLength: 40)`), read the way a model would.
+fn hint<'s>(obj: &'s Map<String, Value>, key: &str) -> Option<&'s str> {
+    let d = obj.get("description")?.as_str()?;
+    let open = d.rfind('(')?;
+    let inner = d[open + 1..].strip_suffix(')')?;
+    inner.split("; ").find_map(|part| part.strip_prefix(key)?.strip_prefix(": "))
+}
+
 fn string(obj: &Map<String, Value>, name: &str, salt: usize) -> String {
-    let format = obj.get("format").and_then(Value::as_str).unwrap_or("");
+    let format = obj.get("format").and_then(Value::as_str).or_else(|| hint(obj, "format")).unwrap_or("");
     let mut s = match format {
         "date" => format!("2024-01-{:02}", 1 + salt % 28),
         "date-time" => format!("2024-01-{:02}T10:30:00Z", 1 + salt % 28),
@@ -304,12 +313,17 @@ fn string(obj: &Map<String, Value>, name: &str, salt: usize) -> String {
         "regex" => "^[a-z]+$".into(),
         _ => sample_text(name, salt),
     };
-    let min = obj.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let min = obj
+        .get("minLength")
+        .and_then(Value::as_u64)
+        .or_else(|| hint(obj, "minLength").and_then(|v| v.parse().ok()))
+        .unwrap_or(0) as usize;
     let len = s.chars().count();
     if len < min {
         s.extend(std::iter::repeat_n('x', (min - len).min(100_000)));
     }
-    if let Some(max) = obj.get("maxLength").and_then(Value::as_u64).map(|m| m as usize) {
+    let max = obj.get("maxLength").and_then(Value::as_u64).or_else(|| hint(obj, "maxLength").and_then(|v| v.parse().ok()));
+    if let Some(max) = max.map(|m| m as usize) {
         if s.chars().count() > max {
             s = s.chars().take(max).collect();
         }
