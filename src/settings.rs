@@ -377,7 +377,9 @@ impl Default for Settings {
         let mut models = BTreeMap::new();
         models.insert("gpt-5".into(), model("gpt5", 1.25, 0.125, 10.0));
         models.insert("gpt-5-mini".into(), model("gpt5", 0.25, 0.025, 2.0));
-        models.insert("gpt-5-nano".into(), model("gpt5", 0.05, 0.005, 0.40));
+        let mut nano = model("gpt5", 0.05, 0.005, 0.40);
+        nano.reasoning_effort = Some("minimal".into()); // as in config/default.toml
+        models.insert("gpt-5-nano".into(), nano);
         models.insert("gpt-4o".into(), model("gpt4", 2.50, 1.25, 10.0));
         models.insert("gpt-4.1".into(), model("gpt4", 2.00, 0.50, 8.0));
         let mut fallbacks = BTreeMap::new();
@@ -528,9 +530,10 @@ impl Settings {
         if !valid_stage_name(&stage) {
             return Err(fail(vec![format!("stage `{stage}` must match [a-z0-9-]{{1,32}}")]));
         }
-        let defaults = config::Config::try_from(&Settings::default())
-            .map_err(|e| fail(vec![format!("defaults: {e}")]))?;
-        let mut b = config::Config::builder().add_source(defaults);
+        // The built-in defaults are merged in after `config` has layered the files and the
+        // environment (see `deep_merge`): fed to `config` as a source, their keys are split on
+        // dots, so a model id such as `gpt-4.1` would become `gpt-4` → `1`.
+        let mut b = config::Config::builder();
         let default_file = src.config_dir.join("default.toml");
         if default_file.exists() {
             b = b.add_source(config::File::from(default_file));
@@ -571,7 +574,15 @@ impl Settings {
         for (k, v) in &src.env {
             let Some(rest) = k.strip_prefix("ATLAS__") else { continue };
             let key = rest.split("__").map(|p| p.to_ascii_lowercase()).collect::<Vec<_>>().join(".");
+            if key == "stage" {
+                // The stage chose the files already loaded; changing it here would mix stages.
+                problems.push(format!("{k} cannot set the stage; use --stage or STAGE"));
+                continue;
+            }
+            // A string key keeps the text as it is, even when it looks like a number or a bool.
+            let string_key = default_at(&key).is_some_and(|d| d.is_string());
             b = match parse_scalar(v) {
+                _ if string_key => b.set_override(&key, v.clone()),
                 Scalar::Bool(x) => b.set_override(&key, x),
                 Scalar::Float(x) if !v.contains('.') && x.fract() == 0.0 && x.abs() < 9e15 => {
                     b.set_override(&key, x as i64)
@@ -581,10 +592,12 @@ impl Settings {
             }
             .map_err(|e| fail(vec![format!("{k}: {e}")]))?;
         }
-        let merged: Value = b
+        let layered: Value = b
             .build()
             .and_then(|c| c.try_deserialize::<Value>())
             .map_err(|e| fail(vec![e.to_string()]))?;
+        let mut merged = serde_json::to_value(Settings::default()).map_err(|e| fail(vec![format!("defaults: {e}")]))?;
+        deep_merge(&mut merged, layered);
         // Unknown keys, every one of them.
         let known = serde_json::to_value(Settings::default()).unwrap_or(Value::Null);
         unknown_keys(&merged, &known, "", &mut problems);
@@ -841,6 +854,37 @@ impl Settings {
     /// The settings as TOML with the secret left out (for `validate --output`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// The built-in default at a dotted key path (`worker.concurrency`, `models.gpt-4o.family`), if any.
+fn default_at(path: &str) -> Option<Value> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let (mut cur, rest) = match parts.as_slice() {
+        ["models", _id, rest @ ..] => (serde_json::to_value(ModelSettings::default()).ok()?, rest),
+        all => (serde_json::to_value(Settings::default()).ok()?, all),
+    };
+    for p in rest {
+        cur = cur.get(*p)?.clone();
+    }
+    Some(cur)
+}
+
+/// Lays `over` onto `base` the way `config` layers sources: tables merge key by key, anything else
+/// (scalars, arrays) replaces.
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => deep_merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }
 
