@@ -333,7 +333,14 @@ fn absolute_url_any(v: &str, base: &Url) -> Option<String> {
 }
 
 fn to_markdown(html: &str) -> String {
+    let options = htmd::options::Options {
+        bullet_list_marker: htmd::options::BulletListMarker::Dash,
+        ul_bullet_spacing: 1,
+        hr_style: htmd::options::HrStyle::Dashes,
+        ..Default::default()
+    };
     let converter = htmd::HtmlToMarkdown::builder()
+        .options(options)
         .skip_tags(vec![
             "script", "style", "noscript", "template", "iframe", "svg", "canvas", "object", "embed", "nav", "aside",
             "head", "input", "button", "select", "textarea",
