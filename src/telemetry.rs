@@ -128,7 +128,11 @@ pub fn init_tracing(t: &TelemetrySettings) {
             .flatten_event(true)
             .try_init()
             .is_ok(),
-        LogFormat::Pretty => builder.with_target(true).try_init().is_ok(),
+        LogFormat::Pretty => builder
+            .with_target(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+            .is_ok(),
     };
     if installed {
         if let Some(p) = problem {
