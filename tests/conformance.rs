@@ -15,7 +15,7 @@ use atlas_codex::backend::{
     ArtifactStore, BackendError, BudgetLedger, Claim, JobStore, Queue, Reservation, ReserveOutcome,
 };
 use atlas_codex::job::{JobRecord, JobStatus};
-use atlas_codex::settings::Settings;
+use atlas_codex::settings::{QueueSettings, Settings, StorageSettings};
 use chrono::{Duration as ChronoDuration, Utc};
 use support::conformance::{
     make_artifacts, make_jobs, make_ledger, make_queue, receive_n, receive_one, MakeArtifacts, MakeJobs,
@@ -69,11 +69,13 @@ mod artifacts {
 // The embedded backend's own promises
 
 fn settings_for(stage: &str, dir: &std::path::Path) -> Settings {
-    let mut s = Settings::default();
-    s.stage = stage.into();
-    s.storage.data_dir = dir.to_path_buf();
-    s.queue.visibility_timeout_secs = 30;
-    s
+    let d = Settings::default();
+    Settings {
+        stage: stage.into(),
+        storage: StorageSettings { data_dir: dir.to_path_buf(), ..d.storage.clone() },
+        queue: QueueSettings { visibility_timeout_secs: 30, ..d.queue.clone() },
+        ..d
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,11 +141,11 @@ async fn receipts_of_earlier_deliveries_are_stale() {
     let second = receive_one(&*q, Duration::from_secs(2)).await;
     assert!(matches!(q.set_visibility(&first.receipt, Duration::ZERO).await, Err(BackendError::Conflict(_))));
     assert!(matches!(q.dead_letter(&first, "x").await, Err(BackendError::Conflict(_))));
-    assert_eq!(q.delete_batch(&[first.receipt.clone()]).await.expect("delete"), vec![first.receipt.clone()]);
+    assert_eq!(q.delete_batch(std::slice::from_ref(&first.receipt)).await.expect("delete"), vec![first.receipt.clone()]);
     assert_eq!(q.depth().await.expect("depth").in_flight, 1, "the stale receipt touched nothing");
-    assert!(q.delete_batch(&[second.receipt.clone()]).await.expect("delete").is_empty());
+    assert!(q.delete_batch(std::slice::from_ref(&second.receipt)).await.expect("delete").is_empty());
     assert_eq!(
-        q.delete_batch(&[second.receipt.clone()]).await.expect("delete twice"),
+        q.delete_batch(std::slice::from_ref(&second.receipt)).await.expect("delete twice"),
         vec![second.receipt],
         "a deleted message's receipt is stale"
     );
@@ -165,6 +167,22 @@ async fn receive_dead_letters_and_still_fills_the_batch() {
     assert_eq!(bodies, BTreeSet::from(["new1", "new2"]));
     let dlq: BTreeSet<_> = q.dlq_peek(10).await.expect("peek").into_iter().map(|d| d.body).collect();
     assert_eq!(dlq, BTreeSet::from(["old1".to_string(), "old2".to_string()]));
+}
+
+/// With a zero visibility timeout a message is visible again at once, but one receive still
+/// never returns it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_visibility_never_duplicates_within_a_batch() {
+    let b = scratch(QueueSpec { visibility_timeout: Duration::ZERO, max_receive_count: 100 });
+    let q = b.queue.clone();
+    q.send_batch(&["z1".into(), "z2".into(), "z3".into()]).await.expect("send");
+    let got = q.receive(10, Duration::from_secs(1)).await.expect("receive");
+    let ids: BTreeSet<_> = got.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!((got.len(), ids.len()), (3, 3), "{got:?}");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = q.receive(10, Duration::from_secs(1)).await.expect("receive");
+    assert_eq!(again.len(), 3, "visible again at once");
+    assert!(again.iter().all(|m| m.receive_count == 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

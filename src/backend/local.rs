@@ -407,7 +407,9 @@ impl SqliteQueue {
                 }
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
                 let now = wall_ms();
-                let hidden_until = now.saturating_add(duration_ms(opts.visibility_timeout));
+                // At least 1 ms ahead, so a zero visibility timeout cannot hand out a message
+                // twice in one batch (the selection below compares with this same `now`).
+                let hidden_until = now.saturating_add(duration_ms(opts.visibility_timeout).max(1));
                 let mut out = Vec::new();
                 loop {
                     let want = max - out.len();
@@ -426,6 +428,7 @@ impl SqliteQueue {
                             .db()?;
                         it.collect::<rusqlite::Result<_>>().db()?
                     };
+                    let exhausted = rows.len() < want;
                     if rows.is_empty() {
                         break;
                     }
@@ -461,7 +464,7 @@ impl SqliteQueue {
                             sent_at: from_ms(sent_at),
                         });
                     }
-                    if out.len() >= max {
+                    if exhausted || out.len() >= max {
                         break;
                     }
                 }
@@ -758,7 +761,13 @@ impl Queue for SqliteQueue {
 // ---------------------------------------------------------------------------------------------
 // Job store
 
-/// The embedded job table: the record as JSON plus the columns the conditional transitions need.
+/// The embedded job table: the record as JSON plus the columns the conditional transitions need
+/// (`status`, `lease_owner`, `lease_expires_at` in µs, `created_at` in µs for `list`).
+///
+/// A live lease is `Busy` for every claimant, its own holder included (a duplicate delivery to
+/// the same worker must not start the job twice); a lease is live while `lease_expires_at ≥ now`.
+/// `finish` does not look at the lease's expiry: the owner may still write while nobody else
+/// has taken the job over.
 pub struct SqliteJobStore {
     db: Db,
     _guard: Option<Arc<ScratchDir>>,

@@ -143,7 +143,7 @@ pub async fn queue_send_receive_delete(make: &MakeQueue) {
     let d = q.depth().await.expect("depth");
     assert_eq!((d.visible, d.in_flight, d.delayed), (0, 1, 0), "{d:?}");
     assert!(!d.is_drained());
-    let failed = q.delete_batch(&[m.receipt.clone()]).await.expect("delete");
+    let failed = q.delete_batch(std::slice::from_ref(&m.receipt)).await.expect("delete");
     assert!(failed.is_empty(), "{failed:?}");
     let d = q.depth().await.expect("depth");
     assert!(d.is_drained(), "{d:?}");
@@ -193,7 +193,7 @@ pub async fn queue_set_visibility(make: &MakeQueue) {
     assert_eq!(back.receive_count, 3);
 
     // Stale: after delete, the receipt no longer acts on anything.
-    assert!(q.delete_batch(&[back.receipt.clone()]).await.expect("delete").is_empty());
+    assert!(q.delete_batch(std::slice::from_ref(&back.receipt)).await.expect("delete").is_empty());
     let err = q.set_visibility(&back.receipt, Duration::ZERO).await;
     assert!(err.is_err(), "set_visibility with the receipt of a deleted message must fail");
     assert_nothing_visible(&*q, "stale set_visibility resurrected a message").await;
