@@ -8,6 +8,7 @@
 //!   moved to the dead-letter queue at once.
 //! - [`Disposition::Defer`]: the budget is exhausted; the message is re-queued with a delay (its
 //!   receive count reset, so it never reaches the DLQ for budget) and the job stays `pending`.
+//! - [`Disposition::Fail`]: the job can never fit its budget; recorded `failed`, message deleted.
 
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub enum Disposition {
     DeadLetter,
     /// Re-queue later without counting a receive; the job stays `pending`.
     Defer,
+    /// Record the failure and delete the message without dead-lettering it (budget: a job over
+    /// its own `max_cost_usd`, or a call larger than the whole monthly budget). Budget problems
+    /// never go to the DLQ.
+    Fail,
 }
 
 impl JobError {
@@ -70,7 +75,7 @@ impl JobError {
         match self {
             JobError::Transient { .. } => Disposition::Retry,
             JobError::Permanent { .. } => Disposition::DeadLetter,
-            JobError::Budget { job_cap: true, .. } => Disposition::DeadLetter,
+            JobError::Budget { job_cap: true, .. } => Disposition::Fail,
             JobError::Budget { job_cap: false, .. } => Disposition::Defer,
         }
     }

@@ -35,7 +35,7 @@ pub enum Verdict {
         /// True when a redelivery found the job already completed (no work, no spend).
         duplicate: bool,
     },
-    /// The job is recorded `failed` but must not be dead-lettered (budget in `fail` mode): delete.
+    /// The job is recorded `failed` but must not be dead-lettered (budget problems): delete.
     Failed {
         /// The job.
         job_id: String,
@@ -306,16 +306,15 @@ impl Processor {
             disposition = Disposition::DeadLetter;
         }
         if disposition == Disposition::Defer && self.settings.worker.on_budget_exhausted == OnBudgetExhausted::Fail {
-            rec.status = JobStatus::Failed;
-        } else {
-            rec.status = match disposition {
-                Disposition::Retry | Disposition::Defer => JobStatus::Pending,
-                Disposition::DeadLetter => JobStatus::Failed,
-            };
+            disposition = Disposition::Fail;
         }
-        rec.pending_reason = match (rec.status, disposition) {
-            (JobStatus::Pending, Disposition::Defer) => Some("budget_exhausted".into()),
-            (JobStatus::Pending, _) => Some("retry".into()),
+        rec.status = match disposition {
+            Disposition::Retry | Disposition::Defer => JobStatus::Pending,
+            Disposition::DeadLetter | Disposition::Fail => JobStatus::Failed,
+        };
+        rec.pending_reason = match disposition {
+            Disposition::Defer => Some("budget_exhausted".into()),
+            Disposition::Retry => Some("retry".into()),
             _ => None,
         };
         rec.error = Some(ErrorInfo {
@@ -329,11 +328,11 @@ impl Processor {
             warn!(job_id = %id, error = %e, "could not record the failure; retrying the message");
             return Verdict::Retry { job_id: Some(id), error: e.into() };
         }
-        match (rec.status, disposition) {
-            (JobStatus::Failed, Disposition::Defer) => Verdict::Failed { job_id: id, error },
-            (_, Disposition::Defer) => Verdict::Defer { job_id: id, error },
-            (_, Disposition::DeadLetter) => Verdict::DeadLetter { job_id: Some(id), error },
-            (_, Disposition::Retry) => Verdict::Retry { job_id: Some(id), error },
+        match disposition {
+            Disposition::Fail => Verdict::Failed { job_id: id, error },
+            Disposition::Defer => Verdict::Defer { job_id: id, error },
+            Disposition::DeadLetter => Verdict::DeadLetter { job_id: Some(id), error },
+            Disposition::Retry => Verdict::Retry { job_id: Some(id), error },
         }
     }
 
@@ -510,10 +509,14 @@ impl Processor {
                                 .fallbacks(&model)
                                 .into_iter()
                                 .find(|m| !fallbacks_used.contains(m) && *m != model);
-                            if let Some(next) = next {
-                                telemetry::fallback(&model, &next);
-                                fallbacks_used.push(model.clone());
-                                model = next;
+                            match next {
+                                Some(next) => {
+                                    telemetry::fallback(&model, &next);
+                                    fallbacks_used.push(model.clone());
+                                    model = next;
+                                }
+                                // No fallback left: retry the message later with backoff.
+                                None => return Err(last_error),
                             }
                         }
                     }

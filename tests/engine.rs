@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use atlas_codex::job::JobStatus;
@@ -121,8 +120,17 @@ async fn redelivery_of_a_completed_job_does_no_work_and_spends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_exhaustion_defers_without_dead_lettering() {
     let llm = ScriptedLlm::new(Duration::from_millis(1), 0, false);
-    // A budget smaller than one call's worst case.
-    let t = spawn_app(&[("MONTHLY_BUDGET", "0.0001"), ("ATLAS__WORKER__BUDGET_DEFER_SECS", "60")], llm.clone()).await;
+    let t = spawn_app(&[("MONTHLY_BUDGET", "1"), ("ATLAS__WORKER__BUDGET_DEFER_SECS", "60")], llm.clone()).await;
+    // Spend all but 100 µUSD of the month: less than one call's worst case.
+    let now = chrono::Utc::now();
+    let charge = atlas_codex::backend::Charge {
+        reservation_id: "earlier".into(),
+        job_id: "earlier".into(),
+        model: "gpt-5-nano".into(),
+        tenant: None,
+        amount_micros: 999_900,
+    };
+    t.backends.ledger.settle(&atlas_codex::budget::period(now), &charge).await.unwrap();
     t.send(&[text_job("poor-1")]).await;
     let app = t.app.clone();
     let run = tokio::spawn(async move { app.run(RunOptions::default(), tokio::time::sleep(Duration::from_secs(3))).await });
@@ -174,5 +182,4 @@ fn sigterm_with_jobs_in_flight_finishes_them_and_exits_zero() {
         let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
         assert_eq!(v["status"], "completed", "job term-{i} after drain; worker log:\n{log}");
     }
-    let _ = Arc::new(());
 }
