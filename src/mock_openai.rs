@@ -524,7 +524,7 @@ fn decide(
     if model.is_empty() {
         return Decision::Invalid("you must provide a model parameter".into());
     }
-    if !body.get("messages").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+    if body.get("messages").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
         return Decision::Invalid("'messages' must be a non-empty array".into());
     }
     if config.enforce_strict_schema {

@@ -592,6 +592,8 @@ fn to_strict_declines_what_strict_mode_cannot_express() {
         ("array without items", json!({"type": "object", "properties": {"a": {"type": "array"}}})),
         ("required without property", json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]})),
         ("boolean schema", json!({"type": "object", "properties": {"a": true}})),
+        ("remote ref", json!({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}})),
+        ("ref into properties", json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}}})),
     ];
     for (name, s) in not_adaptable {
         assert!(to_strict(&s).is_none(), "{name} should not be adaptable: {:?}", to_strict(&s));
@@ -644,4 +646,49 @@ fn validate_reports_paths_and_caps_the_error_count() {
 
     let errs = validate(&json!({"type": 12}), &json!(1)).unwrap_err();
     assert!(errs[0].starts_with("(schema):"), "{errs:?}");
+}
+
+#[tokio::test]
+async fn remote_refs_fail_validation_without_network_or_panic() {
+    let s = json!({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}});
+    let errs = validate(&s, &json!({"a": 1})).unwrap_err();
+    assert!(errs[0].starts_with("(schema):"), "{errs:?}");
+}
+
+#[tokio::test]
+async fn empty_answer_is_a_clear_error() {
+    let mock = mock_with_key().await;
+    let c = client(&mock, Duration::from_secs(10));
+    // In text mode the mock's "bad output" is an empty message.
+    mock.bad_output_next(1);
+    let err = c.complete(&request("gpt-4o", ResponseFormat::Text, gpt4_params())).await.unwrap_err();
+    match err {
+        LlmError::BadRequest { status, message } => {
+            assert_eq!(status, 200);
+            assert!(message.contains("empty model answer"), "{message}");
+        }
+        other => panic!("expected BadRequest, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_serves_concurrent_requests_without_serialising_latency() {
+    let mock = MockOpenAi::start(MockConfig { max_recorded: 0, ..Default::default() }).await;
+    mock.set_latency(Duration::from_secs(1));
+    let c = OpenAiClient::new(&mock.base_url(), &Secret::new(KEY), Duration::from_secs(30)).expect("client");
+    let started = std::time::Instant::now();
+    let calls = (0..300).map(|i| {
+        let c = c.clone();
+        async move {
+            let model = if i % 2 == 0 { "gpt-5-nano" } else { "gpt-4o" };
+            c.complete(&request(model, strict_format(&product_schema()), gpt5_params())).await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{:?}", results.iter().find(|r| r.is_err()));
+    // 300 calls of 1 s each: concurrent, so a few seconds at most, not 300.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(mock.total_requests(), 300);
+    assert!(mock.requests().is_empty(), "max_recorded = 0 keeps no log");
+    assert_eq!(mock.count("gpt-5-nano", 200) + mock.count("gpt-4o", 200), 300);
 }

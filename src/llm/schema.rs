@@ -160,6 +160,14 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
     if obj.get("unevaluatedProperties").is_some_and(|v| v != &Value::Bool(false)) {
         return None;
     }
+    // Only references into the root's definitions survive the rewrite unchanged.
+    if let Some(r) = obj.get("$ref") {
+        let r = r.as_str()?;
+        let local = r == "#" || r.starts_with("#/$defs/") || r.starts_with("#/definitions/");
+        if !local {
+            return None;
+        }
+    }
     let mut out = Map::new();
     for key in KEPT_KEYWORDS {
         if let Some(v) = obj.get(*key) {
@@ -285,17 +293,11 @@ fn make_nullable(schema: Value) -> Value {
         return serde_json::json!({"anyOf": [Value::Object(obj), {"type": "null"}]});
     }
     match obj.get_mut("type") {
-        Some(Value::String(t)) => {
-            if t != "null" {
-                let t = std::mem::take(t);
-                obj.insert("type".into(), Value::Array(vec![Value::String(t), null.clone()]));
-            }
+        Some(Value::String(t)) if t != "null" => {
+            let t = std::mem::take(t);
+            obj.insert("type".into(), Value::Array(vec![Value::String(t), null.clone()]));
         }
-        Some(Value::Array(ts)) => {
-            if !ts.contains(&null) {
-                ts.push(null.clone());
-            }
-        }
+        Some(Value::Array(ts)) if !ts.contains(&null) => ts.push(null.clone()),
         _ => {}
     }
     if let Some(Value::Array(values)) = obj.get_mut("enum") {
