@@ -364,3 +364,100 @@ async fn throughput_probe() {
     assert_eq!(total, n);
     println!("throughput: {total} jobs in {secs:.2}s = {:.0} jobs/s", total as f64 / secs);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real processes on one file: this test binary re-runs itself as children.
+
+const CHILD_DIR: &str = "ATLAS_CONFORMANCE_CHILD_DIR";
+const CHILD_NAME: &str = "ATLAS_CONFORMANCE_CHILD_NAME";
+
+/// The child's side of `separate_processes_share_one_file_safely`; does nothing unless started by
+/// it (it is ignored, so plain runs never start it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn child_process_worker() {
+    let (Ok(dir), Ok(name)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_NAME)) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let spec = QueueSpec { visibility_timeout: Duration::from_secs(60), max_receive_count: 5 };
+    let b = LocalBackend::open(&dir, "atlas-shared.sqlite", opts(spec)).expect("child open");
+    let now = Utc::now();
+    let lease = now + ChronoDuration::seconds(60);
+    let mut lines = Vec::new();
+    // Claims and reservations first, while the siblings do the same.
+    for j in 0..40 {
+        if let Claim::Claimed(_) = b.jobs.claim(&format!("job{j}"), "st", &name, lease, now).await.expect("claim") {
+            lines.push(format!("claim job{j}"));
+        }
+        let r = Reservation { id: format!("{name}-{j}"), job_id: "j".into(), amount_micros: 100, expires_at: lease };
+        if b.ledger.reserve("2031-04", &r, 3_000, now).await.expect("reserve") == ReserveOutcome::Granted {
+            lines.push(format!("grant {name}-{j}"));
+        }
+    }
+    loop {
+        let ms = b.queue.receive(10, Duration::from_millis(300)).await.expect("receive");
+        if ms.is_empty() {
+            break;
+        }
+        for m in &ms {
+            lines.push(format!("msg {}", m.body));
+        }
+        let receipts: Vec<String> = ms.into_iter().map(|m| m.receipt).collect();
+        assert!(b.queue.delete_batch(&receipts).await.expect("delete").is_empty());
+    }
+    std::fs::write(dir.join(format!("{name}.out")), lines.join("\n")).expect("write results");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_share_one_file_safely() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = QueueSpec { visibility_timeout: Duration::from_secs(60), max_receive_count: 5 };
+    let parent = LocalBackend::open(dir.path(), "atlas-shared.sqlite", opts(spec)).expect("open");
+    let bodies: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+    parent.queue.send_batch(&bodies).await.expect("send");
+
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_process_worker", "--ignored", "--test-threads", "1"])
+                .env(CHILD_DIR, dir.path())
+                .env(CHILD_NAME, format!("c{i}"))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    for mut c in children {
+        let status = tokio::task::spawn_blocking(move || c.wait()).await.expect("join").expect("wait");
+        assert!(status.success(), "child failed: {status}");
+    }
+    let mut msgs = Vec::new();
+    let mut claims = Vec::new();
+    let mut grants = 0;
+    for i in 0..3 {
+        let out = std::fs::read_to_string(dir.path().join(format!("c{i}.out"))).expect("child output");
+        for line in out.lines() {
+            if let Some(m) = line.strip_prefix("msg ") {
+                msgs.push(m.to_string());
+            } else if let Some(j) = line.strip_prefix("claim ") {
+                claims.push(j.to_string());
+            } else if line.starts_with("grant ") {
+                grants += 1;
+            }
+        }
+    }
+    let unique: BTreeSet<_> = msgs.iter().cloned().collect();
+    assert_eq!(msgs.len(), 300, "every message received once across processes");
+    assert_eq!(unique, bodies.iter().cloned().collect());
+    claims.sort();
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..40).map(|j| format!("job{j}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(claims, expected, "each job claimed exactly once across processes");
+    assert_eq!(grants * 100, 3_000, "the shared ledger never passes its limit");
+    assert!(parent.queue.depth().await.expect("depth").is_drained());
+}
