@@ -321,6 +321,36 @@ fn known(v: &str, allowed: &'static [&'static str]) -> &'static str {
     allowed.iter().find(|a| **a == v).copied().unwrap_or("other")
 }
 
+/// Longest error text logged with a job outcome, in characters; longer text is cut with `…`.
+pub const MAX_ERROR_LOG_CHARS: usize = 1024;
+
+/// Defence in depth for the `error` field of outcome logs: errors are built never to hold secrets,
+/// but an upstream body echoed into one might. Masks API-key-like tokens (`sk-…`, and whatever
+/// follows `Bearer `) and bounds the length.
+fn sanitize_error(e: &str) -> String {
+    let mut out = String::with_capacity(e.len().min(MAX_ERROR_LOG_CHARS + 8));
+    let mut mask_next_word = false;
+    for (i, word) in e.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let trimmed = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_');
+        let key_like = trimmed.len() >= 20
+            && (trimmed.starts_with("sk-") || trimmed.starts_with("sk_"))
+            && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if (mask_next_word && !word.is_empty()) || key_like {
+            out.push_str(&word.replace(trimmed, "[redacted]"));
+        } else {
+            out.push_str(word);
+        }
+        mask_next_word = word.eq_ignore_ascii_case("bearer");
+    }
+    if out.chars().count() > MAX_ERROR_LOG_CHARS {
+        out = out.chars().take(MAX_ERROR_LOG_CHARS).collect::<String>() + "…";
+    }
+    out
+}
+
 /// How one job attempt ended; the `outcome` label of `atlas_jobs_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -391,6 +421,8 @@ pub fn job_outcome(
 ) {
     let reason = label(reason);
     let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let error = error.map(sanitize_error);
+    let error = error.as_deref();
     let o = outcome.as_str();
     match outcome {
         Outcome::Completed | Outcome::Duplicate => {
@@ -539,6 +571,21 @@ mod tests {
         assert_eq!(label("gpt-5-mini"), "gpt-5-mini");
         assert_eq!(label("a\"b\nc d"), "a_b_c_d");
         assert_eq!(label(&"x".repeat(500)).len(), MAX_LABEL_LEN);
+    }
+
+    #[test]
+    fn error_text_is_redacted_and_bounded() {
+        assert_eq!(sanitize_error("model timed out after 120 s"), "model timed out after 120 s");
+        assert_eq!(
+            sanitize_error("401: Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwxyz012345."),
+            "401: Incorrect API key provided: [redacted]."
+        );
+        assert_eq!(sanitize_error("header Authorization: Bearer abc.def-ghi sent"), "header Authorization: Bearer [redacted] sent");
+        assert_eq!(sanitize_error("sk-short"), "sk-short");
+        let long = "x".repeat(5000);
+        let cut = sanitize_error(&long);
+        assert_eq!(cut.chars().count(), MAX_ERROR_LOG_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 
     #[test]

@@ -355,7 +355,7 @@ fn child_process_logging_body() {
     telemetry::install_metrics(STAGE);
     telemetry::job_outcome("child-job-ok", Outcome::Completed, "ok", Duration::from_millis(1234), None);
     telemetry::job_outcome("child-job-retry", Outcome::Retried, "llm_timeout", Duration::from_millis(5), Some("model timed out"));
-    telemetry::job_outcome("child-job-dlq", Outcome::DeadLettered, "ssrf_blocked", Duration::from_millis(7), Some("private address"));
+    telemetry::job_outcome("child-job-dlq", Outcome::DeadLettered, "ssrf_blocked", Duration::from_millis(7), Some("upstream said: invalid key sk-test-0123456789abcdefghijKLMN"));
 }
 
 fn run_child(format: &str, rust_log: Option<&str>) -> String {
@@ -396,6 +396,9 @@ fn job_outcome_logs_one_json_event_per_outcome() {
     let dlq = by_id("child-job-dlq");
     assert_eq!(dlq["level"], "ERROR");
     assert_eq!(dlq["outcome"], "dead_lettered");
+    // A key-like token in an error never reaches the logs.
+    assert_eq!(dlq["error"], "upstream said: invalid key [redacted]");
+    assert!(!stderr.contains("sk-test-0123456789"), "{stderr}");
 }
 
 /// `RUST_LOG` wins over `telemetry.log_level`; the pretty format is not JSON.
