@@ -107,6 +107,10 @@ impl Processor {
     /// Builds a processor from settings, backends and a provider.
     pub fn new(settings: Arc<Settings>, backends: Backends, llm: Arc<dyn LlmClient>) -> Result<Processor, String> {
         let fetcher = Fetcher::new(&settings.fetch).map_err(|e| format!("fetcher: {e}"))?;
+        // Build the tokenizer off the hot path (it takes a moment) without delaying readiness.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(|| page::count_tokens("warm up"));
+        }
         Ok(Processor {
             router: Router::new(&settings),
             budget: Budget::from_settings(backends.ledger.clone(), &settings),
@@ -427,7 +431,9 @@ impl Processor {
             let reservation_id = format!("{}:{}:{}", rec.id, rec.attempts, rec.calls.len() + calls as usize);
             let hold = self.budget.reserve(&rec.id, &reservation_id, worst, Utc::now()).await?;
             let waited = self.limits.acquire(&model, (input_tokens as u64 + price.max_output_tokens as u64).min(u32::MAX as u64) as u32).await;
-            telemetry::ratelimit_wait(&model, waited);
+            if waited >= Duration::from_millis(1) {
+                telemetry::ratelimit_wait(&model, waited);
+            }
             let request = LlmRequest {
                 model: model.clone(),
                 system: system.clone(),
