@@ -9,8 +9,17 @@
 //!   counts as a receive of the DLQ message (its `ApproximateReceiveCount` grows) and a concurrent
 //!   consumer of the DLQ could see it at the same moment. Nothing is deleted.
 //! - Counts are approximate (`ApproximateNumberOf*`), as the contract says.
+//! - [`Queue::dlq_redrive`] with `None` first asks SQS for a server-side move
+//!   (`StartMessageMoveTask`), which runs asynchronously: it returns the DLQ's depth at the start
+//!   and the messages reappear on the queue over the next seconds. When that is refused (moto
+//!   does not implement it; the role may lack the permission) and for `Some(max)`, messages are
+//!   moved by hand: receive from the DLQ, send a fresh copy to the queue (receive count starts
+//!   again, dead-letter attributes dropped), delete from the DLQ. That is at-least-once: a crash
+//!   between send and delete duplicates a message, which job idempotency absorbs.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,12 +64,20 @@ pub struct SqsQueue {
     client: Client,
     queue_url: String,
     dlq_url: String,
+    /// Set once `StartMessageMoveTask` was refused (emulators, missing permission), so later
+    /// redrives go straight to the receive/send/delete path.
+    no_move_task: Arc<AtomicBool>,
 }
 
 impl SqsQueue {
     /// A queue from known URLs.
     pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> SqsQueue {
-        SqsQueue { client, queue_url: queue_url.into(), dlq_url: dlq_url.into() }
+        SqsQueue {
+            client,
+            queue_url: queue_url.into(),
+            dlq_url: dlq_url.into(),
+            no_move_task: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Resolves both queues by name (`NotFound` when either is missing: provision first).
@@ -441,11 +458,15 @@ impl Queue for SqsQueue {
     }
 
     async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64> {
-        if max.is_none() {
-            // SQS's own redrive moves everything server-side; emulators and older regions may
-            // not have it, and it needs sqs:StartMessageMoveTask, so fall back on any refusal.
-            if let Ok(moved) = self.start_move_task().await {
-                return Ok(moved);
+        if max.is_none() && !self.no_move_task.load(Ordering::Relaxed) {
+            // SQS's own redrive moves everything server-side; emulators may not have it and it
+            // needs sqs:StartMessageMoveTask, so fall back on any refusal (and remember it).
+            match self.start_move_task().await {
+                Ok(moved) => return Ok(moved),
+                Err(e) => {
+                    tracing::debug!(error = %e, "StartMessageMoveTask refused; redriving by hand");
+                    self.no_move_task.store(true, Ordering::Relaxed);
+                }
             }
         }
         let limit = max.unwrap_or(usize::MAX);
@@ -502,7 +523,9 @@ impl Queue for SqsQueue {
 
 impl SqsQueue {
     /// Starts an SQS message move task from the DLQ to the queue; returns the DLQ's depth when
-    /// it started (the task runs asynchronously, so this is how many it is moving).
+    /// it started. The task runs asynchronously on SQS's side, so the count is what it is moving
+    /// (approximately), and the messages arrive over the following seconds. Tried once, without
+    /// SDK retries: any refusal falls back to the manual path.
     async fn start_move_task(&self) -> BResult<u64> {
         let (dv, _, _) = self.counts(&self.dlq_url).await?;
         if dv == 0 {
@@ -514,6 +537,11 @@ impl SqsQueue {
             .start_message_move_task()
             .source_arn(source)
             .destination_arn(dest)
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default()
+                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify(&e))?;
