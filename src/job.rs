@@ -15,6 +15,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const MAX_CRAWL_PAGES: u32 = 100;
 /// Deepest crawl a message may ask for.
 pub const MAX_CRAWL_DEPTH: u32 = 10;
+/// `max_pages` when a message does not give one.
+pub const DEFAULT_CRAWL_PAGES: u32 = 10;
+/// `max_depth` when a message does not give one.
+pub const DEFAULT_CRAWL_DEPTH: u32 = 2;
 /// Longest accepted `instructions` text, in bytes.
 pub const MAX_INSTRUCTIONS_BYTES: usize = 32 * 1024;
 
@@ -178,7 +182,12 @@ impl Job {
         if !self.formats.is_empty() {
             m.insert("formats".into(), serde_json::to_value(&self.formats).unwrap_or_default());
         }
-        if self.job_type == JobType::Crawl {
+        // Always for a crawl; for an extract job only when not the default, so that
+        // `parse_message(to_message(job)) == job` holds for every job.
+        if self.job_type == JobType::Crawl
+            || self.max_pages != DEFAULT_CRAWL_PAGES
+            || self.max_depth != DEFAULT_CRAWL_DEPTH
+        {
             m.insert("max_pages".into(), self.max_pages.into());
             m.insert("max_depth".into(), self.max_depth.into());
         }
@@ -272,13 +281,13 @@ pub fn parse_message(body: &str) -> Result<Job, MessageError> {
 fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageError> {
     for k in obj.keys() {
         if !CURRENT_FIELDS.contains(&k.as_str()) {
-            return Err(MessageError::UnknownField(k.clone()));
+            return Err(MessageError::UnknownField(clip(k)));
         }
     }
     if let Some(v) = obj.get("version") {
         match v.as_u64() {
             Some(n) if n == MESSAGE_VERSION as u64 => {}
-            _ => return Err(MessageError::UnsupportedVersion(v.to_string())),
+            _ => return Err(MessageError::UnsupportedVersion(clip(&v.to_string()))),
         }
     }
     let job_id = JobId::parse(req_str(&obj, "job_id")?)?;
@@ -318,8 +327,8 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
         instructions,
         schema,
         formats,
-        max_pages: max_pages.unwrap_or(10),
-        max_depth: max_depth.unwrap_or(2),
+        max_pages: max_pages.unwrap_or(DEFAULT_CRAWL_PAGES),
+        max_depth: max_depth.unwrap_or(DEFAULT_CRAWL_DEPTH),
         model,
         max_cost_usd,
         tenant,
@@ -362,8 +371,8 @@ fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageE
         instructions,
         schema,
         formats,
-        max_pages: max_pages.unwrap_or(10),
-        max_depth: max_depth.unwrap_or(2),
+        max_pages: max_pages.unwrap_or(DEFAULT_CRAWL_PAGES),
+        max_depth: max_depth.unwrap_or(DEFAULT_CRAWL_DEPTH),
         model,
         max_cost_usd: None,
         tenant: opt_str(&params, "tenant")?,
@@ -424,7 +433,19 @@ pub fn json_depth(v: &Value) -> usize {
 }
 
 fn invalid(field: &str, reason: &str) -> MessageError {
-    MessageError::InvalidField { field: field.to_string(), reason: reason.to_string() }
+    MessageError::InvalidField { field: field.to_string(), reason: clip(reason) }
+}
+
+/// Longest piece of producer-supplied text an error repeats, in characters. Errors are recorded
+/// on the job and sent as the DLQ reason, so they stay short whatever the message held.
+const ERROR_ECHO_CHARS: usize = 200;
+
+/// `s`, cut to [`ERROR_ECHO_CHARS`] characters (on a character boundary) with a marker when cut.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(ERROR_ECHO_CHARS) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}… ({} bytes in all)", &s[..at], s.len()),
+    }
 }
 
 fn one_source(mut s: Vec<Source>) -> Result<Source, MessageError> {
