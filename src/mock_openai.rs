@@ -81,8 +81,8 @@ pub struct Behavior {
     pub rate_limit_next: u32,
     /// Answer each request with 429 with this probability (0..=1).
     pub rate_limit_probability: f64,
-    /// What 429 answers say about retrying (also used by the RPM limit when it is `None` there
-    /// would be no hint; the RPM limit always sends the exact wait in `Retry-After`).
+    /// What injected 429 answers say about retrying. (429s from the RPM limit always carry the
+    /// exact wait as `Retry-After` seconds.)
     pub retry_hint: RetryHint,
     /// Answer the next N requests with 500.
     pub server_error_next: u32,
