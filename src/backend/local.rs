@@ -554,7 +554,10 @@ impl Queue for SqliteQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + wait;
+        // SQS caps a long poll at 20 s; here any wait works, but an absurd one must not overflow.
+        let deadline = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
         loop {
             // Register interest before looking, so a send in between is not missed.
             let notified = self.notify.notified();
