@@ -5,3 +5,4 @@ pub mod conformance;
 pub mod app;
 pub mod moto;
 pub mod pages;
+pub mod procs;
