@@ -554,34 +554,17 @@ fn user_prompt(job: &Job, content: &str) -> String {
     s
 }
 
-/// Parses the model's answer and validates it against the job's schema.
+/// Parses the model's answer and validates it against the job's original schema.
 ///
-/// Strict mode turns optional properties into nullable required ones, so a `null` the original
-/// schema does not allow is dropped before validation.
+/// Strict mode turns optional properties into nullable required ones, so the `null`s it added
+/// are removed first ([`schema::strip_added_nulls`]).
 fn check_output(content: &str, schema: Option<&Value>) -> Result<Value, String> {
-    let v: Value = serde_json::from_str(content.trim()).map_err(|e| format!("not JSON: {e}"))?;
+    let mut v: Value = serde_json::from_str(content.trim()).map_err(|e| format!("not JSON: {e}"))?;
     let Some(schema) = schema else {
         return if v.is_object() { Ok(v) } else { Err("not a JSON object".into()) };
     };
-    match schema::validate(schema, &v) {
-        Ok(()) => Ok(v),
-        Err(errors) => {
-            let stripped = strip_nulls(v.clone());
-            if schema::validate(schema, &stripped).is_ok() {
-                Ok(stripped)
-            } else {
-                Err(errors.join("; "))
-            }
-        }
-    }
-}
-
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
-        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
-        other => other,
-    }
+    schema::strip_added_nulls(schema, &mut v);
+    schema::validate(schema, &v).map(|()| v).map_err(|errors| errors.join("; "))
 }
 
 fn page_from_body(body: &str, content_type: &str, url: Option<&url::Url>) -> Page {
