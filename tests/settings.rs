@@ -500,7 +500,8 @@ fn fallbacks_must_name_known_models() {
 
 #[test]
 fn resource_names_must_not_name_another_stage() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Settings)>)> = vec![
+    type Break = Box<dyn Fn(&mut Settings)>;
+    let cases: Vec<(&str, Break)> = vec![
         ("queue", Box::new(|s| s.queue.name = "atlas-codex-queue-production".into())),
         ("dlq", Box::new(|s| s.queue.dlq_name = "dlq.production".into())),
         ("jobs table", Box::new(|s| s.storage.jobs_table = "jobs_production".into())),
