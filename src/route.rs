@@ -233,6 +233,9 @@ pub struct Decision {
     pub score: u32,
     /// The explanation kept on the job record.
     pub reason: String,
+    /// True when budget pressure (`routing.prefer_cheaper_above`) moved the job one tier down
+    /// (a metric label; the reason says the same in words, with "cheaper").
+    pub downgraded: bool,
 }
 
 impl From<Decision> for Route {
@@ -299,8 +302,10 @@ impl Router {
                 tier: TIER_OVERRIDE.into(),
                 score,
                 reason: format!("{explanation}; the job asked for `{m}` and this stage allows it"),
+                downgraded: false,
             });
         }
+        let mut downgraded = false;
         let (model, tier, mut reason) = match self.strategy {
             Strategy::Gpt4Stable => (
                 r.production_model.clone(),
@@ -325,8 +330,9 @@ impl Router {
                         _ => TIER_NANO,
                     };
                     if cheaper != tier {
+                        downgraded = true;
                         reason.push_str(&format!(
-                            "; budget {:.0}% used (above {:.0}%), dropped to {cheaper}",
+                            "; budget {:.0}% used (above {:.0}%), dropped to the cheaper tier {cheaper}",
                             budget_used_fraction * 100.0,
                             r.prefer_cheaper_above * 100.0
                         ));
@@ -340,7 +346,7 @@ impl Router {
         };
         if self.strategy == Strategy::Gpt4Stable && budget_used_fraction > r.prefer_cheaper_above {
             reason.push_str(&format!(
-                "; budget {:.0}% used, but gpt4_stable has no cheaper tier",
+                "; budget {:.0}% used, but gpt4_stable has a single tier",
                 budget_used_fraction * 100.0
             ));
         }
@@ -350,7 +356,7 @@ impl Router {
                 format!("tier {tier} routes to `{model}`, which this stage cannot call (not in [models] or gpt-5 not allowed)"),
             ));
         }
-        Ok(Decision { model, tier: tier.into(), score, reason })
+        Ok(Decision { model, tier: tier.into(), score, reason, downgraded })
     }
 
     /// The next tier up after an invalid answer from `current_model`: nano → mini → full.

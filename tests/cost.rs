@@ -152,12 +152,19 @@ fn nearly_spent_budget_drops_one_tier_and_says_so() {
     assert_eq!(decide_all(&r, 0.85), want);
     let (_, j, tokens) = job_table().remove(2);
     let d = r.decide(&j, &Features::from_job(&j, tokens), 0.85).expect("routes");
-    assert!(d.reason.contains("dropped to mini"), "{}", d.reason);
+    assert!(d.reason.contains("dropped to the cheaper tier mini"), "{}", d.reason);
+    assert!(d.downgraded);
     assert!(d.reason.contains("85% used"), "{}", d.reason);
     assert_eq!(d.score, 71, "{}", d.reason);
     let route: Route = d.clone().into();
     assert_eq!((route.model.as_str(), route.tier.as_str(), route.score), ("gpt-5-mini", "mini", 71));
     assert_eq!(route.reason, d.reason);
+    // Nano has nowhere to drop to: not downgraded, and the reason does not claim it.
+    let (_, j, tokens) = job_table().remove(0);
+    let n = r.decide(&j, &Features::from_job(&j, tokens), 0.85).expect("routes");
+    assert!(!n.downgraded && !n.reason.contains("cheaper"), "{}", n.reason);
+    let n = r.decide(&j, &Features::from_job(&j, tokens), 0.5).expect("routes");
+    assert!(!n.downgraded && !n.reason.contains("budget"), "{}", n.reason);
 }
 
 #[test]
@@ -592,7 +599,8 @@ fn job_cap_refuses_the_call_that_would_pass_it() {
     assert!(check_job_cap(Some(0.05), 30_000, 20_000).is_ok());
     let e = check_job_cap(Some(0.05), 30_000, 20_001).expect_err("over");
     assert_eq!(e.kind(), "job_cost_cap");
-    assert_eq!(e.disposition(), Disposition::DeadLetter);
+    // Failed and recorded, never deferred (it can never fit) and never dead-lettered (budget).
+    assert_eq!(e.disposition(), Disposition::Fail);
     assert!(check_job_cap(None, i64::MAX, i64::MAX).is_ok());
 }
 
