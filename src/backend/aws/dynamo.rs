@@ -67,7 +67,9 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -83,11 +85,16 @@ fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 }
 
 fn get_n(item: &Item, k: &str) -> Option<i64> {
-    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok())
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<i64>().ok())
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 /// Sleeps a jittered, growing backoff before try `attempt` (1-based) of a contended write.
@@ -113,7 +120,11 @@ impl DynamoJobStore {
     /// The store for `table`; records get a TTL `retention_days` after their last write
     /// (0 keeps them forever).
     pub fn new(client: Client, table: impl Into<String>, retention_days: u32) -> DynamoJobStore {
-        DynamoJobStore { client, table: table.into(), retention_days }
+        DynamoJobStore {
+            client,
+            table: table.into(),
+            retention_days,
+        }
     }
 
     /// The TTL (epoch seconds) for a record last written at `at`.
@@ -164,7 +175,9 @@ impl DynamoJobStore {
         match rec.status {
             JobStatus::Completed => Ok(Some(Claim::AlreadyCompleted(rec))),
             JobStatus::Processing => match (rec.lease_owner.clone(), rec.lease_expires_at) {
-                (Some(owner), Some(until)) if until >= now => Ok(Some(Claim::Busy { owner, until })),
+                (Some(owner), Some(until)) if until >= now => {
+                    Ok(Some(Claim::Busy { owner, until }))
+                }
                 // The state changed since the condition was checked: try again.
                 _ => Ok(None),
             },
@@ -292,7 +305,9 @@ impl JobStore for DynamoJobStore {
                 }
             }
         }
-        Err(BackendError::Transient(format!("job {id}: claim kept racing with other writers")))
+        Err(BackendError::Transient(format!(
+            "job {id}: claim kept racing with other writers"
+        )))
     }
 
     async fn renew(&self, id: &str, owner: &str, lease_until: DateTime<Utc>) -> BResult<bool> {
@@ -428,7 +443,11 @@ impl JobStore for DynamoJobStore {
                 }
             },
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
         out.truncate(limit);
         Ok(out)
     }
@@ -473,7 +492,10 @@ impl Month {
                 .map(|m| {
                     m.iter()
                         .filter_map(|(k, v)| {
-                            v.as_n().ok().and_then(|x| x.parse().ok()).map(|x| (k.clone(), x))
+                            v.as_n()
+                                .ok()
+                                .and_then(|x| x.parse().ok())
+                                .map(|x| (k.clone(), x))
                         })
                         .collect()
                 })
@@ -517,12 +539,18 @@ impl Month {
 
     /// Whether `id` is held and unexpired at `now`.
     fn holds_live(&self, id: &str, now: DateTime<Utc>) -> bool {
-        self.reservations.get(id).is_some_and(|h| h.expires_at_ms > now.timestamp_millis())
+        self.reservations
+            .get(id)
+            .is_some_and(|h| h.expires_at_ms > now.timestamp_millis())
     }
 
     fn live_reserved(&self, now: DateTime<Utc>) -> i64 {
         let now_ms = now.timestamp_millis();
-        self.reservations.values().filter(|h| h.expires_at_ms > now_ms).map(|h| h.amount).sum()
+        self.reservations
+            .values()
+            .filter(|h| h.expires_at_ms > now_ms)
+            .map(|h| h.amount)
+            .sum()
     }
 
     /// The item to write as the next version.
@@ -570,7 +598,10 @@ fn charge_key(period: &str, reservation_id: &str) -> String {
 impl DynamoLedger {
     /// The ledger in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> DynamoLedger {
-        DynamoLedger { client, table: table.into() }
+        DynamoLedger {
+            client,
+            table: table.into(),
+        }
     }
 
     async fn read(&self, key: &str) -> BResult<Option<Item>> {
@@ -587,20 +618,28 @@ impl DynamoLedger {
     }
 
     async fn read_month(&self, period: &str) -> BResult<Month> {
-        Ok(self.read(period).await?.map(|i| Month::from_item(&i)).unwrap_or_default())
+        Ok(self
+            .read(period)
+            .await?
+            .map(|i| Month::from_item(&i))
+            .unwrap_or_default())
     }
 
     /// A `Put` of the next version of the month item, conditional on the version read.
     fn month_put(&self, period: &str, month: &Month, now: DateTime<Utc>) -> BResult<Put> {
-        let b = Put::builder().table_name(&self.table).set_item(Some(month.to_item(period, now)));
+        let b = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(month.to_item(period, now)));
         let b = if month.version == 0 {
-            b.condition_expression("attribute_not_exists(#p)").expression_attribute_names("#p", "period")
+            b.condition_expression("attribute_not_exists(#p)")
+                .expression_attribute_names("#p", "period")
         } else {
             b.condition_expression("#v = :v")
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":v", n(month.version))
         };
-        b.build().map_err(|e| BackendError::Other(format!("ledger put: {e}")))
+        b.build()
+            .map_err(|e| BackendError::Other(format!("ledger put: {e}")))
     }
 
     /// Writes the next version of the month item; `Ok(false)` when another writer got there first.
@@ -657,7 +696,10 @@ impl BudgetLedger for DynamoLedger {
             // The bound is computed here: DynamoDB cannot add in a condition.
             let bound = limit_micros.saturating_sub(reservation.amount_micros);
             if month.spent.saturating_add(reserved) > bound {
-                return Ok(ReserveOutcome::Refused { spent_micros: month.spent, reserved_micros: reserved });
+                return Ok(ReserveOutcome::Refused {
+                    spent_micros: month.spent,
+                    reserved_micros: reserved,
+                });
             }
             month.reservations.insert(
                 reservation.id.clone(),
@@ -774,7 +816,10 @@ mod tests {
 
     #[test]
     fn stored_timestamps_sort_as_time() {
-        let a = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 9).single().expect("ts");
+        let a = Utc
+            .with_ymd_and_hms(2025, 1, 1, 0, 0, 9)
+            .single()
+            .expect("ts");
         let b = a + chrono::Duration::milliseconds(1);
         let c = a + chrono::Duration::seconds(1);
         assert!(ts(a) < ts(b) && ts(b) < ts(c));
@@ -801,25 +846,44 @@ mod tests {
         r.attempts = 2;
         r.cost_micros = 1234;
         let item = store.to_item(&r).expect("item");
-        assert_eq!(get_n(&item, "expires_at"), Some(now.timestamp() + 30 * 86_400));
+        assert_eq!(
+            get_n(&item, "expires_at"),
+            Some(now.timestamp() + 30 * 86_400)
+        );
         assert_eq!(from_item(&item).expect("record"), r);
     }
 
     #[test]
     fn month_prunes_expired_holds_and_round_trips() {
         let now = Utc::now();
-        let mut m = Month { version: 3, spent: 10, ..Month::default() };
+        let mut m = Month {
+            version: 3,
+            spent: 10,
+            ..Month::default()
+        };
         m.reservations.insert(
             "live".into(),
-            Hold { amount: 5, expires_at_ms: (now + chrono::Duration::seconds(60)).timestamp_millis(), job_id: "j".into() },
+            Hold {
+                amount: 5,
+                expires_at_ms: (now + chrono::Duration::seconds(60)).timestamp_millis(),
+                job_id: "j".into(),
+            },
         );
         m.reservations.insert(
             "gone".into(),
-            Hold { amount: 7, expires_at_ms: (now - chrono::Duration::seconds(1)).timestamp_millis(), job_id: "j".into() },
+            Hold {
+                amount: 7,
+                expires_at_ms: (now - chrono::Duration::seconds(1)).timestamp_millis(),
+                job_id: "j".into(),
+            },
         );
         m.reservations.insert(
             "long-gone".into(),
-            Hold { amount: 9, expires_at_ms: (now - chrono::Duration::days(2)).timestamp_millis(), job_id: "j".into() },
+            Hold {
+                amount: 9,
+                expires_at_ms: (now - chrono::Duration::days(2)).timestamp_millis(),
+                job_id: "j".into(),
+            },
         );
         assert_eq!(m.live_reserved(now), 5);
         assert!(m.holds_live("live", now) && !m.holds_live("gone", now));
@@ -830,6 +894,10 @@ mod tests {
         assert_eq!(back.by_model, m.by_model);
         m.prune(now);
         let kept: Vec<&str> = m.reservations.keys().map(String::as_str).collect();
-        assert_eq!(kept, ["gone", "live"], "recently lapsed holds are kept, old ones dropped");
+        assert_eq!(
+            kept,
+            ["gone", "live"],
+            "recently lapsed holds are kept, old ones dropped"
+        );
     }
 }

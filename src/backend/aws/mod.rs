@@ -180,7 +180,10 @@ where
             // A truncated or garbled body is almost always the network or an overloaded
             // endpoint; the calls that reach here are safe to repeat.
             let status = r.raw().http_status();
-            BackendError::Transient(format!("unreadable AWS response (HTTP {})", fmt_status(status)))
+            BackendError::Transient(format!(
+                "unreadable AWS response (HTTP {})",
+                fmt_status(status)
+            ))
         }
         SdkError::ServiceError(se) => {
             let e = se.err();
@@ -188,7 +191,11 @@ where
             let status = se.raw().http_status();
             let msg = format!(
                 "{} (HTTP {}): {}",
-                if code.is_empty() { "unknown error" } else { code },
+                if code.is_empty() {
+                    "unknown error"
+                } else {
+                    code
+                },
                 fmt_status(status),
                 e.message().unwrap_or("")
             );
@@ -249,7 +256,10 @@ mod tests {
     }
 
     fn sqs_err(code: &str, status: u16) -> SdkError<ReceiveMessageError, HttpResponse> {
-        let meta = ErrorMetadata::builder().code(code).message("detail").build();
+        let meta = ErrorMetadata::builder()
+            .code(code)
+            .message("detail")
+            .build();
         SdkError::service_error(ReceiveMessageError::generic(meta), raw(status))
     }
 
@@ -263,20 +273,40 @@ mod tests {
 
     #[test]
     fn throttling_and_5xx_are_transient() {
-        assert!(matches!(classify(&sqs_err("ThrottlingException", 400)), BackendError::Transient(_)));
         assert!(matches!(
-            classify(&ddb_err("ProvisionedThroughputExceededException", "slow", 400)),
+            classify(&sqs_err("ThrottlingException", 400)),
             BackendError::Transient(_)
         ));
-        assert!(matches!(classify(&sqs_err("SlowDown", 503)), BackendError::Transient(_)));
-        assert!(matches!(classify(&sqs_err("Whatever", 500)), BackendError::Transient(_)));
-        assert!(matches!(classify(&sqs_err("", 502)), BackendError::Transient(_)));
-        assert!(matches!(classify(&sqs_err("", 429)), BackendError::Transient(_)));
+        assert!(matches!(
+            classify(&ddb_err(
+                "ProvisionedThroughputExceededException",
+                "slow",
+                400
+            )),
+            BackendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&sqs_err("SlowDown", 503)),
+            BackendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&sqs_err("Whatever", 500)),
+            BackendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&sqs_err("", 502)),
+            BackendError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&sqs_err("", 429)),
+            BackendError::Transient(_)
+        ));
     }
 
     #[test]
     fn timeouts_and_dispatch_failures_are_transient() {
-        let t: SdkError<ReceiveMessageError, HttpResponse> = SdkError::timeout_error("took too long");
+        let t: SdkError<ReceiveMessageError, HttpResponse> =
+            SdkError::timeout_error("took too long");
         assert!(classify(&t).is_retryable());
         let d: SdkError<ReceiveMessageError, HttpResponse> =
             SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
@@ -327,13 +357,21 @@ mod tests {
             "NoSuchKey",
             "NoSuchBucket",
         ] {
-            assert!(matches!(classify(&sqs_err(code, 400)), BackendError::NotFound(_)), "{code}");
+            assert!(
+                matches!(classify(&sqs_err(code, 400)), BackendError::NotFound(_)),
+                "{code}"
+            );
         }
     }
 
     #[test]
     fn everything_else_is_other_and_not_retryable() {
-        for code in ["AccessDenied", "ValidationException", "InvalidParameterValue", ""] {
+        for code in [
+            "AccessDenied",
+            "ValidationException",
+            "InvalidParameterValue",
+            "",
+        ] {
             let e = classify(&sqs_err(code, 400));
             assert!(matches!(e, BackendError::Other(_)), "{code}: {e:?}");
             assert!(!e.is_retryable());
@@ -347,7 +385,10 @@ mod tests {
     fn message_names_code_and_status() {
         let e = classify(&sqs_err("AccessDenied", 403));
         let text = e.to_string();
-        assert!(text.contains("AccessDenied") && text.contains("403"), "{text}");
+        assert!(
+            text.contains("AccessDenied") && text.contains("403"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -356,7 +397,10 @@ mod tests {
         s.aws.region = "eu-west-1".into();
         s.aws.endpoint_url = "http://127.0.0.1:9".into();
         s.aws.max_attempts = 7;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         let cfg = rt.block_on(config_loader(&s).test_credentials().load());
         assert_eq!(cfg.region().map(|r| r.as_ref()), Some("eu-west-1"));
         assert_eq!(cfg.endpoint_url(), Some("http://127.0.0.1:9"));

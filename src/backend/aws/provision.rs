@@ -49,22 +49,40 @@ pub struct ProvisionReport {
 
 impl ProvisionReport {
     fn push(&mut self, kind: &str, name: &str, created: bool) {
-        self.resources.push(ProvisionedResource { kind: kind.into(), name: name.into(), created });
+        self.resources.push(ProvisionedResource {
+            kind: kind.into(),
+            name: name.into(),
+            created,
+        });
     }
     /// Names of the resources this run created.
     pub fn created(&self) -> Vec<&str> {
-        self.resources.iter().filter(|r| r.created).map(|r| r.name.as_str()).collect()
+        self.resources
+            .iter()
+            .filter(|r| r.created)
+            .map(|r| r.name.as_str())
+            .collect()
     }
     /// Names of the resources that already existed.
     pub fn existed(&self) -> Vec<&str> {
-        self.resources.iter().filter(|r| !r.created).map(|r| r.name.as_str()).collect()
+        self.resources
+            .iter()
+            .filter(|r| !r.created)
+            .map(|r| r.name.as_str())
+            .collect()
     }
 }
 
 impl fmt::Display for ProvisionReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for r in &self.resources {
-            writeln!(f, "{:<13} {:<40} {}", r.kind, r.name, if r.created { "created" } else { "exists" })?;
+            writeln!(
+                f,
+                "{:<13} {:<40} {}",
+                r.kind,
+                r.name,
+                if r.created { "created" } else { "exists" }
+            )?;
         }
         Ok(())
     }
@@ -82,9 +100,15 @@ pub async fn provision_with(
     sdk: &SdkConfig,
 ) -> Result<ProvisionReport, BackendError> {
     let mut report = provision_queues(settings, sdk).await?;
-    report.resources.extend(provision_jobs_table(settings, sdk).await?.resources);
-    report.resources.extend(provision_budget_table(settings, sdk).await?.resources);
-    report.resources.extend(provision_bucket(settings, sdk).await?.resources);
+    report
+        .resources
+        .extend(provision_jobs_table(settings, sdk).await?.resources);
+    report
+        .resources
+        .extend(provision_budget_table(settings, sdk).await?.resources);
+    report
+        .resources
+        .extend(provision_bucket(settings, sdk).await?.resources);
     Ok(report)
 }
 
@@ -125,7 +149,11 @@ pub async fn provision_queues(
     let queue_attrs = HashMap::from([
         (
             QueueAttributeName::VisibilityTimeout,
-            settings.queue.visibility_timeout_secs.min(43_200).to_string(),
+            settings
+                .queue
+                .visibility_timeout_secs
+                .min(43_200)
+                .to_string(),
         ),
         (
             QueueAttributeName::ReceiveMessageWaitTimeSeconds,
@@ -250,14 +278,21 @@ async fn ensure_table(
             other => return Err(other),
         },
     }
-    let mut req = ddb.create_table().table_name(name).billing_mode(BillingMode::PayPerRequest);
+    let mut req = ddb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest);
     match shape {
         TableShape::Jobs => {
             let gsi = GlobalSecondaryIndex::builder()
                 .index_name(STATUS_INDEX)
                 .key_schema(key("status", KeyType::Hash)?)
                 .key_schema(key("created_at", KeyType::Range)?)
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
                 .build()
                 .map_err(|e| BackendError::Other(format!("index: {e}")))?;
             req = req
@@ -268,13 +303,18 @@ async fn ensure_table(
                 .global_secondary_indexes(gsi);
         }
         TableShape::Budget => {
-            req = req.attribute_definitions(attr("period")?).key_schema(key("period", KeyType::Hash)?);
+            req = req
+                .attribute_definitions(attr("period")?)
+                .key_schema(key("period", KeyType::Hash)?);
         }
     }
     match req.send().await {
         Ok(_) => {}
         // Another provisioner won the race: fine.
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
             wait_active(ddb, name).await?;
             return Ok(false);
         }
@@ -287,12 +327,19 @@ async fn ensure_table(
 async fn wait_active(ddb: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), BackendError> {
     let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
     loop {
-        let out = ddb.describe_table().table_name(name).send().await.map_err(|e| classify(&e))?;
+        let out = ddb
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
         if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(BackendError::Transient(format!("table {name} not active after {TABLE_ACTIVE_TIMEOUT:?}")));
+            return Err(BackendError::Transient(format!(
+                "table {name} not active after {TABLE_ACTIVE_TIMEOUT:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -304,10 +351,17 @@ async fn ensure_ttl(
     table: &str,
     attribute: &str,
 ) -> Result<(), BackendError> {
-    let out = ddb.describe_time_to_live().table_name(table).send().await.map_err(|e| classify(&e))?;
+    let out = ddb
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
     let on = out.time_to_live_description().is_some_and(|d| {
-        matches!(d.time_to_live_status(), Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling))
-            && d.attribute_name() == Some(attribute)
+        matches!(
+            d.time_to_live_status(),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) && d.attribute_name() == Some(attribute)
     });
     if on {
         return Ok(());
@@ -351,7 +405,12 @@ async fn ensure_bucket(
     }
     match req.send().await {
         Ok(_) => Ok(true),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(false),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(classify(&e)),
     }
 }

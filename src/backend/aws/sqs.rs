@@ -71,7 +71,11 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     /// A queue from known URLs.
-    pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> SqsQueue {
+    pub fn new(
+        client: Client,
+        queue_url: impl Into<String>,
+        dlq_url: impl Into<String>,
+    ) -> SqsQueue {
         SqsQueue {
             client,
             queue_url: queue_url.into(),
@@ -238,7 +242,10 @@ impl SqsQueue {
             match out {
                 Ok(out) => {
                     for f in out.failed() {
-                        let idx = f.id().strip_prefix('d').and_then(|n| n.parse::<usize>().ok());
+                        let idx = f
+                            .id()
+                            .strip_prefix('d')
+                            .and_then(|n| n.parse::<usize>().ok());
                         if let Some(r) = idx.and_then(|i| chunk.get(i)) {
                             not_deleted.push(r.clone());
                         }
@@ -307,7 +314,9 @@ fn sent_at_of(m: &aws_sdk_sqs::types::Message) -> Option<DateTime<Utc>> {
 }
 
 fn user_attr<'a>(m: &'a aws_sdk_sqs::types::Message, name: &str) -> Option<&'a str> {
-    m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value())
+    m.message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -343,7 +352,12 @@ fn to_dead_letter(m: &aws_sdk_sqs::types::Message) -> Option<DeadLetter> {
         // counted one more receive.
         None => receive_count_of(m).saturating_sub(1).max(1),
     };
-    Some(DeadLetter { message_id, body: m.body().unwrap_or_default().to_string(), reason, receive_count })
+    Some(DeadLetter {
+        message_id,
+        body: m.body().unwrap_or_default().to_string(),
+        reason,
+        receive_count,
+    })
 }
 
 #[async_trait]
@@ -401,14 +415,21 @@ impl Queue for SqsQueue {
     async fn dead_letter(&self, message: &Message, reason: &str) -> BResult<()> {
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let reason = truncate(reason, MAX_REASON_BYTES);
-        let reason = if reason.is_empty() { "unspecified" } else { reason };
+        let reason = if reason.is_empty() {
+            "unspecified"
+        } else {
+            reason
+        };
         self.client
             .send_message()
             .queue_url(&self.dlq_url)
             .message_body(&message.body)
             .message_attributes(ATTR_REASON, string_attr(reason)?)
             .message_attributes(ATTR_ORIGINAL_ID, string_attr(&message.message_id)?)
-            .message_attributes(ATTR_RECEIVE_COUNT, number_attr(message.receive_count as u64)?)
+            .message_attributes(
+                ATTR_RECEIVE_COUNT,
+                number_attr(message.receive_count as u64)?,
+            )
             .message_attributes(ATTR_DEAD_LETTERED_AT, string_attr(&now)?)
             .send()
             .await
@@ -435,9 +456,15 @@ impl Queue for SqsQueue {
             if order.len() >= max {
                 break;
             }
-            let wait = if i == 0 { Duration::from_secs(1) } else { Duration::ZERO };
+            let wait = if i == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
             let asked = (max - order.len()).min(BATCH);
-            let raw = self.receive_from(&self.dlq_url, asked, wait, Some(0)).await?;
+            let raw = self
+                .receive_from(&self.dlq_url, asked, wait, Some(0))
+                .await?;
             let mut new = 0;
             for m in &raw {
                 if let Some(d) = to_dead_letter(m) {
@@ -454,7 +481,11 @@ impl Queue for SqsQueue {
                 break;
             }
         }
-        Ok(order.into_iter().take(max).filter_map(|id| seen.remove(&id)).collect())
+        Ok(order
+            .into_iter()
+            .take(max)
+            .filter_map(|id| seen.remove(&id))
+            .collect())
     }
 
     async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64> {
@@ -517,7 +548,12 @@ impl Queue for SqsQueue {
     async fn depth(&self) -> BResult<QueueDepth> {
         let (visible, in_flight, delayed) = self.counts(&self.queue_url).await?;
         let (dv, dn, dd) = self.counts(&self.dlq_url).await?;
-        Ok(QueueDepth { visible, in_flight, delayed, dead_letters: dv + dn + dd })
+        Ok(QueueDepth {
+            visible,
+            in_flight,
+            delayed,
+            dead_letters: dv + dn + dd,
+        })
     }
 }
 
