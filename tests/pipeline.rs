@@ -1,0 +1,167 @@
+//! The whole pipeline through the worker with real HTTP on loopback: fixture pages in, the
+//! OpenAI-compatible mock as the model, results and records out. Also the provider's rate limits
+//! as the worker meets them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atlas_codex::app::App;
+use atlas_codex::job::JobStatus;
+use atlas_codex::llm::openai::OpenAiClient;
+use atlas_codex::llm::LlmClient;
+use atlas_codex::mock_openai::{Behavior, MockConfig, MockOpenAi, RetryHint};
+use atlas_codex::settings::Secret;
+use serde_json::{json, Value};
+use support::app::{spawn_app, test_settings, text_job, TestApp};
+use support::pages::PageServer;
+
+fn client(mock: &MockOpenAi) -> Arc<dyn LlmClient> {
+    Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-pipeline-key"), Duration::from_secs(20)).unwrap())
+}
+
+async fn result_doc(t: &TestApp, id: &str) -> Value {
+    let rec = t.record(id).await;
+    let key = rec.result_key.unwrap_or_else(|| panic!("{id} has no result"));
+    let bytes = t.backends.artifacts.get(&key).await.unwrap().expect("result object");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_is_fetched_cleaned_extracted_validated_and_stored() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    let schema = json!({"type": "object", "properties": {"headline": {"type": "string"}, "sources": {"type": "array", "items": {"type": "string"}}}, "required": ["headline"]});
+    t.send(&[
+        json!({"job_id": "x-article", "url": pages.url("/article.html"), "instructions": "Extract the headline and the data sources.", "schema": schema, "formats": ["markdown", "links", "metadata"], "tenant": "acme"}).to_string(),
+        json!({"job_id": "x-pageonly", "url": pages.url("/article.html")}).to_string(),
+    ])
+    .await;
+    let stats = t.run_until_idle().await;
+    assert_eq!(stats.completed, 2, "{stats:?}");
+
+    // The model got cleaned Markdown (no raw HTML, no nav/header), with a strict schema.
+    let reqs = mock.handle().requests();
+    assert_eq!(reqs.len(), 1, "only the job with instructions called the model");
+    let body = &reqs[0].body;
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+    let user = body["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap_or("").to_string()).collect::<String>();
+    assert!(!user.contains("<p>") && !user.contains("NAV_MARKER") && !user.contains("SITE_HEADER_MARKER"), "cleaned content only");
+    assert!(user.contains("Tidal"), "the article text reached the model");
+
+    // Record: usage from the response, cost from the price table, route, data inline.
+    let rec = t.record("x-article").await;
+    assert_eq!(rec.status, JobStatus::Completed);
+    assert!(rec.usage.input_tokens > 0 && rec.usage.output_tokens > 0);
+    assert_eq!(rec.calls.len(), 1);
+    assert_eq!(rec.calls[0].usage, rec.usage);
+    let model = rec.model.clone().unwrap();
+    let price = t.app.settings.models.get(&model).unwrap();
+    assert_eq!(rec.cost_micros, atlas_codex::pricing::cost_micros(&rec.usage, price));
+    let route = rec.route.clone().unwrap();
+    assert_eq!(route.model, model);
+    assert!(!route.reason.is_empty());
+    let data = rec.data.clone().unwrap();
+    assert!(data["headline"].is_string(), "{data}");
+    assert_eq!(rec.tenant.as_deref(), Some("acme"));
+
+    // Result document.
+    let doc = result_doc(&t, "x-article").await;
+    for k in ["job_id", "stage", "type", "url", "data", "metadata", "markdown", "links", "model", "route", "usage", "cost_usd", "timings"] {
+        assert!(doc.get(k).is_some(), "result lacks `{k}`: {doc}");
+    }
+    assert!(doc["simulated"].is_null(), "a real provider's result is not marked simulated");
+    assert!(doc["metadata"]["title"].as_str().unwrap().contains("Tidal Energy Report"));
+    assert!(doc["links"].as_array().unwrap().iter().any(|l| l == "https://data.example.org/tidal.csv"));
+
+    // The no-model path spends nothing.
+    let po = t.record("x-pageonly").await;
+    assert_eq!((po.cost_micros, po.calls.len(), po.model.clone()), (0, 0, None));
+    let podoc = result_doc(&t, "x-pageonly").await;
+    assert!(podoc["markdown"].as_str().unwrap().contains("Tidal"));
+    assert!(podoc["data"].is_null());
+    let now = chrono::Utc::now();
+    let snap = t.backends.ledger.snapshot(&atlas_codex::budget::period(now), now).await.unwrap();
+    assert_eq!(snap.spent_micros, rec.cost_micros, "the ledger holds exactly the one call");
+    assert_eq!(snap.by_tenant.get("acme"), Some(&rec.cost_micros));
+    // The API key never lands in records or results.
+    let all = format!("{:?}{}{}", t.backends.jobs.list(None, 10).await.unwrap(), doc, podoc);
+    assert!(!all.contains("sk-pipeline-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_job_stays_in_scope_and_returns_pages_and_an_aggregate() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    let schema = json!({"type": "object", "properties": {"titles": {"type": "array", "items": {"type": "string"}}}, "required": ["titles"]});
+    t.send(&[json!({"job_id": "c-1", "type": "crawl", "url": pages.url("/site/"), "max_pages": 4, "max_depth": 1, "instructions": "List page titles", "schema": schema}).to_string()]).await;
+    t.run_until_idle().await;
+    let rec = t.record("c-1").await;
+    assert_eq!(rec.status, JobStatus::Completed, "{:?}", rec.error);
+    let doc = result_doc(&t, "c-1").await;
+    let pages_out = doc["pages"].as_array().unwrap();
+    assert!(!pages_out.is_empty() && pages_out.len() <= 4, "{}", pages_out.len());
+    for p in pages_out {
+        let u = p["url"].as_str().unwrap();
+        assert!(u.starts_with(&pages.url("/site/")), "in scope: {u}");
+        assert!(!u.contains("private/secret"), "robots.txt respected: {u}");
+        assert!(p["depth"].as_u64().unwrap() <= 1);
+    }
+    assert!(doc["data"]["titles"].is_array(), "aggregate: {}", doc["data"]);
+    assert_eq!(mock.handle().total_requests(), 1, "one model call over all pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_to_the_providers_rpm_the_worker_gets_no_429_and_reaches_90_percent() {
+    const RPM: u32 = 120;
+    let mock = MockOpenAi::start(MockConfig { behavior: Behavior { rpm_limit: Some(RPM), ..Behavior::default() }, ..MockConfig::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = test_settings(dir.path(), &[("ATLAS__WORKER__CONCURRENCY", "32")]);
+    for m in s.models.values_mut() {
+        m.rpm = RPM;
+    }
+    let backends = atlas_codex::app::open_backends(&s).await.unwrap();
+    let app = App::new(Arc::new(s), backends.clone(), client(&mock), "mock".into()).unwrap();
+    let t = TestApp { dir, app: Arc::new(app), backends };
+    let n = 30;
+    t.send(&(0..n).map(|i| text_job(&format!("r-{i}"))).collect::<Vec<_>>()).await;
+    let stats = t.run_until_idle().await;
+    assert_eq!(stats.completed, n as u64, "{stats:?}");
+    let reqs = mock.handle().requests();
+    let limited = reqs.iter().filter(|r| r.status == 429).count();
+    assert_eq!(limited, 0, "no 429 when configured to the provider's limit");
+    let mut at: Vec<Duration> = reqs.iter().map(|r| r.since_start).collect();
+    at.sort();
+    let span = (*at.last().unwrap() - at[0]).as_secs_f64();
+    let rate_per_min = (at.len() - 1) as f64 / span * 60.0;
+    assert!(rate_per_min >= 0.9 * RPM as f64, "reached {rate_per_min:.1}/min of {RPM}");
+    assert!(rate_per_min <= RPM as f64 * 1.05, "never above the limit: {rate_per_min:.1}/min");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_429s_slows_the_worker_and_every_job_still_completes() {
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    mock.handle().rate_limit_next(12, RetryHint::Seconds(1));
+    let t = spawn_app(&[("ATLAS__WORKER__CONCURRENCY", "8")], client(&mock)).await;
+    let n = 10;
+    t.send(&(0..n).map(|i| text_job(&format!("b-{i}"))).collect::<Vec<_>>()).await;
+    let stats = t.run_until_idle().await;
+    assert_eq!(stats.completed, n as u64, "a 429 alone never fails a job: {stats:?}");
+    assert_eq!(stats.retried + stats.failed, 0, "{stats:?}");
+    let reqs = mock.handle().requests();
+    let limited: Vec<_> = reqs.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(limited.len(), 12);
+    // After the first 429 (Retry-After: 1 s) nothing was sent for about a second.
+    let first = limited.iter().map(|r| r.since_start).min().unwrap();
+    let next_ok = reqs.iter().filter(|r| r.status == 200 && r.since_start > first).map(|r| r.since_start).min().unwrap();
+    assert!(next_ok - first >= Duration::from_millis(900), "slowed down: next success {:?} after the first 429", next_ok - first);
+    for i in 0..n {
+        let r = t.record(&format!("b-{i}")).await;
+        assert_eq!(r.status, JobStatus::Completed);
+        assert_eq!(r.cost_micros, r.calls.iter().map(|c| c.cost_micros).sum::<i64>(), "429s are not charged");
+    }
+}
