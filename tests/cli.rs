@@ -1,0 +1,163 @@
+//! The command line as scripts use it: exit codes, `--output json`, `validate --all-stages`,
+//! submit / status / budget / dlq on the embedded stage.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli { dir: tempfile::tempdir().unwrap() }
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_atlas-codex"));
+        c.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("STAGE")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("GPT5_ENABLED")
+            .env_remove("FORCE_GPT4")
+            .env_remove("MONTHLY_BUDGET")
+            .env_remove("DEFAULT_MODEL_STRATEGY")
+            .env("ATLAS__STORAGE__DATA_DIR", self.dir.path())
+            .env("ATLAS__ADMIN__LISTEN", "")
+            .env("ATLAS__LLM__PROVIDER", "simulated")
+            .env("ATLAS__LLM__SIMULATED_LATENCY_MS", "1")
+            .env("ATLAS__QUEUE__WAIT_TIME_SECS", "1");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self.cmd(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn every_command_has_help() {
+    let c = Cli::new();
+    for cmd in [vec![], vec!["worker"], vec!["submit"], vec!["status"], vec!["validate"], vec!["budget"], vec!["dlq"], vec!["dlq", "list"], vec!["dlq", "redrive"], vec!["provision"], vec!["demo"], vec!["bench"]] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let o = c.run(&args);
+        assert!(o.status.success(), "{cmd:?} --help");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage:"), "{cmd:?}");
+    }
+    assert_eq!(c.run(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn validate_all_stages_passes_for_the_shipped_configs_and_names_a_shared_resource() {
+    let c = Cli::new();
+    let o = c.run(&["--output", "json", "validate", "--all-stages"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["ok"], true);
+    let names: Vec<String> = v["resources"].as_array().unwrap().iter().map(|r| r["resources"]["queue"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["atlas-codex-queue-local", "atlas-codex-queue-preview", "atlas-codex-queue-production"]);
+
+    // One extra file layered over every stage makes them share a queue.
+    let shared = c.dir.path().join("shared.toml");
+    std::fs::write(&shared, "[queue]\nname = \"atlas-codex-queue-shared\"\n").unwrap();
+    let o = c.run(&["--config", shared.to_str().unwrap(), "--output", "json", "validate", "--all-stages"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v = json(&o);
+    assert_eq!(v["ok"], false);
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("atlas-codex-queue-shared") && problems.contains("queue"), "{problems}");
+
+    // A table that names another stage.
+    let cross = c.dir.path().join("cross.toml");
+    std::fs::write(&cross, "[storage]\njobs_table = \"atlas-codex-jobs-production\"\n").unwrap();
+    let o = c.run(&["--stage", "preview", "--config", cross.to_str().unwrap(), "validate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("names stage `production`"));
+}
+
+#[test]
+fn invalid_configuration_exits_2_listing_every_problem() {
+    let c = Cli::new();
+    let o = c.cmd(&["--stage", "preview", "validate"]).env("GPT5_ENABLED", "true").env("FORCE_GPT4", "true").env("ATLAS__WORKER__CONCURENCY", "5").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("worker.concurency"), "unknown key named: {err}");
+}
+
+#[test]
+fn submit_status_budget_and_dlq_speak_json() {
+    let c = Cli::new();
+    let jobs = r#"{"job_id":"c-1","text":"Price: $5","instructions":"Extract the price","schema":{"type":"object","properties":{"price":{"type":"number"}},"required":["price"]}}
+{"text":"no id given","instructions":"Summarize"}
+{"job_id":"c-bad","type":"teleport","text":"x"}"#;
+    // An invalid line stops the whole submission (nothing half-sent).
+    let o = c.run_stdin(&["submit", "-"], jobs);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 3"));
+
+    let good: String = jobs.lines().take(2).collect::<Vec<_>>().join("\n");
+    let o = c.run_stdin(&["--output", "json", "submit", "-"], &good);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ids = json(&o);
+    assert_eq!(ids.as_array().unwrap().len(), 2);
+    assert_eq!(ids[0], "c-1");
+
+    let st = json(&c.run(&["--output", "json", "status", "c-1"]));
+    assert_eq!(st["status"], "pending");
+
+    assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
+    let st = json(&c.run(&["--output", "json", "status", "c-1"]));
+    assert_eq!(st["status"], "completed");
+    assert!(st["data"]["price"].is_number());
+    assert!(st["simulated"].as_bool().unwrap());
+    let second = ids[1].as_str().unwrap();
+    assert_eq!(json(&c.run(&["--output", "json", "status", second]))["status"], "completed");
+
+    let b = json(&c.run(&["--output", "json", "budget"]));
+    let spent = b["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0);
+    assert!((b["limit_usd"].as_f64().unwrap() - spent - b["reserved_usd"].as_f64().unwrap() - b["remaining_usd"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(b["by_model"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum::<f64>() - spent < 1e-9);
+
+    assert_eq!(c.run(&["status", "nobody"]).status.code(), Some(3), "unknown job → 3");
+    assert_eq!(c.run(&["status", "bad/id"]).status.code(), Some(2), "invalid id → 2");
+
+    // A dead letter, listed without consuming, then redriven.
+    let o = c.run_stdin(&["submit", "-"], r#"{"job_id":"c-dead","text":"x","instructions":"y","model":"gpt-9"}"#);
+    assert!(o.status.success());
+    assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
+    let dl = json(&c.run(&["--output", "json", "dlq", "list"]));
+    assert_eq!(dl.as_array().unwrap().len(), 1);
+    assert!(dl[0]["reason"].as_str().unwrap().contains("model_forbidden"));
+    assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 1, "peek does not consume");
+    let dry = c.run(&["dlq", "redrive", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("1 message(s) would be moved"));
+    let r = json(&c.run(&["--output", "json", "dlq", "redrive"]));
+    assert_eq!(r["moved"], 1);
+    assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn large_inputs_go_by_claim_check() {
+    let c = Cli::new();
+    let big = "word ".repeat(70_000); // 350 KB, over the 256 KiB message limit
+    let msg = serde_json::json!({"job_id": "big-1", "text": big}).to_string();
+    let o = c.run_stdin(&["submit", "-"], &msg);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stored = c.dir.path().join("artifacts/inputs/big-1");
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), big, "the input went to inputs/{{job_id}}");
+    assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
+    let st = json(&c.run(&["--output", "json", "status", "big-1"]));
+    assert_eq!(st["status"], "completed", "{st}");
+}
