@@ -63,19 +63,31 @@ pub struct Budget {
 
 impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budget").field("limit_micros", &self.limit_micros).field("ttl", &self.ttl).finish()
+        f.debug_struct("Budget")
+            .field("limit_micros", &self.limit_micros)
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
 impl Budget {
     /// A budget of `limit_micros` per month whose holds lapse after `ttl`.
     pub fn new(ledger: Arc<dyn BudgetLedger>, limit_micros: i64, ttl: Duration) -> Budget {
-        Budget { ledger, limit_micros: limit_micros.max(0), ttl, cache: Mutex::new(None) }
+        Budget {
+            ledger,
+            limit_micros: limit_micros.max(0),
+            ttl,
+            cache: Mutex::new(None),
+        }
     }
 
     /// The stage's budget: `budget.monthly_usd` and `budget.reservation_ttl_secs`.
     pub fn from_settings(ledger: Arc<dyn BudgetLedger>, s: &Settings) -> Budget {
-        Budget::new(ledger, s.budget_limit_micros(), Duration::from_secs(s.budget.reservation_ttl_secs))
+        Budget::new(
+            ledger,
+            s.budget_limit_micros(),
+            Duration::from_secs(s.budget.reservation_ttl_secs),
+        )
     }
 
     /// The monthly limit, micro-USD.
@@ -118,11 +130,23 @@ impl Budget {
             id: reservation_id.to_string(),
             job_id: job_id.to_string(),
             amount_micros: amount,
-            expires_at: now.checked_add_signed(ttl).unwrap_or(DateTime::<Utc>::MAX_UTC),
+            expires_at: now
+                .checked_add_signed(ttl)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
         };
-        match self.ledger.reserve(&period, &reservation, self.limit_micros, now).await {
-            Ok(ReserveOutcome::Granted) => Ok(Hold { period, reservation }),
-            Ok(ReserveOutcome::Refused { spent_micros, reserved_micros }) => {
+        match self
+            .ledger
+            .reserve(&period, &reservation, self.limit_micros, now)
+            .await
+        {
+            Ok(ReserveOutcome::Granted) => Ok(Hold {
+                period,
+                reservation,
+            }),
+            Ok(ReserveOutcome::Refused {
+                spent_micros,
+                reserved_micros,
+            }) => {
                 let left = (self.limit_micros - spent_micros - reserved_micros).max(0);
                 Err(JobError::Budget {
                     message: format!(
@@ -136,7 +160,10 @@ impl Budget {
                     job_cap: false,
                 })
             }
-            Err(e) => Err(JobError::transient("budget_unavailable", format!("budget ledger: {e}"))),
+            Err(e) => Err(JobError::transient(
+                "budget_unavailable",
+                format!("budget ledger: {e}"),
+            )),
         }
     }
 
@@ -145,7 +172,13 @@ impl Budget {
     /// Transient ledger errors are retried [`LEDGER_WRITE_TRIES`] times with a doubling pause;
     /// the last error is returned (the hold then lapses at its expiry, and the caller should log
     /// the lost charge: the job record still has it).
-    pub async fn settle(&self, hold: Hold, actual_micros: i64, model: &str, tenant: Option<&str>) -> BResult<()> {
+    pub async fn settle(
+        &self,
+        hold: Hold,
+        actual_micros: i64,
+        model: &str,
+        tenant: Option<&str>,
+    ) -> BResult<()> {
         let charge = Charge {
             reservation_id: hold.reservation.id.clone(),
             job_id: hold.reservation.job_id.clone(),
@@ -184,7 +217,8 @@ impl Budget {
                 let f = if self.limit_micros <= 0 {
                     1.0
                 } else {
-                    ((s.spent_micros + s.reserved_micros) as f64 / self.limit_micros as f64).clamp(0.0, 1.0)
+                    ((s.spent_micros + s.reserved_micros) as f64 / self.limit_micros as f64)
+                        .clamp(0.0, 1.0)
                 };
                 if let Ok(mut c) = self.cache.lock() {
                     *c = Some((tokio::time::Instant::now(), f));
@@ -201,8 +235,14 @@ impl Budget {
 ///
 /// The cap is converted to micro-USD rounding down, so rounding never lets a job pass it.
 /// A refusal is [`JobError::Budget`] with `job_cap: true` (the job is failed, not deferred).
-pub fn check_job_cap(max_cost_usd: Option<f64>, spent_micros: i64, worst_case_micros: i64) -> Result<(), JobError> {
-    let Some(cap_usd) = max_cost_usd else { return Ok(()) };
+pub fn check_job_cap(
+    max_cost_usd: Option<f64>,
+    spent_micros: i64,
+    worst_case_micros: i64,
+) -> Result<(), JobError> {
+    let Some(cap_usd) = max_cost_usd else {
+        return Ok(());
+    };
     let cap = cap_micros(cap_usd);
     let after = spent_micros.max(0).saturating_add(worst_case_micros.max(0));
     if after > cap {
@@ -254,9 +294,15 @@ mod tests {
 
     #[test]
     fn period_is_utc_month() {
-        let t = Utc.with_ymd_and_hms(2025, 3, 31, 23, 59, 59).single().expect("valid date");
+        let t = Utc
+            .with_ymd_and_hms(2025, 3, 31, 23, 59, 59)
+            .single()
+            .expect("valid date");
         assert_eq!(period(t), "2025-03");
-        let t = Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).single().expect("valid date");
+        let t = Utc
+            .with_ymd_and_hms(2025, 12, 1, 0, 0, 0)
+            .single()
+            .expect("valid date");
         assert_eq!(period(t), "2025-12");
         // A local time just after midnight on Apr 1 east of UTC is still March in UTC.
         let local = chrono::FixedOffset::east_opt(2 * 3600)

@@ -92,22 +92,38 @@ impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&String> = self.models.keys().collect();
         names.sort();
-        f.debug_struct("RateLimits").field("models", &names).finish()
+        f.debug_struct("RateLimits")
+            .field("models", &names)
+            .finish()
     }
 }
 
 impl RateLimits {
     /// Limits for every model of `models`. `largest_request_tokens` is the biggest reservation
     /// a single request can make (it sizes the token burst; see the module docs).
-    pub fn new(models: &BTreeMap<String, ModelSettings>, largest_request_tokens: u32) -> RateLimits {
-        let clock = TokioClock { origin: Instant::now() };
+    pub fn new(
+        models: &BTreeMap<String, ModelSettings>,
+        largest_request_tokens: u32,
+    ) -> RateLimits {
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
         let models = models
             .iter()
             .map(|(id, m)| {
                 let rpm = window_limiter(m.rpm, 1, &clock).map(|(l, _)| l);
-                let tpm_burst = (m.tpm / 20).max(largest_request_tokens).min((m.tpm / 2).max(1));
+                let tpm_burst = (m.tpm / 20)
+                    .max(largest_request_tokens)
+                    .min((m.tpm / 2).max(1));
                 let tpm = window_limiter(m.tpm, tpm_burst, &clock);
-                (id.clone(), ModelLimit { rpm, tpm, penalty: Mutex::new(Penalty::default()) })
+                (
+                    id.clone(),
+                    ModelLimit {
+                        rpm,
+                        tpm,
+                        penalty: Mutex::new(Penalty::default()),
+                    },
+                )
             })
             .collect();
         RateLimits { clock, models }
@@ -117,10 +133,18 @@ impl RateLimits {
     /// `llm.max_input_tokens` of page, the longest instructions (≈ 4 bytes a token) and the
     /// largest `max_output_tokens` of the table.
     pub fn from_settings(s: &Settings) -> RateLimits {
-        let max_output = s.models.values().map(|m| m.max_output_tokens).max().unwrap_or(0);
+        let max_output = s
+            .models
+            .values()
+            .map(|m| m.max_output_tokens)
+            .max()
+            .unwrap_or(0);
         let page = u32::try_from(s.llm.max_input_tokens).unwrap_or(u32::MAX);
         let instructions = u32::try_from(MAX_INSTRUCTIONS_BYTES / 4).unwrap_or(u32::MAX);
-        RateLimits::new(&s.models, page.saturating_add(instructions).saturating_add(max_output))
+        RateLimits::new(
+            &s.models,
+            page.saturating_add(instructions).saturating_add(max_output),
+        )
     }
 
     /// Waits until a request of `tokens` reserved tokens (counted input + max output) may be
@@ -132,7 +156,9 @@ impl RateLimits {
     /// taken, which only errs on the safe side.
     pub async fn acquire(&self, model: &str, tokens: u32) -> Duration {
         let start = Instant::now();
-        let Some(l) = self.models.get(model) else { return Duration::ZERO };
+        let Some(l) = self.models.get(model) else {
+            return Duration::ZERO;
+        };
         wait_penalty(l).await;
         if let Some(rpm) = &l.rpm {
             while let Err(not_until) = rpm.check() {
@@ -161,8 +187,12 @@ impl RateLimits {
     /// no hint, [`DEFAULT_RATE_LIMIT_PAUSE`] doubled per 429 in a row), capped at
     /// [`MAX_RATE_LIMIT_PAUSE`]. An existing later pause is kept. Returns the pause imposed.
     pub fn on_rate_limited(&self, model: &str, retry_after: Option<Duration>) -> Duration {
-        let Some(l) = self.models.get(model) else { return Duration::ZERO };
-        let Ok(mut p) = l.penalty.lock() else { return Duration::ZERO };
+        let Some(l) = self.models.get(model) else {
+            return Duration::ZERO;
+        };
+        let Ok(mut p) = l.penalty.lock() else {
+            return Duration::ZERO;
+        };
         let pause = retry_after
             .unwrap_or_else(|| DEFAULT_RATE_LIMIT_PAUSE.saturating_mul(1u32 << p.strikes.min(6)))
             .min(MAX_RATE_LIMIT_PAUSE);
@@ -186,7 +216,10 @@ impl RateLimits {
     /// The token burst of `model` (the most a single request is counted as), `None` when its
     /// tokens are unlimited or it is not in the table.
     pub fn token_burst(&self, model: &str) -> Option<u32> {
-        self.models.get(model).and_then(|l| l.tpm.as_ref()).map(|t| t.1)
+        self.models
+            .get(model)
+            .and_then(|l| l.tpm.as_ref())
+            .map(|t| t.1)
     }
 }
 
@@ -206,7 +239,14 @@ mod tests {
 
     fn table(rpm: u32, tpm: u32) -> BTreeMap<String, ModelSettings> {
         let mut m = BTreeMap::new();
-        m.insert("m".to_string(), ModelSettings { rpm, tpm, ..ModelSettings::default() });
+        m.insert(
+            "m".to_string(),
+            ModelSettings {
+                rpm,
+                tpm,
+                ..ModelSettings::default()
+            },
+        );
         m
     }
 
@@ -248,7 +288,10 @@ mod tests {
         assert_eq!(rl.acquire("m", 1).await, Duration::from_secs(4));
         rl.on_success("m");
         assert_eq!(rl.on_rate_limited("m", None), Duration::from_secs(1));
-        assert_eq!(rl.on_rate_limited("m", Some(Duration::from_secs(3600))), MAX_RATE_LIMIT_PAUSE);
+        assert_eq!(
+            rl.on_rate_limited("m", Some(Duration::from_secs(3600))),
+            MAX_RATE_LIMIT_PAUSE
+        );
         assert_eq!(rl.on_rate_limited("unknown", None), Duration::ZERO);
     }
 }
