@@ -434,7 +434,7 @@ async fn provision(cli: &Cli, settings: Settings) -> Result<(), CliError> {
     let report = crate::backend::aws::provision::provision(&settings).await.map_err(fail)?;
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(fail)?),
-        Output::Table => println!("{report:#?}"),
+        Output::Table => println!("{report}"),
     }
     Ok(())
 }
