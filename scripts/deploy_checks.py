@@ -12,6 +12,10 @@ Groups:
   isolation    the two stages' renders share no object or selector and name only their own stage
   assertions   render tests with changed values (monitoring, autoscaler exclusivity, grace period, ...)
   cfn          cfn-lint plus static checks of deploy/cloudformation/atlas-codex-stage.yaml
+  names        `$ATLAS_BIN validate --all-stages --output json` is ok and the resource names it derives
+               for each stage equal the rendered chart's (pod config and env, KEDA queue URL, IRSA
+               role and ServiceAccount) and the template's (names with Stage substituted, role policy);
+               needs ATLAS_BIN (skipped with a note without it, a failure when CI is set)
   docker       the Dockerfile agrees with the crate (compiled-in dirs copied) and the chart (uid, port)
 
 Needs `helm` on PATH and the repo's .venv (PyYAML, kubernetes-validate, jsonschema, cfn-lint).
@@ -799,6 +803,238 @@ def group_cfn() -> None:
     R.run("cfn: outputs give queue and DLQ URLs, table names, bucket and role ARN", outputs)
 
 
+# ----------------------------------------------------------------------------- names
+RESOURCE_KINDS = ("queue", "dlq", "jobs table", "budget table", "bucket")
+# Where the template creates each resource the binary names, and the property holding its name.
+CFN_NAMED = {"queue": ("Queue", "QueueName"), "dlq": ("DeadLetterQueue", "QueueName"),
+             "jobs table": ("JobsTable", "TableName"), "budget table": ("BudgetTable", "TableName"),
+             "bucket": ("ArtifactsBucket", "BucketName")}
+# Env variables that would rename a resource in a pod (ATLAS__SECTION__KEY overrides).
+RESOURCE_ENV = {"ATLAS__QUEUE__NAME": "queue", "ATLAS__QUEUE__DLQ_NAME": "dlq",
+                "ATLAS__STORAGE__JOBS_TABLE": "jobs table", "ATLAS__STORAGE__BUDGET_TABLE": "budget table",
+                "ATLAS__STORAGE__BUCKET": "bucket"}
+
+
+def ci() -> bool:
+    """True on a CI runner (`CI` set to anything but empty/0/false), where nothing may be skipped."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def atlas_bin(what: str) -> str | None:
+    """$ATLAS_BIN, or None after a loud note (locally) or a failed check (in CI). Never builds."""
+    path = os.environ.get("ATLAS_BIN", "").strip()
+    if not path:
+        if ci():
+            R.check(f"{what}: ATLAS_BIN names the worker binary (required in CI)", False,
+                    "ATLAS_BIN is not set; scripts/test.sh exports it after `cargo build --release`")
+        else:
+            R.note(f"!!! ATLAS_BIN is not set: {what} SKIPPED (set ATLAS_BIN=target/debug/atlas-codex after `cargo build`)")
+        return None
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        R.check(f"{what}: ATLAS_BIN is an executable file", False, f"ATLAS_BIN={path} is not an executable file")
+        return None
+    return str(Path(path).resolve())
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without anything that reconfigures the binary, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith(("ATLAS_", "AWS_", "OPENAI_")) or k in ("STAGE", "MONTHLY_BUDGET", "GPT5_ENABLED",
+                                                                        "FORCE_GPT4", "DEFAULT_MODEL_STRATEGY"))}
+    env.update(extra)
+    return env
+
+
+def run_validate(binary: str, args: list[str], env: dict[str, str]) -> dict:
+    """Runs `atlas-codex ARGS` (a validate command with --output json) and returns its JSON."""
+    with tempfile.TemporaryDirectory() as cwd:  # no ./config to fall back on: ATLAS_CONFIG_DIR decides
+        p = subprocess.run([binary, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    try:
+        doc = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"`{' '.join(args)}` exited {p.returncode} without JSON: {(p.stdout + p.stderr)[-600:]}")
+    assert isinstance(doc, dict) and {"ok", "stages", "problems", "resources"} <= set(doc), f"unexpected output {doc}"
+    return doc
+
+
+def names_by_stage(doc: dict) -> dict[str, dict[str, str]]:
+    return {e["stage"]: e["resources"] for e in doc["resources"]}
+
+
+def cfn_resolve(node: Any, t: dict, params: dict[str, str]) -> Any:
+    """Evaluates the intrinsic functions this template uses in names (Ref to parameters, Fn::Sub,
+    Fn::If, Fn::Equals, Fn::Not) for the given parameter values; anything else is an error."""
+    if isinstance(node, (str, int, bool)):
+        return node
+    if isinstance(node, dict) and len(node) == 1:
+        (fn, arg), = node.items()
+        if fn == "Ref":
+            if arg not in params:
+                raise AssertionError(f"name refers to {arg}, not a parameter")
+            return params[arg]
+        if fn == "Fn::Sub":
+            text, local = (arg[0], {k: cfn_resolve(v, t, params) for k, v in arg[1].items()}) \
+                if isinstance(arg, list) else (arg, {})
+            def sub(m: re.Match) -> str:
+                key = m.group(1)
+                if key in local:
+                    return str(local[key])
+                if key in params:
+                    return str(params[key])
+                raise AssertionError(f"Fn::Sub variable ${{{key}}} is not a parameter")
+            return re.sub(r"\$\{([^}!]+)\}", sub, text)
+        if fn == "Fn::If":
+            cond, yes, no = arg
+            return cfn_resolve(yes if cfn_condition(cond, t, params) else no, t, params)
+    raise AssertionError(f"cannot resolve {node!r} statically")
+
+
+def cfn_condition(name: str, t: dict, params: dict[str, str]) -> bool:
+    def ev(c: Any) -> Any:
+        if isinstance(c, dict) and len(c) == 1:
+            (fn, arg), = c.items()
+            if fn == "Fn::Equals":
+                return str(ev(arg[0])) == str(ev(arg[1]))
+            if fn == "Fn::Not":
+                return not ev(arg[0])
+            if fn == "Condition":
+                return cfn_condition(arg, t, params)
+        return cfn_resolve(c, t, params)
+    return bool(ev(t["Conditions"][name]))
+
+
+def cfn_params(t: dict, stage: str) -> dict[str, str]:
+    """Parameter values of a stack deployed as docs/deploy.md says: Stage set, the rest defaults."""
+    p = {k: str(v.get("Default", "")) for k, v in t["Parameters"].items()}
+    p.update({"Stage": stage, "AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"})
+    return p
+
+
+def group_names() -> None:
+    """`validate --all-stages` (the binary's own naming) agrees with the chart and the template."""
+    binary = atlas_bin("names: validate --all-stages vs chart and template")
+    if not binary:
+        return
+    t = yaml.load(CFN_TEMPLATE.read_text(), Loader=CfnLoader)
+    res = t["Resources"]
+    views: dict[str, dict[str, dict[str, str]]] = {}
+
+    def repo_view():
+        doc = run_validate(binary, ["validate", "--all-stages", "--output", "json"],
+                           clean_env(ATLAS_CONFIG_DIR=str(ROOT / "config")))
+        assert doc["ok"] is True and not doc["problems"], f"ok={doc['ok']} problems={doc['problems']}"
+        assert set(STAGES) <= set(doc["stages"]), doc["stages"]
+        views["repo"] = names_by_stage(doc)
+        for stage in STAGES:
+            assert set(RESOURCE_KINDS) <= set(views["repo"].get(stage, {})), f"{stage}: {views['repo'].get(stage)}"
+    R.run("names: `validate --all-stages --output json` on config/ is ok and names every stage's resources", repo_view)
+    if "repo" not in views:
+        return
+
+    def chart_view():
+        # The config exactly as the pods get it: the ConfigMaps of both stage renders in one dir
+        # (plus config/local.toml, which no chart carries), so the binary's clash check sees both.
+        with tempfile.TemporaryDirectory() as d:
+            for stage in STAGES:
+                r = stage_render(stage)
+                assert r.rc == 0, f"{stage} render failed: {r.err[-400:]}"
+                for cm in r.kind("ConfigMap"):
+                    for k, v in cm.get("data", {}).items():
+                        f = Path(d) / k
+                        assert not f.exists() or f.read_text() == v, f"the stages' charts carry different {k}"
+                        f.write_text(v)
+            (Path(d) / "local.toml").write_text((ROOT / "config" / "local.toml").read_text())
+            doc = run_validate(binary, ["validate", "--all-stages", "--output", "json"], clean_env(ATLAS_CONFIG_DIR=d))
+        assert doc["ok"] is True and not doc["problems"], f"ok={doc['ok']} problems={doc['problems']}"
+        views["chart"] = names_by_stage(doc)
+        for stage in STAGES:
+            assert views["chart"][stage] == views["repo"][stage], \
+                f"{stage}: chart config names {views['chart'][stage]}, config/ names {views['repo'][stage]}"
+    R.run("names: `validate --all-stages` on the charts' ConfigMaps is ok and names what config/ names", chart_view)
+
+    for stage in STAGES:
+        want = views["repo"][stage]
+
+        def pod_view(stage=stage, want=want):
+            # One pod as rendered: its ConfigMap as ATLAS_CONFIG_DIR, its literal env, its args.
+            r = stage_render(stage)
+            dep = r.one("Deployment")
+            c = container(dep)
+            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+            for var, kind in RESOURCE_ENV.items():
+                if var in env:
+                    assert env[var] == want[kind], f"pod env {var}={env[var]} but the binary names {want[kind]}"
+            with tempfile.TemporaryDirectory() as d:
+                for cm in r.kind("ConfigMap"):
+                    for k, v in cm.get("data", {}).items():
+                        (Path(d) / k).write_text(v)
+                env["ATLAS_CONFIG_DIR"] = d
+                args = c["args"]
+                assert args[-1] == "worker", args
+                doc = run_validate(binary, [*args[:-1], "--output", "json", "validate"], clean_env(**env))
+            assert doc["ok"] is True and doc["stages"] == [stage], f"ok={doc['ok']} stages={doc['stages']} {doc['problems']}"
+            got = names_by_stage(doc)[stage]
+            assert got == want, f"the pod's config names {got}, validate --all-stages {want}"
+        R.run(f"names {stage}: the rendered pod (ConfigMap, env, args) validates ok and names the same resources", pod_view)
+
+        def chart_refs(stage=stage, want=want):
+            r = stage_render(stage)
+            v = load_values(stage)
+            so = r.one("ScaledObject")
+            trig = [x for x in so["spec"]["triggers"] if x["type"] == "aws-sqs-queue"]
+            assert len(trig) == 1, so["spec"]["triggers"]
+            url = trig[0]["metadata"]["queueURL"]
+            m = re.fullmatch(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com/([0-9]{12})/([A-Za-z0-9_-]+)", url)
+            assert m, f"KEDA queueURL {url} is not an SQS queue URL"
+            region, account, queue = m.groups()
+            assert queue == want["queue"], f"KEDA scales on queue {queue}; the worker reads {want['queue']}"
+            env = env_map(container(r.one("Deployment")))
+            assert trig[0]["metadata"]["awsRegion"] == region == env["ATLAS__AWS__REGION"]["value"] == v["aws"]["region"], \
+                f"regions: KEDA {trig[0]['metadata']['awsRegion']}, URL {region}, pod {env['ATLAS__AWS__REGION']}"
+            arn = r.one("ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            am = re.fullmatch(r"arn:aws:iam::([0-9]{12}):role/(.+)", arn)
+            assert am and am.group(1) == account, f"role {arn} is not in the queue's account {account}"
+            assert want["metrics namespace"] == stage == dep_stage_label(r), \
+                f"metrics namespace {want['metrics namespace']} / pod label {dep_stage_label(r)} != {stage}"
+        R.run(f"names {stage}: the chart's KEDA queue URL names the worker's queue; region, account, role and "
+              f"stage label agree", chart_refs)
+
+        def template(stage=stage, want=want):
+            params = cfn_params(t, stage)
+            created = {kind: cfn_resolve(res[lid]["Properties"][prop], t, params) for kind, (lid, prop) in CFN_NAMED.items()}
+            assert created == {k: want[k] for k in RESOURCE_KINDS}, f"template creates {created}, binary names " \
+                f"{ {k: want[k] for k in RESOURCE_KINDS} }"
+            # IRSA: the role the chart annotates is the template's, it trusts the rendered
+            # ServiceAccount, and its policy grants exactly the resources the binary uses.
+            role = res["WorkerRole"]["Properties"]
+            role_name = cfn_resolve(role["RoleName"], t, params)
+            r = stage_render(stage)
+            assert r.rc == 0, f"{stage} render failed: {r.err[-400:]}"
+            sa = r.one("ServiceAccount")["metadata"]
+            chart_role = sa["annotations"]["eks.amazonaws.com/role-arn"].rsplit(":role/", 1)[-1]
+            assert chart_role == role_name, f"chart annotates role {chart_role}, template creates {role_name}"
+            sub_vars = {k: cfn_resolve(x, t, params) for k, x in role["AssumeRolePolicyDocument"]["Fn::Sub"][1].items()}
+            assert (sub_vars["Namespace"], sub_vars["ServiceAccount"]) == (sa["namespace"], sa["name"]), \
+                f"trust allows {sub_vars['Namespace']}/{sub_vars['ServiceAccount']}, chart runs {sa['namespace']}/{sa['name']}"
+            by_lid = {lid: created[kind] for kind, (lid, _) in CFN_NAMED.items()}
+            granted = set()
+            for pol in role["Policies"]:
+                for st in pol["PolicyDocument"]["Statement"]:
+                    rs = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                    for r_ in rs:
+                        for lid in refs(r_):
+                            assert lid in by_lid, f"{st.get('Sid')}: grants {lid}, which the worker does not use"
+                            granted.add(by_lid[lid])
+            assert granted == {want[k] for k in RESOURCE_KINDS}, \
+                f"role grants {sorted(granted)}; the binary uses {sorted(want[k] for k in RESOURCE_KINDS)}"
+        R.run(f"names {stage}: the template (Stage={stage}) creates exactly those names and its IRSA role, "
+              f"trusting the chart's ServiceAccount, grants exactly them", template)
+
+
+def dep_stage_label(r: Render) -> str | None:
+    return r.one("Deployment")["spec"]["template"]["metadata"]["labels"].get("atlas-codex.io/stage")
+
+
 # ----------------------------------------------------------------------------- docker
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
     """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
@@ -877,6 +1113,7 @@ GROUPS = {
     "isolation": group_isolation,
     "assertions": group_assertions,
     "cfn": group_cfn,
+    "names": group_names,
     "docker": group_docker,
 }
 
