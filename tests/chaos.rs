@@ -1,0 +1,435 @@
+//! Proof under faults: three `preview` worker processes on moto (test-private resource names),
+//! a mock LLM that answers ~10% of calls with 500, ~5% with 429 and takes 50-500 ms, ~80 jobs
+//! submitted in waves (a few of them permanently failing), and workers killed with SIGKILL and
+//! restarted at random (seeded, bounded) while they work. At the end:
+//!
+//! - no message is lost: every submitted job has a terminal record; the good ones `completed`
+//!   with their result stored, the bad ones `failed` permanently with their reason;
+//! - nothing is charged twice: per job, the ledger's charges equal the record's `cost_micros`,
+//!   and the month's `spent` equals the sum over the records (by model too);
+//! - the DLQ holds exactly the permanently failing messages;
+//! - every worker still running drains and exits 0 on SIGTERM.
+//!
+//! Bounded: ≤ 20 messages submitted per wave, at most [`MAX_KILLS`] kills, hard deadlines.
+//! Needs moto (`ATLAS_TEST_MOTO_ENDPOINT`, see `tests/support/moto.rs`); never skips.
+
+#[allow(dead_code)]
+mod support {
+    pub mod moto;
+    pub mod procs;
+}
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use atlas_codex::backend::{aws, Backends};
+use atlas_codex::job::{JobRecord, JobStatus};
+use atlas_codex::mock_openai::{Behavior, MockConfig, MockOpenAi, RetryHint};
+use atlas_codex::settings::Settings;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use support::moto;
+use support::procs::{run_cli, ProcEnv, WorkerProc};
+
+/// Seed of every random choice (kills, restarts, latency, mock faults).
+const SEED: u64 = 0xC4A0_5EED;
+const WORKERS: usize = 3;
+const GOOD_JOBS: usize = 72;
+const FORBIDDEN_JOBS: usize = 3;
+const WAVES: usize = 4;
+const WAVE_EVERY: Duration = Duration::from_secs(3);
+const MAX_KILLS: usize = 6;
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// From the first submission until every job must be terminal.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
+const API_KEY: &str = "test-key";
+/// A model this stage does not configure: a job asking for it fails with `model_forbidden`.
+const FORBIDDEN_MODEL: &str = "gpt-3.5-turbo";
+
+fn good_job(run: &str, i: usize) -> Value {
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "price": {"type": "number"}, "in_stock": {"type": "boolean"}},
+        "required": ["name", "price"]
+    });
+    // Vary the instructions so routing uses more than one tier.
+    let instructions = match i % 3 {
+        0 => "Extract the product name and price.".to_string(),
+        1 => "Extract the product name, its price in USD and whether it is in stock.".to_string(),
+        _ => "Analyze the page, compare the listed prices, reason about discounts step by step, then extract the \
+              product name, the final price in USD and whether it is in stock."
+            .repeat(3),
+    };
+    let mut m = json!({"job_id": format!("chaos-{run}-ok-{i}"), "instructions": instructions, "schema": schema, "tenant": format!("t{}", i % 4)});
+    if i % 2 == 0 {
+        m["text"] = json!(format!("The Ridge {i} tent costs ${}.50 and is in stock.", 200 + i));
+    } else {
+        m["html"] = json!(format!("<html><body><h1>Boot {i}</h1><p class=price>${}</p><p>Sold out</p></body></html>", 90 + i));
+    }
+    m
+}
+
+/// Jobs that must end `failed` permanently and in the DLQ: (job id or `None`, raw body, reason kind).
+fn bad_messages(run: &str) -> Vec<(Option<String>, String, &'static str)> {
+    let mut v = Vec::new();
+    for i in 0..FORBIDDEN_JOBS {
+        let id = format!("chaos-{run}-forbidden-{i}");
+        let body = json!({"job_id": id, "text": "Anything.", "instructions": "Extract anything.", "model": FORBIDDEN_MODEL}).to_string();
+        v.push((Some(id), body, "model_forbidden"));
+    }
+    let invalid = [
+        json!({"job_id": format!("chaos-{run}-invalid-0"), "type": "teleport", "text": "x"}),
+        json!({"job_id": format!("chaos-{run}-invalid-1"), "text": "x", "html": "<p>two sources</p>"}),
+        json!({"job_id": format!("chaos-{run}-invalid-2"), "text": "x", "bogus_field": 1}),
+    ];
+    for m in invalid {
+        let id = m["job_id"].as_str().map(str::to_string);
+        v.push((id, m.to_string(), "invalid_message"));
+    }
+    v.push((None, format!("not json at all {run} {{"), "invalid_message"));
+    v
+}
+
+async fn open(settings: &Settings) -> Backends {
+    let sdk = moto::sdk_config(settings).await;
+    aws::open_backends_with(settings, &sdk).await.expect("open the stage's AWS backends")
+}
+
+/// One settled charge as the ledger stores it (`{period}#charge#{reservation}` items).
+#[derive(Debug, Clone)]
+struct ChargeRow {
+    job_id: String,
+    /// The claim (`attempts` value) the call was made under, from the reservation id
+    /// `{job}:{attempt}:{call index}`.
+    attempt: u32,
+    /// The call's index within the job, from the reservation id.
+    index: u32,
+    model: String,
+    amount: i64,
+}
+
+/// Every settled charge in the budget table, read straight from DynamoDB.
+async fn ledger_charges(settings: &Settings) -> Vec<ChargeRow> {
+    let sdk = moto::sdk_config(settings).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(settings.budget_table())
+            .filter_expression("attribute_exists(reservation_id)")
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .expect("scan the budget table");
+        for item in page.items() {
+            let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let amount: i64 = item.get("amount").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).expect("charge amount");
+            let rid = s("reservation_id");
+            let mut parts = rid.rsplitn(3, ':');
+            let index = parts.next().and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("reservation id {rid}"));
+            let attempt = parts.next().and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("reservation id {rid}"));
+            out.push(ChargeRow { job_id: s("job_id"), attempt, index, model: s("model"), amount });
+        }
+        match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Which claims' charges make up the record: the record's paid calls, in order, must be the
+/// concatenation of the charges of some set of claims that includes the last one (the claim that
+/// wrote the final record). Returns the claims left out (their charges are on the ledger but not
+/// on the record), or `None` when no such set exists (the record claims money the ledger never
+/// settled, or the final claim's charges are missing from it).
+fn attribute(record_calls: &[(String, i64)], by_attempt: &[(u32, Vec<(String, i64)>)], last: u32) -> Option<Vec<u32>> {
+    fn go(rest: &[(String, i64)], attempts: &[(u32, Vec<(String, i64)>)], last: u32, left_out: &mut Vec<u32>) -> bool {
+        let Some(((a, calls), more)) = attempts.split_first() else { return rest.is_empty() };
+        if rest.starts_with(calls) && go(&rest[calls.len()..], more, last, left_out) {
+            return true;
+        }
+        if *a != last {
+            left_out.push(*a);
+            if go(rest, more, last, left_out) {
+                return true;
+            }
+            left_out.pop();
+        }
+        false
+    }
+    let mut left_out = Vec::new();
+    go(record_calls, by_attempt, last, &mut left_out).then_some(left_out)
+}
+
+fn log_dir_note(dir: &std::path::Path) -> String {
+    format!("worker logs in {}", dir.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
+    let t0 = Instant::now();
+    let endpoint = moto::endpoint();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    // Kept on failure for inspection (the path is printed).
+    let logs = tempfile::Builder::new().prefix("atlas-chaos-").tempdir().expect("log dir").keep();
+
+    let mock = MockOpenAi::start(MockConfig {
+        seed: Some(SEED),
+        expected_api_key: Some(API_KEY.into()),
+        max_recorded: 5_000,
+        behavior: Behavior {
+            latency: Duration::from_millis(200),
+            server_error_probability: 0.10,
+            rate_limit_probability: 0.05,
+            retry_hint: RetryHint::Seconds(1),
+            ..Behavior::default()
+        },
+        ..MockConfig::default()
+    })
+    .await;
+    // Slow answers: the latency wanders over 50-500 ms (seeded).
+    let handle = mock.handle();
+    let jitter = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(SEED ^ 0x1a7e);
+        loop {
+            handle.set_latency(Duration::from_millis(rng.random_range(50..=500)));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+
+    // Stage `preview` with resource names private to this run.
+    let env = ProcEnv::moto(&endpoint)
+        .openai_mock(&mock.base_url(), API_KEY)
+        .set("ATLAS__QUEUE__NAME", &format!("atlas-codex-queue-preview-chaos{run}"))
+        .set("ATLAS__QUEUE__DLQ_NAME", &format!("atlas-codex-dlq-preview-chaos{run}"))
+        .set("ATLAS__STORAGE__JOBS_TABLE", &format!("atlas-codex-jobs-preview-chaos{run}"))
+        .set("ATLAS__STORAGE__BUDGET_TABLE", &format!("atlas-codex-budget-preview-chaos{run}"))
+        .set("ATLAS__STORAGE__BUCKET", &format!("atlas-codex-artifacts-preview-chaos{run}"))
+        .set("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "5")
+        .set("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "10")
+        .set("ATLAS__WORKER__RETRY_BASE_SECS", "1")
+        .set("ATLAS__WORKER__RETRY_MAX_SECS", "4")
+        .set("ATLAS__WORKER__CONCURRENCY", "6")
+        .set("ATLAS__WORKER__DRAIN_TIMEOUT_SECS", "20")
+        .set("ATLAS__WORKER__JOB_TIMEOUT_SECS", "60");
+    let settings = env.settings("preview");
+    run_cli(&env, "preview", &["--output", "json", "provision"], None, CLI_TIMEOUT).await.ok("provision");
+    let backends = open(&settings).await;
+
+    // The jobs, in waves of at most 20 messages.
+    let good: Vec<Value> = (0..GOOD_JOBS).map(|i| good_job(&run, i)).collect();
+    let bad = bad_messages(&run);
+    let forbidden: Vec<&(Option<String>, String, &str)> = bad.iter().filter(|b| b.2 == "model_forbidden").collect();
+    let raw_invalid: Vec<&(Option<String>, String, &str)> = bad.iter().filter(|b| b.2 == "invalid_message").collect();
+    let mut waves: Vec<Vec<String>> = vec![Vec::new(); WAVES];
+    for (i, g) in good.iter().enumerate() {
+        waves[i % WAVES].push(g.to_string());
+    }
+    for (i, f) in forbidden.iter().enumerate() {
+        waves[(i + 1) % WAVES].push(f.1.clone());
+    }
+    assert!(waves.iter().all(|w| w.len() <= 20), "shallow queues");
+    let good_ids: Vec<String> = good.iter().map(|g| g["job_id"].as_str().unwrap_or_default().to_string()).collect();
+    let bad_ids: BTreeMap<String, &str> = bad.iter().filter_map(|b| b.0.clone().map(|id| (id, b.2))).collect();
+    let all_ids: Vec<String> = good_ids.iter().cloned().chain(bad_ids.keys().cloned()).collect();
+
+    let spawn = |idx: usize, gen: usize| {
+        let log = logs.join(format!("w{idx}-{gen}.log"));
+        WorkerProc::spawn(&env, "preview", &["worker"], &log, &format!("w{idx}#{gen}"))
+    };
+    let mut workers: Vec<WorkerProc> = (0..WORKERS).map(|i| spawn(i, 0)).collect();
+    let mut generation = vec![0usize; WORKERS];
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let mut kills: Vec<(usize, u64)> = Vec::new(); // (worker, messages in flight at the kill)
+
+    // Chaos: submit waves every few seconds; kill -9 a random worker at random moments and
+    // restart it after a short pause.
+    let start = Instant::now();
+    let mut next_wave = 0usize;
+    let mut next_kill = start + Duration::from_millis(rng.random_range(1500..3500));
+    while next_wave < WAVES || kills.len() < MAX_KILLS {
+        assert!(start.elapsed() < SETTLE_DEADLINE, "chaos phase overran; {}", log_dir_note(&logs));
+        for w in workers.iter_mut() {
+            if let Some(s) = w.try_status() {
+                panic!("worker {} exited on its own with {s}; log tail:\n{}", w.name, w.log_tail(40));
+            }
+        }
+        if next_wave < WAVES && start.elapsed() >= WAVE_EVERY * next_wave as u32 {
+            let body = waves[next_wave].join("\n");
+            let out = run_cli(&env, "preview", &["--output", "json", "submit", "-"], Some(&body), CLI_TIMEOUT).await.ok("submit");
+            let n = serde_json::from_value::<Vec<String>>(out.json()).map(|v| v.len()).unwrap_or(0);
+            assert_eq!(n, waves[next_wave].len(), "wave {next_wave} submitted whole");
+            if next_wave == 1 {
+                // Invalid messages cannot go through `submit` (it refuses them): send them raw.
+                let raw: Vec<String> = raw_invalid.iter().map(|b| b.1.clone()).collect();
+                backends.queue.send_batch(&raw).await.expect("send invalid messages");
+            }
+            next_wave += 1;
+        }
+        if kills.len() < MAX_KILLS && Instant::now() >= next_kill {
+            let idx = rng.random_range(0..WORKERS);
+            let in_flight = backends.queue.depth().await.map(|d| d.in_flight).unwrap_or(0);
+            workers[idx].kill9();
+            kills.push((idx, in_flight));
+            tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+            generation[idx] += 1;
+            workers[idx] = spawn(idx, generation[idx]);
+            next_kill = Instant::now() + Duration::from_millis(rng.random_range(1500..4000));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every job terminal, then the queue empty (deletes flushed, nothing waiting).
+    let records: BTreeMap<String, JobRecord> = loop {
+        let listed = backends.jobs.list(None, 1_000).await.expect("list records");
+        let records: BTreeMap<String, JobRecord> = listed.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let open: Vec<&String> = all_ids
+            .iter()
+            .filter(|id| !records.get(*id).is_some_and(|r| matches!(r.status, JobStatus::Completed | JobStatus::Failed)))
+            .collect();
+        if open.is_empty() {
+            break records;
+        }
+        if start.elapsed() > SETTLE_DEADLINE {
+            let detail: Vec<String> = open.iter().map(|id| format!("{id}: {:?}", records.get(*id).map(|r| (r.status, r.attempts, &r.error)))).collect();
+            panic!("{} job(s) not terminal after {SETTLE_DEADLINE:?}:\n{}\n{}", open.len(), detail.join("\n"), log_dir_note(&logs));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = backends.queue.depth().await.expect("depth");
+        if d.is_drained() {
+            break;
+        }
+        assert!(Instant::now() < drain_deadline, "queue not drained after every job was terminal: {d:?}; {}", log_dir_note(&logs));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for w in workers.iter_mut() {
+        w.sigterm();
+    }
+    for w in workers.iter_mut() {
+        w.expect_clean_exit(Duration::from_secs(40)).await;
+    }
+    jitter.abort();
+
+    // 1. No message lost; outcomes as planned.
+    for id in &good_ids {
+        let r = &records[id];
+        assert_eq!(r.status, JobStatus::Completed, "good job {id} completed: {r:?}");
+        assert_eq!(r.result_key.as_deref(), Some(format!("jobs/{id}/result.json").as_str()));
+        assert!(r.model.as_deref().is_some_and(|m| m.starts_with("gpt-5")), "{r:?}");
+        let body = backends.artifacts.get(&format!("jobs/{id}/result.json")).await.expect("s3 get").expect("result stored");
+        let doc: Value = serde_json::from_slice(&body).expect("result is JSON");
+        assert_eq!(doc["job_id"].as_str(), Some(id.as_str()));
+    }
+    for (id, kind) in &bad_ids {
+        let r = &records[id];
+        assert_eq!(r.status, JobStatus::Failed, "{id}: {r:?}");
+        let e = r.error.as_ref().unwrap_or_else(|| panic!("{id} failed without a reason"));
+        assert_eq!((e.kind.as_str(), e.permanent), (*kind, true), "{id}: {e:?}");
+        assert!(!e.message.is_empty());
+    }
+
+    // 2. Nothing charged twice.
+    //
+    // What is guaranteed (docs/design.md, BudgetLedger contract): a call is settled at most
+    // once (per reservation id), only after the provider answered it, and the ledger's month
+    // totals are the sum of its charges. What is NOT guaranteed, and this test measures: a claim
+    // that settles charges and then cannot write the record (SIGKILL between settle and the
+    // record write, or a lease lost to a stalled heartbeat so the final write is refused) leaves
+    // those charges on the ledger but not on the job record, so `ledger spent` can exceed the sum
+    // of the records' `cost_micros`. The check below is exact about everything else: per job,
+    // the record's paid calls must be exactly the charges of the claims that wrote it (the last
+    // one included), and every left-out claim is counted and reported.
+    let now = chrono::Utc::now();
+    let snap = backends.ledger.snapshot(&atlas_codex::budget::period(now), now).await.expect("snapshot");
+    let charges = ledger_charges(&settings).await;
+    let counts = mock.counts();
+    let status_total = |code: u16| counts.iter().filter(|((_, s), _)| *s == code).map(|(_, n)| *n).sum::<u64>();
+    let charged_total: i64 = charges.iter().map(|c| c.amount).sum();
+    let mut charged_by_model: BTreeMap<String, i64> = BTreeMap::new();
+    for c in &charges {
+        *charged_by_model.entry(c.model.clone()).or_insert(0) += c.amount;
+    }
+    assert_eq!(snap.spent_micros, charged_total, "month total == sum of its charge items");
+    assert_eq!(snap.by_model, charged_by_model, "month by model == its charge items by model");
+    assert!(charges.len() as u64 <= status_total(200), "{} charges but the provider answered {} calls", charges.len(), status_total(200));
+    let record_sum: i64 = records.values().map(|r| r.cost_micros).sum();
+    let mut lost: Vec<String> = Vec::new();
+    let mut lost_micros = 0i64;
+    for (id, r) in &records {
+        let paid: Vec<(String, i64)> = r.calls.iter().filter(|c| c.cost_micros != 0).map(|c| (c.model.clone(), c.cost_micros)).collect();
+        assert_eq!(paid.iter().map(|c| c.1).sum::<i64>(), r.cost_micros, "{id}: cost_micros is the sum of its calls");
+        let mut mine: Vec<&ChargeRow> = charges.iter().filter(|c| c.job_id == *id).collect();
+        mine.sort_by_key(|c| (c.attempt, c.index));
+        let mut by_attempt: Vec<(u32, Vec<(String, i64)>)> = Vec::new();
+        for c in mine {
+            match by_attempt.last_mut() {
+                Some((a, v)) if *a == c.attempt => v.push((c.model.clone(), c.amount)),
+                _ => by_attempt.push((c.attempt, vec![(c.model.clone(), c.amount)])),
+            }
+        }
+        let left_out = attribute(&paid, &by_attempt, r.attempts).unwrap_or_else(|| {
+            panic!("{id}: the record's paid calls {paid:?} are not the ledger's charges {by_attempt:?} of claims ending with claim {}", r.attempts)
+        });
+        if r.attempts == 1 {
+            assert!(left_out.is_empty(), "{id}: a job claimed once has every charge on its record");
+        }
+        for a in left_out {
+            let sum: i64 = by_attempt.iter().filter(|(x, _)| *x == a).flat_map(|(_, v)| v.iter().map(|c| c.1)).sum();
+            lost_micros += sum;
+            lost.push(format!("{id} claim {a}/{}: {sum} µUSD", r.attempts));
+        }
+    }
+    assert_eq!(snap.spent_micros, record_sum + lost_micros, "every µUSD on the ledger is on a record or in a left-out claim");
+    let conflicts: usize = (0..WORKERS)
+        .flat_map(|i| (0..=generation[i]).map(move |g| (i, g)))
+        .map(|(i, g)| std::fs::read_to_string(logs.join(format!("w{i}-{g}.log"))).unwrap_or_default().matches("\"reason\":\"store_conflict\"").count())
+        .sum();
+    let attempts: BTreeMap<u32, usize> = records.values().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.attempts).or_insert(0) += 1;
+        m
+    });
+    eprintln!(
+        "chaos: {} jobs, kills {kills:?}, attempts histogram {attempts:?}, mock 200/429/500 = {}/{}/{}, \
+         ledger spent {} µUSD in {} charges (answered calls never settled: {}), records {record_sum} µUSD; claims whose settled charges never \
+         reached the record: {} ({lost_micros} µUSD): {lost:?}; store_conflict outcomes in logs: {conflicts}; elapsed {:?}; {}",
+        all_ids.len(),
+        status_total(200),
+        status_total(429),
+        status_total(500),
+        snap.spent_micros,
+        charges.len(),
+        status_total(200).saturating_sub(charges.len() as u64),
+        lost.len(),
+        t0.elapsed(),
+        log_dir_note(&logs)
+    );
+    // Left-out claims need a cause: a kill (at most `concurrency` claims each) or a refused write.
+    assert!(lost.len() <= MAX_KILLS * 6 + conflicts, "{} left-out claims with {MAX_KILLS} kills and {conflicts} store conflicts", lost.len());
+
+    // 3. The DLQ holds exactly the permanently failing messages (through the CLI).
+    let dlq = run_cli(&env, "preview", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT).await.ok("dlq list").json();
+    let bodies: Vec<String> = dlq.as_array().expect("dlq list is an array").iter().filter_map(|m| m["body"].as_str().map(str::to_string)).collect();
+    let mut got: Vec<String> = bodies.clone();
+    got.sort();
+    let mut want: Vec<String> = bad.iter().map(|b| b.1.clone()).collect();
+    want.sort();
+    assert_eq!(got, want, "DLQ content (reasons: {:?})", dlq.as_array().map(|a| a.iter().map(|m| m["reason"].clone()).collect::<Vec<_>>()));
+    for m in dlq.as_array().into_iter().flatten() {
+        let reason = m["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("model_forbidden") || reason.starts_with("invalid_message"), "DLQ reason: {m}");
+    }
+
+    // 4. The faults really happened, and the kills hit work in flight.
+    assert!(status_total(500) > 0 && status_total(429) > 0, "faults injected: {counts:?}");
+    assert!(counts.keys().all(|(m, _)| m != FORBIDDEN_MODEL), "the forbidden model was never called");
+    assert_eq!(kills.len(), MAX_KILLS);
+    assert!(kills.iter().map(|k| k.1).sum::<u64>() > 0, "at least one kill hit messages in flight: {kills:?}");
+    assert!(t0.elapsed() < Duration::from_secs(180), "bounded in time: {:?}", t0.elapsed());
+}
