@@ -2,37 +2,51 @@
 //!
 //! A queue-driven LLM extraction worker: it long-polls its stage's queue, runs many jobs at once,
 //! fetches and cleans pages, asks a model for JSON that must validate against the job's schema,
-//! keeps the fleet inside its monthly budget, and writes the job record and result exactly once in
-//! effect despite redelivery.
+//! keeps the fleet inside its monthly budget and the provider's rate limits, and writes the job
+//! record and result exactly once in effect despite redelivery. `docs/design.md` tells a
+//! message's life; this is the map of the code.
 //!
 //! ## Module map
 //! | module | concern |
 //! |---|---|
 //! | [`settings`] | the config tree, layering, the seed's switches, validation, stage isolation |
-//! | [`job`] | the job message (current + legacy), parse errors, the job record |
-//! | [`error`] | [`error::JobError`] and its disposition: retry, dead-letter, defer |
-//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `ArtifactStore`) |
-//! | [`llm`] | the `LlmClient` seam and its providers |
-//! | [`pricing`] | price table maths in micro-USD |
+//! | [`job`] | the job message (current + legacy), parse errors, the job record and its states |
+//! | [`error`] | [`error::JobError`] and its disposition: retry, dead-letter, defer, fail |
+//! | [`worker`] | receive loop → semaphore → one task per message (heartbeat, settle the message) → batched deletes; drain |
+//! | [`process`] | one job end to end: claim → input → page → route → reserve → call → validate → store → finish |
+//! | [`fetch`] | SSRF-safe HTTP fetch: checked DNS, pinned connections, redirects re-checked, capped bodies |
+//! | [`page`] | HTML → main content → Markdown, metadata, JSON-LD, links; token counting and truncation |
+//! | [`crawl`] | breadth-first same-host crawls with robots.txt and politeness |
+//! | [`route`] | complexity score, tier choice per stage, escalation and fallback chains |
+//! | [`budget`] | fleet-wide monthly budget: worst-case reservations, settle, release, job caps |
+//! | [`pricing`] | price table maths in integer micro-USD |
+//! | [`ratelimit`] | per-model RPM/TPM limits (governor) and adaptive slow-down on 429 |
+//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `ArtifactStore`): SQLite (`local`) and AWS |
+//! | [`llm`] | the `LlmClient` seam: OpenAI-compatible provider, simulated provider, strict-schema adaptation |
+//! | [`mock_openai`] | an OpenAI-compatible mock server (tests, benchmark) |
+//! | [`telemetry`] | logs and metrics; one function per outcome emits both |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`app`] | wiring: settings → backends, provider, processor, worker, admin server |
+//! | [`cli`], [`demo`], [`bench`] | the `atlas-codex` commands |
 
+pub mod admin;
+pub mod app;
 pub mod backend;
+pub mod bench;
+pub mod budget;
+pub mod cli;
+pub mod crawl;
+pub mod demo;
 pub mod error;
+pub mod fetch;
 pub mod job;
 pub mod llm;
+pub mod mock_openai;
+pub mod page;
 pub mod pricing;
-pub mod settings;
-pub mod telemetry;
-pub mod admin;
-pub mod budget;
+pub mod process;
 pub mod ratelimit;
 pub mod route;
-pub mod fetch;
-pub mod page;
-pub mod mock_openai;
-pub mod crawl;
-pub mod app;
-pub mod bench;
-pub mod cli;
-pub mod demo;
-pub mod process;
+pub mod settings;
+pub mod telemetry;
 pub mod worker;
