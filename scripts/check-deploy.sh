@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts offline: Helm chart (lint, render, schema, isolation between
 # stages, render assertions), per-stage values against config/, CloudFormation (cfn-lint + static
-# checks) and, when a moto server is available, a real create_stack of both stages into it.
+# checks), `atlas-codex validate --all-stages` against the chart and the template and, when a moto
+# server is available, a real create_stack of both stages into it with the worker run against each.
 #
 #   scripts/check-deploy.sh          offline checks; plus the moto step when ATLAS_TEST_MOTO_ENDPOINT is set
 #   scripts/check-deploy.sh --moto   also start a moto server (scripts/moto.sh) if none is given, stop it after
+#
+# ATLAS_BIN=path/to/atlas-codex (scripts/test.sh exports the release build; locally `cargo build` and
+# use target/debug/atlas-codex) enables the checks that run the binary. Nothing is built here: without
+# ATLAS_BIN they are skipped with a loud note, except in CI (`CI` set), where that is a failure.
 #
 # Needs the tools of scripts/install-tools.sh (.venv, .tools/bin). Prints one line per check and a
 # closing `deploy-checks: N passed, M failed`; exits non-zero on any failure.
@@ -13,6 +18,8 @@
 # command whose exit code is the verdict, or run a python script that uses scripts/checklib.py), then
 # list it in STEPS below.
 set -uo pipefail
+# A relative ATLAS_BIN means relative to where the caller stands, not to the repo root.
+case "${ATLAS_BIN:-}" in "" | /*) ;; *) ATLAS_BIN="$PWD/$ATLAS_BIN"; export ATLAS_BIN ;; esac
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.tools/bin:$PWD/.venv/bin:$PATH"
 
@@ -20,7 +27,7 @@ WITH_MOTO=0
 for arg in "$@"; do
   case "$arg" in
     --moto) WITH_MOTO=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
