@@ -18,6 +18,12 @@
 //!
 //! Token counts are what the caller reserves (counted input + `max_output_tokens`), an upper
 //! bound of what the provider will count.
+//!
+//! ## Scope
+//! The limiters live in one process. Several replicas sharing one API key each apply the full
+//! table, so together they can ask for more than the provider allows; the 429 pause
+//! ([`RateLimits::on_rate_limited`]) is what keeps such a fleet in line (or give each replica
+//! its share in the stage's `[models]` table).
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
