@@ -106,6 +106,10 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
     let Some(s) = selectors() else {
         return text_page(html);
     };
+    let scan = scan(html);
+    if scan.too_deep {
+        return shallow_page(scan, base);
+    }
     let mut doc = Html::parse_document(html);
 
     let base_url = effective_base(&doc, s, base);
@@ -124,6 +128,168 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
         }
     }
     Page { markdown: tidy(&markdown_parts.join("\n\n")), metadata, links }
+}
+
+/// Deepest element nesting processed as a tree. Tree building costs O(depth) per tag and the
+/// Markdown conversion recurses per level, so a page nested deeper than this (hostile, or badly
+/// broken: real pages stay well under 100) is reduced to its text and links by a linear scan
+/// instead, which neither takes quadratic time nor exhausts the stack.
+pub const MAX_NESTING: usize = 256;
+
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr", "param",
+    "keygen", "frame", "basefont", "bgsound",
+];
+/// Elements a new start tag of the same family closes implicitly (the tree builder's rules, roughly).
+const AUTO_CLOSE: &[&[&str]] = &[
+    &["p"],
+    &["li"],
+    &["dt", "dd"],
+    &["option", "optgroup"],
+    &["tr"],
+    &["td", "th"],
+    &["thead", "tbody", "tfoot"],
+    &["rb", "rp", "rt", "rtc"],
+];
+const BLOCK: &[&str] = &["p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article", "pre", "blockquote"];
+
+/// What the linear pre-scan learned: the nesting estimate and, for the fallback, text and links.
+#[derive(Default)]
+struct Scan {
+    too_deep: bool,
+    text: String,
+    hrefs: Vec<String>,
+    title: String,
+}
+
+struct ScanSink {
+    stack: std::cell::RefCell<Vec<String>>,
+    out: std::cell::RefCell<Scan>,
+    /// Inside `script`/`style`/`template`-like raw text whose characters are not content.
+    hidden: std::cell::Cell<usize>,
+    /// `svg`/`math` elements open (self-closing tags are honoured inside them).
+    foreign: std::cell::Cell<usize>,
+}
+
+const RAW_TEXT: &[&str] = &["script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "title", "textarea"];
+
+impl html5ever::tokenizer::TokenSink for ScanSink {
+    type Handle = ();
+
+    fn process_token(&self, token: html5ever::tokenizer::Token, _line: u64) -> html5ever::tokenizer::TokenSinkResult<()> {
+        use html5ever::tokenizer::states::RawKind;
+        use html5ever::tokenizer::{TagKind, Token, TokenSinkResult};
+        let (Ok(mut stack), Ok(mut out)) = (self.stack.try_borrow_mut(), self.out.try_borrow_mut()) else {
+            return TokenSinkResult::Continue;
+        };
+        match token {
+            Token::CharacterTokens(t) => {
+                if self.hidden.get() == 0 {
+                    out.text.push_str(&t);
+                } else if stack.last().is_some_and(|n| n == "title") {
+                    out.title.push_str(&t);
+                }
+                TokenSinkResult::Continue
+            }
+            Token::TagToken(tag) => {
+                let name: &str = &tag.name;
+                if BLOCK.contains(&name) {
+                    out.text.push('\n');
+                }
+                match tag.kind {
+                    TagKind::StartTag => {
+                        if name == "a" {
+                            if let Some(a) = tag.attrs.iter().find(|a| &*a.name.local == "href") {
+                                out.hrefs.push(a.value.to_string());
+                            }
+                        }
+                        if VOID.contains(&name) || (self.foreign.get() > 0 && tag.self_closing) {
+                            return TokenSinkResult::Continue;
+                        }
+                        // Once too deep, only text and links matter: stop tracking the stack.
+                        if !out.too_deep {
+                            if let Some(family) = AUTO_CLOSE.iter().find(|f| f.contains(&name)) {
+                                if stack.last().is_some_and(|top| family.contains(&top.as_str())) {
+                                    stack.pop();
+                                }
+                            }
+                            if name == "svg" || name == "math" {
+                                self.foreign.set(self.foreign.get() + 1);
+                            }
+                            stack.push(name.to_string());
+                            if stack.len() > MAX_NESTING {
+                                out.too_deep = true;
+                            }
+                        }
+                        let raw = match name {
+                            "script" => Some(RawKind::ScriptData),
+                            "style" | "xmp" | "iframe" | "noembed" | "noframes" | "noscript" => Some(RawKind::Rawtext),
+                            "title" | "textarea" => Some(RawKind::Rcdata),
+                            _ => None,
+                        };
+                        match raw {
+                            Some(kind) => {
+                                self.hidden.set(self.hidden.get() + 1);
+                                TokenSinkResult::RawData(kind)
+                            }
+                            None if name == "plaintext" => TokenSinkResult::Plaintext,
+                            None => TokenSinkResult::Continue,
+                        }
+                    }
+                    TagKind::EndTag => {
+                        if RAW_TEXT.contains(&name) {
+                            self.hidden.set(self.hidden.get().saturating_sub(1));
+                        }
+                        if out.too_deep {
+                            return TokenSinkResult::Continue;
+                        }
+                        let len = stack.len();
+                        if let Some(pos) = stack.iter().rev().take(16).position(|n| n == name) {
+                            for popped in stack.drain(len - 1 - pos..) {
+                                if popped == "svg" || popped == "math" {
+                                    self.foreign.set(self.foreign.get().saturating_sub(1));
+                                }
+                            }
+                        }
+                        TokenSinkResult::Continue
+                    }
+                }
+            }
+            _ => TokenSinkResult::Continue,
+        }
+    }
+}
+
+/// One linear pass of the HTML tokenizer (no tree building) estimating the nesting depth.
+fn scan(html: &str) -> Scan {
+    use html5ever::tendril::StrTendril;
+    use html5ever::tokenizer::{BufferQueue, Tokenizer, TokenizerOpts};
+    let sink = ScanSink {
+        stack: std::cell::RefCell::new(Vec::new()),
+        out: std::cell::RefCell::new(Scan::default()),
+        hidden: std::cell::Cell::new(0),
+        foreign: std::cell::Cell::new(0),
+    };
+    let tok = Tokenizer::new(sink, TokenizerOpts::default());
+    let queue = BufferQueue::default();
+    queue.push_back(StrTendril::from(html));
+    let _ = tok.feed(&queue);
+    tok.end();
+    tok.sink.out.take()
+}
+
+/// The fallback for pages nested deeper than [`MAX_NESTING`]: text and links only.
+fn shallow_page(scan: Scan, base: Option<&Url>) -> Page {
+    let markdown = tidy(&scan.text.lines().map(collapse_ws).collect::<Vec<_>>().join("\n"));
+    let mut seen = HashSet::new();
+    let links = scan
+        .hrefs
+        .iter()
+        .filter_map(|h| absolute_http(h, base))
+        .filter(|u| seen.insert(u.clone()))
+        .collect();
+    let title = non_empty(collapse_ws(&scan.title));
+    Page { markdown, metadata: Metadata { title, ..Metadata::default() }, links }
 }
 
 /// A plain-text input as a [`Page`]: the text itself is the Markdown, http(s) URLs in it are its

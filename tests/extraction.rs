@@ -609,3 +609,51 @@ async fn crawl_fails_when_the_start_page_fails() {
     let e = crawl(&crawl_fetcher(), &srv.url("/site/private/secret"), 10, 2, &quick()).await.expect_err("robots");
     assert_eq!(e.kind(), "robots_disallowed");
 }
+
+/// Runs `process` on a thread with tokio's default worker stack (2 MiB), as the worker would.
+fn process_on_small_stack(html: String) -> atlas_codex::page::Page {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || process(&html, None))
+        .expect("spawn")
+        .join()
+        .expect("process must not overflow the stack")
+}
+
+#[test]
+fn hostile_nesting_is_reduced_to_text_quickly() {
+    for open in ["<div>", "<div/>", "<span><b>"] {
+        let html = format!(
+            "<html><head><title>Deep</title></head><body><main>{}<a href=\"https://x.example/deep\">deep text</a></main></body></html>",
+            open.repeat(50_000)
+        );
+        let started = Instant::now();
+        let page = process_on_small_stack(html);
+        assert!(started.elapsed() < Duration::from_secs(10), "{open}: {:?}", started.elapsed());
+        assert!(page.markdown.contains("deep text"), "{open}: {}", page.markdown);
+        assert_eq!(page.links, vec!["https://x.example/deep"]);
+        assert_eq!(page.metadata.title.as_deref(), Some("Deep"));
+    }
+}
+
+#[test]
+fn ordinary_nesting_and_svg_keep_the_full_conversion() {
+    // Just under the limit, on a small stack: converted as a tree (the heading survives).
+    let depth = atlas_codex::page::MAX_NESTING - 10;
+    let html = format!(
+        "<html><body><main><h1>Title</h1>{}<p>inner</p>{}</main></body></html>",
+        "<div>".repeat(depth),
+        "</div>".repeat(depth)
+    );
+    let page = process_on_small_stack(html);
+    assert!(page.markdown.starts_with("# Title") && page.markdown.contains("inner"), "{}", page.markdown);
+    // Many self-closing SVG children and unclosed <p>/<li> are siblings, not nesting.
+    let html = format!(
+        "<html><body><main><h1>Icons</h1><svg>{}</svg>{}<ul>{}</ul></main></body></html>",
+        "<path d=\"M0 0\"/>".repeat(2_000),
+        "<p>para".repeat(1_000),
+        "<li>item".repeat(1_000)
+    );
+    let page = process_on_small_stack(html);
+    assert!(page.markdown.starts_with("# Icons"), "{}", &page.markdown[..page.markdown.len().min(200)]);
+}
