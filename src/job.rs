@@ -595,6 +595,25 @@ pub struct Attempt {
     pub cost_micros: i64,
     /// Wall time of the call in milliseconds.
     pub latency_ms: u64,
+    /// The budget reservation this call's charge settles (paid calls only): the ledger's
+    /// idempotency key, so a charge written here first can be settled again after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// The budget period (`YYYY-MM`) the charge belongs to (paid calls only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// Whether the charge has reached the ledger. A paid call is recorded here *before* it is
+    /// settled; the next claim settles any call still `false` (settle is idempotent).
+    #[serde(default = "settled_default", skip_serializing_if = "is_true")]
+    pub settled: bool,
+}
+
+fn settled_default() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The failure kept on a job record.

@@ -179,6 +179,9 @@ impl Processor {
             Claim::Busy { until, .. } => return Verdict::Busy { job_id: id, until },
         };
         let _ = job_slot.set(id.clone());
+        if let Err(error) = self.settle_recorded_charges(&mut rec).await {
+            return self.fail(rec, error, message.receive_count).await;
+        }
         rec.job_type = Some(job.job_type.as_str().into());
         rec.url = job.url().map(str::to_string);
         rec.tenant = job.tenant.clone();
@@ -391,6 +394,45 @@ impl Processor {
         }
     }
 
+    /// Writes the record as it is now, still `processing` under this worker's lease (renewed).
+    /// A lost lease is a transient `lease_lost`: another worker owns the job now.
+    async fn checkpoint(&self, rec: &mut JobRecord) -> Result<(), JobError> {
+        rec.lease_owner = Some(self.worker_id.clone());
+        rec.lease_expires_at = Some(self.lease_until());
+        rec.updated_at = Utc::now();
+        self.backends.jobs.finish(rec, &self.worker_id).await.map_err(|e| match e {
+            crate::error::BackendError::Conflict(m) => JobError::transient("lease_lost", m),
+            other => other.into(),
+        })
+    }
+
+    /// Settles the charges an earlier attempt recorded but did not get to the ledger (it was
+    /// killed in between). Settle is idempotent per reservation id, so this never charges twice.
+    async fn settle_recorded_charges(&self, rec: &mut JobRecord) -> Result<(), JobError> {
+        let tenant = rec.tenant.clone();
+        let job_id = rec.id.clone();
+        for call in rec.calls.iter_mut().filter(|c| !c.settled) {
+            let (Some(reservation_id), Some(period)) = (call.reservation_id.clone(), call.period.clone()) else {
+                call.settled = true;
+                continue;
+            };
+            let charge = crate::backend::Charge {
+                reservation_id,
+                job_id: job_id.clone(),
+                model: call.model.clone(),
+                tenant: tenant.clone(),
+                amount_micros: call.cost_micros,
+            };
+            self.backends
+                .ledger
+                .settle(&period, &charge)
+                .await
+                .map_err(|e| JobError::transient("budget_unavailable", format!("settling an earlier charge: {e}")))?;
+            call.settled = true;
+        }
+        Ok(())
+    }
+
     /// Routes, reserves, calls, validates; escalates on invalid output and falls back on errors.
     async fn extract(&self, job: &Job, rec: &mut JobRecord, content: &str) -> Result<(Value, String), JobError> {
         let system = SYSTEM_PROMPT.to_string();
@@ -456,21 +498,39 @@ impl Processor {
                     calls += 1;
                     self.limits.on_success(&model);
                     let cost = pricing::cost_micros(&resp.usage, &price);
-                    if let Err(e) = self.budget.settle(hold, cost, &model, job.tenant.as_deref()).await {
-                        warn!(job_id = %rec.id, error = %e, cost_micros = cost, "could not settle a charge; its hold lapses at expiry");
-                    }
                     rec.usage.add(&resp.usage);
                     rec.cost_micros += cost;
-                    let checked = check_output(&resp.content, job.schema.as_ref());
-                    let status = if checked.is_ok() { "ok" } else { "invalid_output" };
-                    telemetry::llm_request(&model, status, latency, Some(&resp.usage), cost);
                     rec.calls.push(Attempt {
                         model: model.clone(),
-                        outcome: status.into(),
+                        outcome: "ok".into(),
                         usage: resp.usage,
                         cost_micros: cost,
                         latency_ms: latency.as_millis() as u64,
+                        reservation_id: Some(hold.id().to_string()),
+                        period: Some(hold.period.clone()),
+                        settled: false,
                     });
+                    // The charge goes on the record first and to the ledger second: a crash in
+                    // between is repaired by the next claim, so the ledger never holds a charge
+                    // that no record shows.
+                    if let Err(e) = self.checkpoint(rec).await {
+                        if let Err(re) = self.budget.release(hold).await {
+                            warn!(job_id = %rec.id, error = %re, "could not release a hold; it lapses at expiry");
+                        }
+                        return Err(e);
+                    }
+                    if let Err(e) = self.budget.settle(hold, cost, &model, job.tenant.as_deref()).await {
+                        return Err(JobError::transient("budget_unavailable", format!("could not settle a charge (settled on the next attempt): {e}")));
+                    }
+                    if let Some(last) = rec.calls.last_mut() {
+                        last.settled = true;
+                    }
+                    let checked = check_output(&resp.content, job.schema.as_ref());
+                    let status = if checked.is_ok() { "ok" } else { "invalid_output" };
+                    telemetry::llm_request(&model, status, latency, Some(&resp.usage), cost);
+                    if let Some(last) = rec.calls.last_mut() {
+                        last.outcome = status.into();
+                    }
                     match checked {
                         Ok(data) => return Ok((data, model)),
                         Err(why) => {
@@ -498,6 +558,9 @@ impl Processor {
                         usage: Usage::default(),
                         cost_micros: 0,
                         latency_ms: latency.as_millis() as u64,
+                        reservation_id: None,
+                        period: None,
+                        settled: true,
                     });
                     match e {
                         LlmError::RateLimited { retry_after } => {

@@ -362,6 +362,8 @@ fn spawn_heartbeat(ctx: &TaskCtx, message: &Message, job: Arc<OnceLock<String>>)
     let receipt = message.receipt.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A stalled backend must not cause a burst of catch-up renewals.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             match queue.set_visibility(&receipt, vt).await {

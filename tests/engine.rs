@@ -170,7 +170,7 @@ fn sigterm_with_jobs_in_flight_finishes_them_and_exits_zero() {
     std::fs::write(&file, jobs.join("\n")).unwrap();
     let out = cmd(&["submit", file.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
-    let mut child = cmd(&["worker"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = cmd(&["worker"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500)); // jobs received and in the model call
     let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
@@ -182,4 +182,41 @@ fn sigterm_with_jobs_in_flight_finishes_them_and_exits_zero() {
         let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
         assert_eq!(v["status"], "completed", "job term-{i} after drain; worker log:\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_claim() {
+    use atlas_codex::job::{Attempt, Usage};
+    let llm = ScriptedLlm::new(Duration::from_millis(1), 0, false);
+    let t = spawn_app(&[], llm.clone()).await;
+    let now = chrono::Utc::now();
+    let period = atlas_codex::budget::period(now);
+    // A worker claimed the job, recorded a paid call, and was killed before settling it.
+    let past = now - chrono::Duration::seconds(5);
+    let claim = t.backends.jobs.claim("crash-1", "local", "dead-worker", past, past - chrono::Duration::seconds(1)).await.unwrap();
+    let atlas_codex::backend::Claim::Claimed(mut rec) = claim else { panic!("not claimed") };
+    rec.calls.push(Attempt {
+        model: "gpt-5-nano".into(),
+        outcome: "ok".into(),
+        usage: Usage { input_tokens: 1000, cached_input_tokens: 0, output_tokens: 100, reasoning_tokens: 0 },
+        cost_micros: 90,
+        latency_ms: 10,
+        reservation_id: Some("crash-1:1:0".into()),
+        period: Some(period.clone()),
+        settled: false,
+    });
+    rec.cost_micros = 90;
+    t.backends.jobs.finish(&rec, "dead-worker").await.unwrap();
+    assert_eq!(t.backends.ledger.snapshot(&period, now).await.unwrap().spent_micros, 0);
+
+    t.send(&[text_job("crash-1")]).await;
+    t.run_until_idle().await;
+    let r = t.record("crash-1").await;
+    assert_eq!(r.status, JobStatus::Completed);
+    assert_eq!(r.attempts, 2);
+    assert!(r.calls.iter().all(|c| c.settled), "{:?}", r.calls);
+    assert_eq!(r.calls.len(), 2);
+    let spent = t.backends.ledger.snapshot(&period, chrono::Utc::now()).await.unwrap().spent_micros;
+    assert_eq!(spent, r.cost_micros, "ledger equals the record: the earlier charge settled once");
+    assert_eq!(r.cost_micros, 90 + r.calls[1].cost_micros);
 }

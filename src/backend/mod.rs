@@ -134,9 +134,10 @@ pub enum Claim {
 ///   a live lease held by someone else gives [`Claim::Busy`]. `stage` fills a new record.
 /// - `renew(id, owner, lease_until)`: extends the lease only while `owner` holds it; `Ok(false)`
 ///   when the lease was lost.
-/// - `finish(record, owner)`: writes the whole record (status `completed`, `failed` or `pending`)
-///   only while `owner` holds the lease and the stored status is `processing`; otherwise
-///   [`BackendError::Conflict`]. Lease fields are cleared by the caller.
+/// - `finish(record, owner)`: writes the whole record (status `completed`, `failed` or `pending`,
+///   or `processing` with the lease fields kept, as a checkpoint) only while `owner` holds the
+///   lease and the stored status is `processing`; otherwise [`BackendError::Conflict`]. The
+///   lease fields are written as the record has them (the caller clears them when it lets go).
 /// - `put_if_absent(record)`: creates a record unless one exists; `Ok(false)` when it existed.
 /// - `list(status, limit)`: newest first.
 #[async_trait]
