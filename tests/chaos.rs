@@ -337,15 +337,12 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
 
     // 2. Nothing charged twice.
     //
-    // What is guaranteed (docs/design.md, BudgetLedger contract): a call is settled at most
-    // once (per reservation id), only after the provider answered it, and the ledger's month
-    // totals are the sum of its charges. What is NOT guaranteed, and this test measures: a claim
-    // that settles charges and then cannot write the record (SIGKILL between settle and the
-    // record write, or a lease lost to a stalled heartbeat so the final write is refused) leaves
-    // those charges on the ledger but not on the job record, so `ledger spent` can exceed the sum
-    // of the records' `cost_micros`. The check below is exact about everything else: per job,
-    // the record's paid calls must be exactly the charges of the claims that wrote it (the last
-    // one included), and every left-out claim is counted and reported.
+    // What is guaranteed (docs/design.md): a call is settled at most once (per reservation id),
+    // only after the provider answered it and after it was written on the job record; a claim
+    // killed between the record write and the settle is repaired by the next claim (settle is
+    // idempotent). So the ledger's spent equals the sum of the records' `cost_micros` exactly,
+    // kills or not. (A call answered but killed before it reached the record is on neither: its
+    // hold lapses. The provider billed it; we cannot know.)
     let now = chrono::Utc::now();
     let snap = backends.ledger.snapshot(&atlas_codex::budget::period(now), now).await.expect("snapshot");
     let charges = ledger_charges(&settings).await;
@@ -386,7 +383,8 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
             lost.push(format!("{id} claim {a}/{}: {sum} µUSD", r.attempts));
         }
     }
-    assert_eq!(snap.spent_micros, record_sum + lost_micros, "every µUSD on the ledger is on a record or in a left-out claim");
+    assert!(lost.is_empty(), "charges on the ledger that no record shows: {lost:?} ({lost_micros} µUSD)");
+    assert_eq!(snap.spent_micros, record_sum, "ledger spent == sum of the jobs' recorded costs");
     let conflicts: usize = (0..WORKERS)
         .flat_map(|i| (0..=generation[i]).map(move |g| (i, g)))
         .map(|(i, g)| std::fs::read_to_string(logs.join(format!("w{i}-{g}.log"))).unwrap_or_default().matches("\"reason\":\"store_conflict\"").count())
@@ -410,8 +408,6 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
         t0.elapsed(),
         log_dir_note(&logs)
     );
-    // Left-out claims need a cause: a kill (at most `concurrency` claims each) or a refused write.
-    assert!(lost.len() <= MAX_KILLS * 6 + conflicts, "{} left-out claims with {MAX_KILLS} kills and {conflicts} store conflicts", lost.len());
 
     // 3. The DLQ holds exactly the permanently failing messages (through the CLI).
     let dlq = run_cli(&env, "preview", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT).await.ok("dlq list").json();
