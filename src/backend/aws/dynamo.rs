@@ -157,16 +157,7 @@ impl DynamoJobStore {
     }
 
     async fn get_item(&self, id: &str) -> BResult<Option<Item>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("id", s(id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out.item)
+        get_consistent(&self.client, &self.table, "id", id).await
     }
 
     /// Decides what a failed claim condition means, from the item as it was.
@@ -605,16 +596,7 @@ impl DynamoLedger {
     }
 
     async fn read(&self, key: &str) -> BResult<Option<Item>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("period", s(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out.item)
+        get_consistent(&self.client, &self.table, "period", key).await
     }
 
     async fn read_month(&self, period: &str) -> BResult<Month> {
@@ -807,6 +789,19 @@ impl BudgetLedger for DynamoLedger {
             by_tenant: month.by_tenant,
         })
     }
+}
+
+/// One strongly consistent `GetItem` by partition key (job store and ledger alike).
+async fn get_consistent(client: &Client, table: &str, key: &str, value: &str) -> BResult<Option<Item>> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(key, s(value))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(out.item)
 }
 
 #[cfg(test)]
