@@ -51,7 +51,8 @@ start() {
     port=$(free_port)
     url="http://127.0.0.1:$port"
     # setsid: its own process group, so `stop` ends it and its children without touching anyone else.
-    setsid "$SERVER" -H 127.0.0.1 -p "$port" >"$STATE/server.log" 2>&1 </dev/null &
+    # scripts/moto_server.py: moto's own server with DynamoDB writes made atomic (see its docstring).
+    setsid "$PY" scripts/moto_server.py -H 127.0.0.1 -p "$port" >"$STATE/server.log" 2>&1 </dev/null &
     pid=$!
     for i in $(seq 1 100); do
       if answers "$url"; then

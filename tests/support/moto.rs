@@ -41,6 +41,14 @@ pub fn endpoint() -> String {
     }
 }
 
+/// The repo's wrapper that makes moto's DynamoDB writes atomic (see scripts/moto_server.py),
+/// run by the venv's Python; `None` when the venv is missing.
+fn atomic_wrapper() -> Option<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (py, script) = (root.join(".venv/bin/python"), root.join("scripts/moto_server.py"));
+    (py.is_file() && script.is_file()).then_some((py, script))
+}
+
 fn moto_binary() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
     if venv.is_file() {
@@ -59,6 +67,7 @@ fn start() -> Result<String, String> {
              scripts/install-tools.sh (creates .venv with moto[server]), or put moto_server on PATH"
         )
     })?;
+    let wrapper = atomic_wrapper();
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free loopback port for moto: {e}"))?
@@ -68,7 +77,7 @@ fn start() -> Result<String, String> {
         std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     // The watchdog shell runs moto and stops it once this test process is gone.
     let script = r#"
-"$1" -H 127.0.0.1 -p "$2" &
+if [ -n "$4" ]; then "$1" "$4" -H 127.0.0.1 -p "$2" & else "$1" -H 127.0.0.1 -p "$2" & fi
 child=$!
 while kill -0 "$3" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 1; done
 kill "$child" 2>/dev/null
@@ -77,9 +86,10 @@ kill "$child" 2>/dev/null
         .arg("-c")
         .arg(script)
         .arg("moto-watchdog")
-        .arg(&bin)
+        .arg(wrapper.as_ref().map(|w| w.0.clone()).unwrap_or_else(|| bin.clone()))
         .arg(port.to_string())
         .arg(std::process::id().to_string())
+        .arg(wrapper.as_ref().map(|w| w.1.clone()).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
         .stderr(log_file)
