@@ -142,6 +142,10 @@ pub struct Job {
     pub max_cost_usd: Option<f64>,
     /// Who the job is for (cost attribution only; never a metric label).
     pub tenant: Option<String>,
+    /// Extra request headers for fetching `url` (extract jobs). Filtered before use: no `Host`,
+    /// no hop-by-hop headers, no `Cookie` unless `fetch.allow_cookies`. Never stored or logged.
+    #[serde(skip)]
+    pub headers: std::collections::BTreeMap<String, String>,
     /// True when the message came in the legacy (seed) format.
     pub legacy: bool,
 }
@@ -200,6 +204,9 @@ impl Job {
         if let Some(x) = &self.tenant {
             m.insert("tenant".into(), x.clone().into());
         }
+        if !self.headers.is_empty() {
+            m.insert("headers".into(), serde_json::to_value(&self.headers).unwrap_or_default());
+        }
         Value::Object(m)
     }
 }
@@ -247,8 +254,35 @@ impl MessageError {
 
 const CURRENT_FIELDS: &[&str] = &[
     "version", "job_id", "type", "url", "html", "text", "input_key", "instructions", "schema",
-    "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "apiKey", "api_key",
+    "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "headers", "apiKey",
+    "api_key",
 ];
+
+/// Most caller headers a job may carry.
+pub const MAX_HEADERS: usize = 32;
+/// Longest header value a job may carry, bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+
+fn parse_headers(v: Option<&Value>) -> Result<std::collections::BTreeMap<String, String>, MessageError> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(out) };
+    let obj = v.as_object().ok_or_else(|| invalid("headers", "must be an object of header name to string value"))?;
+    if obj.len() > MAX_HEADERS {
+        return Err(invalid("headers", &format!("at most {MAX_HEADERS} headers")));
+    }
+    for (name, value) in obj {
+        let token_ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token_ok {
+            return Err(invalid("headers", &format!("`{}` is not a valid header name", clip(name))));
+        }
+        let value = value.as_str().ok_or_else(|| invalid("headers", &format!("the value of `{}` must be a string", clip(name))))?;
+        if value.len() > MAX_HEADER_VALUE_BYTES || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(invalid("headers", &format!("the value of `{}` is too long or contains control characters", clip(name))));
+        }
+        out.insert(name.clone(), value.to_string());
+    }
+    Ok(out)
+}
 
 /// Extracts the job id from a body even when the rest of it is broken, so the failure can be
 /// recorded on the job. Returns `None` when no valid id can be found.
@@ -320,6 +354,10 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
         ),
     };
     let tenant = opt_str(&obj, "tenant")?;
+    let headers = parse_headers(obj.get("headers"))?;
+    if !headers.is_empty() && !matches!(job_type, JobType::Extract) {
+        return Err(invalid("headers", "only extract jobs fetch with caller headers"));
+    }
     finish(Job {
         job_id,
         job_type,
@@ -332,6 +370,7 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
         model,
         max_cost_usd,
         tenant,
+        headers,
         legacy: false,
     })
 }
@@ -376,6 +415,7 @@ fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageE
         model,
         max_cost_usd: None,
         tenant: opt_str(&params, "tenant")?,
+        headers: Default::default(),
         legacy: true,
     })
 }

@@ -374,7 +374,11 @@ impl Processor {
                 Ok((None, Some(pages)))
             }
             Source::Url(u) => {
-                let f = self.fetcher.fetch(u).await?;
+                let f = if job.headers.is_empty() {
+                    self.fetcher.fetch(u).await?
+                } else {
+                    self.fetcher.fetch_with_headers(u, &header_map(&job.headers)).await?
+                };
                 Ok((Some(page_from_body(&f.body, &f.content_type, Some(&f.final_url))), None))
             }
             Source::Html(h) => Ok((Some(page::process(h, None)), None)),
@@ -636,6 +640,17 @@ fn page_from_body(body: &str, content_type: &str, url: Option<&url::Url>) -> Pag
     } else {
         page::text_page(body)
     }
+}
+
+/// The job's caller headers as a header map (the fetcher filters them further).
+fn header_map(h: &std::collections::BTreeMap<String, String>) -> reqwest::header::HeaderMap {
+    h.iter()
+        .filter_map(|(k, v)| {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).ok()?;
+            let value = reqwest::header::HeaderValue::from_str(v).ok()?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 fn llm_status(e: &LlmError) -> &'static str {

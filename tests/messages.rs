@@ -755,7 +755,7 @@ fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(vec![
             "version", "job_id", "type", "url", "html", "text", "input_key", "instructions", "schema",
-            "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "apiKey", "api_key",
+            "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "headers", "apiKey", "api_key",
             "jobId", "params", "extractionInstructions", "outputSchema", "maxPages", "maxDepth",
             "type", "properties", "required",
         ])
@@ -807,6 +807,7 @@ fn arb_job() -> impl Strategy<Value = Job> {
                 model,
                 max_cost_usd,
                 tenant: tenant.filter(|t| t.len() <= 128),
+                headers: Default::default(),
                 legacy: false,
             }
         })
@@ -872,5 +873,23 @@ proptest! {
         let debug = format!("{:?}", j);
         let ser = serde_json::to_string(&j).expect("ser");
         prop_assert!(!debug.contains(&secret) && !ser.contains(&secret));
+    }
+}
+
+#[test]
+fn caller_headers_are_checked_and_round_trip() {
+    let ok = parse_message(r#"{"job_id":"h1","url":"https://a.example/","headers":{"Accept-Language":"de","X-Token":"abc"}}"#).expect("valid");
+    assert_eq!(ok.headers.get("Accept-Language").map(String::as_str), Some("de"));
+    assert_eq!(parse_message(&ok.to_message().to_string()).expect("round trip"), ok);
+    assert!(!format!("{}", serde_json::to_string(&ok).unwrap()).contains("abc"), "headers are not serialised with the job");
+    for bad in [
+        r#"{"job_id":"h2","url":"https://a.example/","headers":["Accept: x"]}"#,
+        r#"{"job_id":"h3","url":"https://a.example/","headers":{"Bad Name":"x"}}"#,
+        r#"{"job_id":"h4","url":"https://a.example/","headers":{"X-A":7}}"#,
+        r#"{"job_id":"h5","url":"https://a.example/","headers":{"X-A":"a\r\nHost: evil"}}"#,
+        r#"{"job_id":"h6","type":"crawl","url":"https://a.example/","headers":{"X-A":"a"}}"#,
+    ] {
+        let e = parse_message(bad).expect_err(bad);
+        assert!(e.to_string().contains("headers"), "{bad}: {e}");
     }
 }

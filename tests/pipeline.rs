@@ -165,3 +165,20 @@ async fn a_burst_of_429s_slows_the_worker_and_every_job_still_completes() {
         assert_eq!(r.cost_micros, r.calls.iter().map(|c| c.cost_micros).sum::<i64>(), "429s are not charged");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_headers_reach_the_page_filtered_and_are_never_stored() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    let headers = json!({"Accept-Language": "de-CH", "X-Site-Token": "tok-123", "Cookie": "session=s3cret", "Host": "evil.example", "Connection": "close"});
+    t.send(&[json!({"job_id": "hdr-1", "url": pages.url("/headers"), "headers": headers}).to_string()]).await;
+    t.run_until_idle().await;
+    let doc = result_doc(&t, "hdr-1").await;
+    let seen = doc["markdown"].as_str().unwrap().to_ascii_lowercase();
+    assert!(seen.contains("accept-language: de-ch") && seen.contains("x-site-token: tok-123"), "{seen}");
+    assert!(!seen.contains("s3cret"), "cookies are dropped unless configured: {seen}");
+    assert!(!seen.contains("evil.example"), "Host is not the caller's to set: {seen}");
+    let rec = format!("{:?}", t.record("hdr-1").await);
+    assert!(!rec.contains("tok-123") && !rec.contains("s3cret"), "headers are not stored on the record");
+}
