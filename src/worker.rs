@@ -94,7 +94,7 @@ impl Worker {
         let monitor = spawn_monitor(self.backends.clone(), s.clone(), self.health.clone());
         let mut tasks: JoinSet<()> = JoinSet::new();
         let wait = Duration::from_secs(s.queue.wait_time_secs);
-        let batch = s.queue.receive_batch.min(concurrency).max(1);
+        let batch = receive_batch(s);
         info!(stage = %s.stage, concurrency, queue = %s.queue_name(), "worker started");
 
         let mut receive_errors = 0u32;
@@ -205,6 +205,24 @@ impl Worker {
             }
         }
     }
+}
+
+/// Most messages one receive asks the embedded queue for. SQS caps a receive at 10
+/// (`queue.receive_batch`); the embedded queue has no such cap, and at 1,024 jobs in flight ten
+/// per receive means 100+ receive round trips a second through the one SQLite thread, each
+/// waiting behind the jobs' own writes, which starves the loop while it refills free slots.
+pub const EMBEDDED_RECEIVE_BATCH: usize = 256;
+
+/// Messages to ask for per receive: `queue.receive_batch` on SQS; on the embedded queue up to
+/// [`EMBEDDED_RECEIVE_BATCH`] (never more than `worker.concurrency`). Either way permits are
+/// taken first, so the worker still never holds a message it cannot start.
+fn receive_batch(s: &Settings) -> usize {
+    let configured = s.queue.receive_batch.max(1);
+    let batch = match s.storage.backend {
+        crate::settings::BackendKind::Sqlite => configured.max(EMBEDDED_RECEIVE_BATCH),
+        crate::settings::BackendKind::Aws => configured,
+    };
+    batch.min(s.worker.concurrency).max(1)
 }
 
 /// Makes messages visible again at once (not started: shutdown, or no permit).
