@@ -8,6 +8,7 @@
 //!
 //! Periods are UTC calendar months ([`period`]); a hold is charged to the month it was taken in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,10 @@ pub struct Budget {
     ttl: Duration,
     /// Last used fraction read and when (tokio clock, so paused-time tests see it expire).
     cache: Mutex<Option<(tokio::time::Instant, f64)>>,
+    /// Set while one caller re-reads the ledger for [`Budget::used_fraction`]; the others keep
+    /// using the last value meanwhile, so an expired cache costs one ledger read, not one per
+    /// job in flight (a snapshot sums every charge of the month).
+    refreshing: AtomicBool,
 }
 
 impl std::fmt::Debug for Budget {
@@ -78,6 +83,7 @@ impl Budget {
             limit_micros: limit_micros.max(0),
             ttl,
             cache: Mutex::new(None),
+            refreshing: AtomicBool::new(false),
         }
     }
 
@@ -212,7 +218,23 @@ impl Budget {
                 return f;
             }
         }
-        match self.snapshot(now).await {
+        /// Clears the flag when the read ends, even if the caller's future is dropped mid-read.
+        struct Refreshing<'a>(&'a AtomicBool);
+        impl Drop for Refreshing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let refresher = (!self.refreshing.swap(true, Ordering::AcqRel)).then(|| Refreshing(&self.refreshing));
+        if refresher.is_none() {
+            // Another caller is reading the ledger: a routing hint may be a moment old.
+            if let Some((_, f)) = last {
+                return f;
+            }
+        }
+        let read = self.snapshot(now).await;
+        drop(refresher);
+        match read {
             Ok(s) => {
                 let f = if self.limit_micros <= 0 {
                     1.0
