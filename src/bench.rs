@@ -23,8 +23,9 @@ pub struct BenchArgs {
     /// Model latency per call, milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub latency_ms: u64,
-    /// Jobs per level = this × concurrency (at least 500).
-    #[arg(long, default_value_t = 5)]
+    /// Jobs per level = this × concurrency (at least 500): ten rounds, so the one-off ramp-up
+    /// (the first receives and claims) does not dominate the steady-state rate.
+    #[arg(long, default_value_t = 10)]
     pub rounds: usize,
     /// `simulated` (in-process mock model) or `http` (the OpenAI-compatible mock server over HTTP).
     #[arg(long, default_value = "simulated")]

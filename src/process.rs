@@ -107,10 +107,8 @@ impl Processor {
     /// Builds a processor from settings, backends and a provider.
     pub fn new(settings: Arc<Settings>, backends: Backends, llm: Arc<dyn LlmClient>) -> Result<Processor, String> {
         let fetcher = Fetcher::new(&settings.fetch).map_err(|e| format!("fetcher: {e}"))?;
-        // Build the tokenizer off the hot path (it takes a moment) without delaying readiness.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(|| page::count_tokens("warm up"));
-        }
+        // The tokenizer (about 30 MiB) is built on the first job that needs a model, not at start:
+        // an idle worker stays small, and the first such job pays its build time once.
         Ok(Processor {
             router: Router::new(&settings),
             budget: Budget::from_settings(backends.ledger.clone(), &settings),
