@@ -48,6 +48,11 @@ pub struct LevelResult {
     pub efficiency: f64,
     /// Seconds from the start of the run to the last job's completion (what `jobs_per_sec` uses).
     pub busy_secs: f64,
+    /// Jobs completed per second while the pool was full: from the moment `concurrency` jobs
+    /// had started to the last job's start (fill and drain left out).
+    pub steady_jobs_per_sec: f64,
+    /// `steady_jobs_per_sec` as a share of the ideal.
+    pub steady_efficiency: f64,
     /// Seconds until the worker returned (adds the final empty long-poll and the drain).
     pub wall_secs: f64,
     /// Process CPU seconds (user + system) per 1,000 jobs.
@@ -138,12 +143,15 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
             .min(wall);
         let jps = done as f64 / busy;
         let ideal = c as f64 / (args.latency_ms.max(1) as f64 / 1000.0);
+        let steady = steady_rate(&recs, c).unwrap_or(jps);
         let r = LevelResult {
             concurrency: c,
             jobs: done,
             jobs_per_sec: jps,
             efficiency: jps / ideal,
             busy_secs: busy,
+            steady_jobs_per_sec: steady,
+            steady_efficiency: steady / ideal,
             wall_secs: wall,
             cpu_secs_per_1000: cpu / (done.max(1) as f64) * 1000.0,
             p50_ms: pct(0.50),
@@ -171,17 +179,19 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
         }
         println!("model latency {} ms, llm {}, {} cores", args.latency_ms, args.llm, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         println!(
-            "{:>11} {:>7} {:>8} {:>9} {:>7} {:>12} {:>8} {:>8} {:>10}",
-            "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "CPU s/1000", "P50 ms", "P99 ms", "PEAK MiB"
+            "{:>11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8} {:>12} {:>8} {:>8} {:>10}",
+            "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "STEADY/S", "STEADY%", "CPU s/1000", "P50 ms", "P99 ms", "PEAK MiB"
         );
         for r in &results {
             println!(
-                "{:>11} {:>7} {:>8.2} {:>9.1} {:>6.1}% {:>12.3} {:>8} {:>8} {:>10.1}",
+                "{:>11} {:>7} {:>8.2} {:>9.1} {:>6.1}% {:>9.1} {:>7.1}% {:>12.3} {:>8} {:>8} {:>10.1}",
                 r.concurrency,
                 r.jobs,
                 r.busy_secs,
                 r.jobs_per_sec,
                 r.efficiency * 100.0,
+                r.steady_jobs_per_sec,
+                r.steady_efficiency * 100.0,
                 r.cpu_secs_per_1000,
                 r.p50_ms,
                 r.p99_ms,
@@ -190,6 +200,29 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Completions per second while the pool was full. A job started at `updated_at - duration_ms`
+/// (its claim) and ended at `updated_at`. The window runs from the `concurrency`-th start (the
+/// pool has filled) to the last start (after it, the pool drains); `None` when the run was too
+/// short to have such a window.
+fn steady_rate(recs: &[crate::job::JobRecord], concurrency: usize) -> Option<f64> {
+    let mut spans: Vec<(i64, i64)> = recs
+        .iter()
+        .filter_map(|r| {
+            let end = r.updated_at.timestamp_micros();
+            Some((end - r.duration_ms? as i64 * 1000, end))
+        })
+        .collect();
+    spans.sort_unstable();
+    let from = spans.get(concurrency.checked_sub(1)?)?.0;
+    let to = spans.last()?.0;
+    let secs = (to - from) as f64 / 1e6;
+    if secs < 1.0 {
+        return None;
+    }
+    let done = spans.iter().filter(|(_, end)| *end >= from && *end <= to).count();
+    Some(done as f64 / secs)
 }
 
 fn bench_settings(dir: &std::path::Path, concurrency: usize) -> Result<Settings, String> {
