@@ -666,7 +666,7 @@ fn route_reason_label(d: &crate::route::Decision) -> &'static str {
         "override"
     } else if d.tier == "production" {
         "forced"
-    } else if d.reason.contains("cheaper") {
+    } else if d.downgraded {
         "cheaper"
     } else {
         "score"
