@@ -1,51 +1,99 @@
-//! The fleet's monthly budget as the worker uses it: hold the worst case before a model call,
-//! charge the actual cost after it, give the hold back when nothing was spent.
+//! The fleet's monthly budget as a worker uses it: **budget leases**.
 //!
-//! Every figure is integer micro-USD (see [`crate::pricing`]). The atomic check lives in the
-//! [`BudgetLedger`] shared by every worker of the stage, so the stage can never pass its limit:
-//! a call is made only after `spent + live holds + worst case ≤ limit` was granted, and a settled
-//! call is charged its actual cost, which is at most the worst case held for it.
+//! A worker does not write the shared [`BudgetLedger`] for every model call. It leases a slice of
+//! the month's remaining budget (one reservation on the ledger, which counts leased money as
+//! committed), holds each call's worst case against the slice in memory, charges the call's
+//! actual cost to the slice, and returns the slice with its actual spend (one settle) when it is
+//! retired, idle or drained. So the ledger sees two writes per lease, however many calls the
+//! lease covers, and `spent + leased ≤ limit` still holds fleet-wide: a call is made only inside
+//! a granted lease, and a lease is granted only when it fits.
 //!
-//! Periods are UTC calendar months ([`period`]); a hold is charged to the month it was taken in.
+//! Slice size follows the worker's spend rate (about [`LEASE_COVER`] of it) and never exceeds
+//! `remaining / `[`LEASE_SHARE_OF_REMAINING`], so it shrinks as the month's budget nears its end;
+//! at the very end a lease is one call's worst case, returned as soon as the call ends, so the
+//! last few percent are still usable by every worker.
+//!
+//! A worker that dies never returns its lease: the lease lapses and the ledger keeps counting
+//! it **in full** (see the [`BudgetLedger`] contract), so the ledger over-counts by the lease's
+//! unspent remainder and never under-counts what the provider billed.
+//!
+//! A call the worker stopped waiting for (timeout, job timeout, drain) may still be generated
+//! and billed: its [`Hold`] is charged at its worst case when dropped unsettled ("estimated").
+//!
+//! Every figure is integer micro-USD (see [`crate::pricing`]). Periods are UTC calendar months
+//! ([`period`]); a lease is charged to the month it was taken in.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
+use tokio::time::Instant;
 
-use crate::backend::{BResult, BudgetLedger, Charge, LedgerSnapshot, Reservation, ReserveOutcome};
+use crate::backend::{
+    BResult, BudgetLedger, Charge, ChargeLine, LedgerSnapshot, Reservation, ReserveOutcome,
+};
 use crate::error::JobError;
 use crate::pricing::micros_to_usd;
 use crate::settings::Settings;
 
 /// How long [`Budget::used_fraction`] reuses a ledger read (it is only a routing hint).
 pub const USED_FRACTION_CACHE: Duration = Duration::from_secs(1);
-/// Tries of a settle or release before giving up (the hold then lapses at its expiry).
+/// Tries of a lease return (settle or release) before giving up (the lease then lapses and
+/// counts in full).
 pub const LEDGER_WRITE_TRIES: u32 = 4;
 /// First pause between two tries; doubled each time.
 pub const LEDGER_RETRY_BASE: Duration = Duration::from_millis(50);
+/// A lease aims to cover this much of the worker's recent spend rate.
+pub const LEASE_COVER: Duration = Duration::from_secs(30);
+/// A lease never takes more than this share of what is left of the month (so several workers
+/// can still lease when the budget runs low).
+pub const LEASE_SHARE_OF_REMAINING: i64 = 8;
+/// A lease covers at least this many calls of the size asked for (when the budget allows).
+pub const LEASE_MIN_CALLS: i64 = 4;
+/// A lease takes no new calls after this age; it is returned once its calls end.
+pub const LEASE_MAX_AGE: Duration = Duration::from_secs(60);
+/// A lease with no call in flight for this long is returned (budget flows back to the fleet).
+pub const LEASE_IDLE_RETURN: Duration = Duration::from_secs(2);
+/// How often the maintenance task looks for leases to return.
+pub const LEASE_TICK: Duration = Duration::from_millis(500);
+/// How soon a job deferred for budget that is only leased or held (not spent) is tried again.
+pub const BUDGET_RECHECK: Duration = Duration::from_secs(5);
+/// The window over which the spend rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(30);
 
 /// The budget period containing `now`: `YYYY-MM` of the UTC calendar month.
 pub fn period(now: DateTime<Utc>) -> String {
     format!("{:04}-{:02}", now.year(), now.month())
 }
 
-/// A granted hold on the budget for one model call. Give it back with [`Budget::settle`] (the
-/// call was made) or [`Budget::release`] (it was not); if neither happens it lapses at
-/// `expires_at` by itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A granted hold on the budget for one model call, inside one of this worker's leases.
+///
+/// Give it back with [`Budget::settle`] (the call was made: its actual cost is charged),
+/// [`Budget::settle_estimated`] (the call was sent but its answer never read) or
+/// [`Budget::release`] (it was not made). Dropped without either, it is charged at its worst
+/// case: a call the worker stopped waiting for may still have been billed.
+#[derive(Debug)]
 pub struct Hold {
     /// The period it was taken in (and is charged to).
     pub period: String,
-    /// The reservation as written to the ledger.
+    /// The call's own reservation (id, job, worst case).
     pub reservation: Reservation,
+    /// The ledger reservation (lease) it sits in.
+    lease_id: String,
+    /// The budget to hand it back to; `None` once handed back (or for a duplicate).
+    budget: Option<Weak<Inner>>,
 }
 
 impl Hold {
-    /// The reservation id (idempotency key of settle and release).
+    /// The call's reservation id.
     pub fn id(&self) -> &str {
         &self.reservation.id
+    }
+    /// The ledger reservation (budget lease) this call is charged to.
+    pub fn lease_id(&self) -> &str {
+        &self.lease_id
     }
     /// The worst case held, micro-USD.
     pub fn amount_micros(&self) -> i64 {
@@ -53,58 +101,223 @@ impl Hold {
     }
 }
 
-/// The stage's budget over a shared ledger.
-pub struct Budget {
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(inner) = self.budget.take().and_then(|w| w.upgrade()) {
+            // Abandoned mid-call: the provider may bill it, so charge the worst case.
+            let worst = self.reservation.amount_micros;
+            inner.finish_call(&self.lease_id, &self.reservation.id, Some((worst, "(abandoned call)", None)));
+            inner.estimated_calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One lease held by this worker.
+#[derive(Debug)]
+struct Lease {
+    id: String,
+    period: String,
+    amount: i64,
+    /// Actual (or estimated) spend charged so far.
+    used: i64,
+    /// Worst cases of calls in flight, by call id.
+    calls: HashMap<String, i64>,
+    lines: BTreeMap<(String, Option<String>), i64>,
+    taken_at: Instant,
+    last_active: Instant,
+    /// Takes no new calls; returned once its calls end.
+    retired: bool,
+    /// Sized to a single call (the budget is nearly spent): returned as soon as it is idle.
+    single: bool,
+}
+
+impl Lease {
+    fn in_flight(&self) -> i64 {
+        self.calls.values().sum()
+    }
+    fn free(&self) -> i64 {
+        self.amount - self.used - self.in_flight()
+    }
+    fn due(&self, now: Instant) -> bool {
+        self.calls.is_empty()
+            && (self.retired
+                || self.single
+                || now.saturating_duration_since(self.last_active) >= LEASE_IDLE_RETURN
+                || now.saturating_duration_since(self.taken_at) >= LEASE_MAX_AGE)
+    }
+    fn charge(&self) -> Charge {
+        Charge {
+            reservation_id: self.id.clone(),
+            job_id: String::new(),
+            amount_micros: self.used.max(0),
+            lines: self
+                .lines
+                .iter()
+                .filter(|(_, a)| **a > 0)
+                .map(|((model, tenant), a)| ChargeLine {
+                    model: model.clone(),
+                    tenant: tenant.clone(),
+                    amount_micros: *a,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leases: Vec<Lease>,
+    /// (when, worst case) of recent holds, for the spend rate.
+    recent: VecDeque<(Instant, i64)>,
+}
+
+struct Inner {
     ledger: Arc<dyn BudgetLedger>,
     limit_micros: i64,
     ttl: Duration,
+    owner: String,
+    state: Mutex<State>,
+    /// One lease request at a time per worker.
+    acquiring: tokio::sync::Mutex<()>,
+    next_lease: AtomicU64,
+    ticker: AtomicBool,
     /// Last used fraction read and when (tokio clock, so paused-time tests see it expire).
-    cache: Mutex<Option<(tokio::time::Instant, f64)>>,
-    /// Set while one caller re-reads the ledger for [`Budget::used_fraction`]; the others keep
-    /// using the last value meanwhile, so an expired cache costs one ledger read, not one per
-    /// job in flight (a snapshot sums every charge of the month).
+    cache: Mutex<Option<(Instant, f64)>>,
     refreshing: AtomicBool,
+    /// Ledger writes made (lease requests and returns), for the benchmark.
+    ledger_writes: AtomicU64,
+    estimated_calls: AtomicU64,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a call on its lease: `charge` = Some((amount, model, tenant)) charges it, None
+    /// releases it. Idempotent per call id.
+    fn finish_call(&self, lease_id: &str, call_id: &str, charge: Option<(i64, &str, Option<&str>)>) {
+        let mut st = self.lock();
+        let Some(lease) = st.leases.iter_mut().find(|l| l.id == lease_id) else { return };
+        if lease.calls.remove(call_id).is_none() {
+            return;
+        }
+        lease.last_active = Instant::now();
+        if let Some((amount, model, tenant)) = charge {
+            let amount = amount.max(0);
+            lease.used = lease.used.saturating_add(amount);
+            *lease.lines.entry((model.to_string(), tenant.map(str::to_string))).or_insert(0) += amount;
+        }
+    }
+
+    /// Takes the leases due for return out of the state.
+    fn take_due(&self, all: bool) -> Vec<Lease> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let (due, keep): (Vec<Lease>, Vec<Lease>) =
+            st.leases.drain(..).partition(|l| l.calls.is_empty() && (all || l.due(now)));
+        st.leases = keep;
+        due
+    }
+
+    /// Returns leases to the ledger: settled with their spend, or released when nothing was spent.
+    async fn give_back(&self, leases: Vec<Lease>) -> BResult<()> {
+        let mut result = Ok(());
+        for lease in leases {
+            self.ledger_writes.fetch_add(1, Ordering::Relaxed);
+            let r = if lease.used > 0 {
+                let charge = lease.charge();
+                retry(|| self.ledger.settle(&lease.period, &charge)).await
+            } else {
+                retry(|| self.ledger.release(&lease.period, &lease.id)).await
+            };
+            if let Err(e) = r {
+                // Not lost: the lease lapses and keeps counting in full (over-count).
+                tracing::warn!(lease = %lease.id, error = %e, "could not return a budget lease; it lapses and counts in full");
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+/// The stage's budget over a shared ledger, leased a slice at a time.
+pub struct Budget {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Budget")
-            .field("limit_micros", &self.limit_micros)
-            .field("ttl", &self.ttl)
+            .field("limit_micros", &self.inner.limit_micros)
+            .field("ttl", &self.inner.ttl)
+            .field("owner", &self.inner.owner)
             .finish()
     }
 }
 
 impl Budget {
-    /// A budget of `limit_micros` per month whose holds lapse after `ttl`.
+    /// A budget of `limit_micros` per month whose leases lapse after `ttl`.
     pub fn new(ledger: Arc<dyn BudgetLedger>, limit_micros: i64, ttl: Duration) -> Budget {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        Budget::with_owner(ledger, limit_micros, ttl, &owner[..12])
+    }
+
+    /// Like [`Budget::new`], naming this worker in its lease ids.
+    pub fn with_owner(ledger: Arc<dyn BudgetLedger>, limit_micros: i64, ttl: Duration, owner: &str) -> Budget {
         Budget {
-            ledger,
-            limit_micros: limit_micros.max(0),
-            ttl,
-            cache: Mutex::new(None),
-            refreshing: AtomicBool::new(false),
+            inner: Arc::new(Inner {
+                ledger,
+                limit_micros: limit_micros.max(0),
+                ttl,
+                owner: owner.to_string(),
+                state: Mutex::new(State::default()),
+                acquiring: tokio::sync::Mutex::new(()),
+                next_lease: AtomicU64::new(0),
+                ticker: AtomicBool::new(false),
+                cache: Mutex::new(None),
+                refreshing: AtomicBool::new(false),
+                ledger_writes: AtomicU64::new(0),
+                estimated_calls: AtomicU64::new(0),
+            }),
         }
     }
 
     /// The stage's budget: `budget.monthly_usd` and `budget.reservation_ttl_secs`.
-    pub fn from_settings(ledger: Arc<dyn BudgetLedger>, s: &Settings) -> Budget {
-        Budget::new(
+    pub fn from_settings(ledger: Arc<dyn BudgetLedger>, s: &Settings, owner: &str) -> Budget {
+        Budget::with_owner(
             ledger,
             s.budget_limit_micros(),
             Duration::from_secs(s.budget.reservation_ttl_secs),
+            owner,
         )
     }
 
     /// The monthly limit, micro-USD.
     pub fn limit_micros(&self) -> i64 {
-        self.limit_micros
+        self.inner.limit_micros
     }
 
-    /// Holds `worst_case_micros` for one call of job `job_id`.
+    /// Ledger writes this worker made (lease requests and returns).
+    pub fn ledger_writes(&self) -> u64 {
+        self.inner.ledger_writes.load(Ordering::Relaxed)
+    }
+
+    /// Calls charged at their worst case because their answer was never read.
+    pub fn estimated_calls(&self) -> u64 {
+        self.inner.estimated_calls.load(Ordering::Relaxed)
+    }
+
+    /// Money leased by this worker and not yet returned, micro-USD.
+    pub fn leased_micros(&self) -> i64 {
+        self.inner.lock().leases.iter().map(|l| l.amount).sum()
+    }
+
+    /// Holds `worst_case_micros` for one call of job `job_id`, inside a lease (taking a new lease
+    /// from the ledger when no held lease has room).
     ///
-    /// `reservation_id` must be unique per call and stable across a retry of the same call
-    /// (e.g. `{job_id}:{attempt}:{call}`): reserving it again is granted without a second hold.
+    /// `reservation_id` must be unique per call: reserving an id already in flight is granted
+    /// again without a second hold (the duplicate hold charges nothing).
     ///
     /// Errors:
     /// - [`JobError::Budget`] with `job_cap: false` when the month's remaining budget cannot
@@ -120,99 +333,229 @@ impl Budget {
         now: DateTime<Utc>,
     ) -> Result<Hold, JobError> {
         let amount = worst_case_micros.max(0);
-        if self.limit_micros > 0 && amount > self.limit_micros {
+        let limit = self.inner.limit_micros;
+        if limit > 0 && amount > limit {
             return Err(JobError::Budget {
                 message: format!(
                     "this call's worst case ${:.6} is more than the whole monthly budget ${:.2}",
                     micros_to_usd(amount),
-                    micros_to_usd(self.limit_micros)
+                    micros_to_usd(limit)
                 ),
                 job_cap: true,
+                retry_after: None,
             });
         }
         let period = period(now);
-        let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
         let reservation = Reservation {
             id: reservation_id.to_string(),
             job_id: job_id.to_string(),
             amount_micros: amount,
             expires_at: now
-                .checked_add_signed(ttl)
+                .checked_add_signed(chrono::Duration::from_std(self.inner.ttl).unwrap_or(chrono::Duration::MAX))
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
         };
-        match self
-            .ledger
-            .reserve(&period, &reservation, self.limit_micros, now)
-            .await
-        {
-            Ok(ReserveOutcome::Granted) => Ok(Hold {
-                period,
-                reservation,
-            }),
-            Ok(ReserveOutcome::Refused {
-                spent_micros,
-                reserved_micros,
-            }) => {
-                let left = (self.limit_micros - spent_micros - reserved_micros).max(0);
-                Err(JobError::Budget {
-                    message: format!(
-                        "needed ${:.6} for the next call; ${:.6} left of ${:.2} in {period} (spent ${:.6}, held by running calls ${:.6})",
-                        micros_to_usd(amount),
-                        micros_to_usd(left),
-                        micros_to_usd(self.limit_micros),
-                        micros_to_usd(spent_micros),
-                        micros_to_usd(reserved_micros),
-                    ),
-                    job_cap: false,
-                })
+        self.ensure_ticker();
+        if let Some(hold) = self.hold_in_lease(&period, &reservation) {
+            return Ok(hold);
+        }
+        let _one = self.inner.acquiring.lock().await;
+        // Another task may have leased meanwhile.
+        if let Some(hold) = self.hold_in_lease(&period, &reservation) {
+            return Ok(hold);
+        }
+        self.lease(&period, &reservation, now).await?;
+        self.hold_in_lease(&period, &reservation).ok_or_else(|| {
+            JobError::transient("budget_unavailable", "a fresh budget lease had no room for the call")
+        })
+    }
+
+    /// Puts the call into a held lease with room for it, if any.
+    fn hold_in_lease(&self, period: &str, r: &Reservation) -> Option<Hold> {
+        let now = Instant::now();
+        let mut st = self.inner.lock();
+        if st.leases.iter().any(|l| l.calls.contains_key(&r.id)) {
+            let lease_id = st.leases.iter().find(|l| l.calls.contains_key(&r.id)).map(|l| l.id.clone())?;
+            return Some(Hold { period: period.to_string(), reservation: r.clone(), lease_id, budget: None });
+        }
+        for l in st.leases.iter_mut() {
+            if !l.retired && (l.period != period || now.saturating_duration_since(l.taken_at) >= LEASE_MAX_AGE) {
+                l.retired = true;
             }
-            Err(e) => Err(JobError::transient(
-                "budget_unavailable",
-                format!("budget ledger: {e}"),
-            )),
+        }
+        let lease = st
+            .leases
+            .iter_mut()
+            .filter(|l| !l.retired && l.free() >= r.amount_micros)
+            .min_by_key(|l| l.free())?;
+        lease.calls.insert(r.id.clone(), r.amount_micros);
+        lease.last_active = now;
+        let lease_id = lease.id.clone();
+        st.recent.push_back((now, r.amount_micros));
+        while st.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW) {
+            st.recent.pop_front();
+        }
+        Some(Hold {
+            period: period.to_string(),
+            reservation: r.clone(),
+            lease_id,
+            budget: Some(Arc::downgrade(&self.inner)),
+        })
+    }
+
+    /// The size of the next lease: about [`LEASE_COVER`] of the recent spend rate, at least
+    /// [`LEASE_MIN_CALLS`] calls of this size, at most `remaining / LEASE_SHARE_OF_REMAINING`,
+    /// and never less than the call itself.
+    fn lease_size(&self, worst: i64, remaining: i64) -> i64 {
+        let st = self.inner.lock();
+        let recent: i64 = st.recent.iter().map(|(_, a)| *a).sum();
+        let span = st
+            .recent
+            .front()
+            .map(|(t, _)| Instant::now().saturating_duration_since(*t))
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        let rate = recent as f64 / span.as_secs_f64();
+        let cover = (rate * LEASE_COVER.as_secs_f64()).min(i64::MAX as f64 / 2.0) as i64;
+        let wanted = cover.max(worst.saturating_mul(LEASE_MIN_CALLS));
+        wanted.min(remaining / LEASE_SHARE_OF_REMAINING).max(worst)
+    }
+
+    /// Takes one new lease for a call of worst case `r.amount_micros`; retires the leases held.
+    async fn lease(&self, period: &str, r: &Reservation, now: DateTime<Utc>) -> Result<(), JobError> {
+        let limit = self.inner.limit_micros;
+        // First ask as if the whole remainder were free; the ledger's answer corrects it.
+        let mut remaining = limit;
+        for _ in 0..3 {
+            let size = self.lease_size(r.amount_micros, remaining);
+            let seq = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+            let lease = Reservation {
+                id: format!("lease:{}:{seq}", self.inner.owner),
+                job_id: self.inner.owner.clone(),
+                amount_micros: size,
+                expires_at: r.expires_at,
+            };
+            self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
+            match self.inner.ledger.reserve(period, &lease, limit, now).await {
+                Ok(ReserveOutcome::Granted) => {
+                    let t = Instant::now();
+                    let mut st = self.inner.lock();
+                    for l in st.leases.iter_mut() {
+                        l.retired = true;
+                    }
+                    st.leases.push(Lease {
+                        id: lease.id,
+                        period: period.to_string(),
+                        amount: size,
+                        used: 0,
+                        calls: HashMap::new(),
+                        lines: BTreeMap::new(),
+                        taken_at: t,
+                        last_active: t,
+                        retired: false,
+                        single: size <= r.amount_micros,
+                    });
+                    return Ok(());
+                }
+                Ok(ReserveOutcome::Refused { spent_micros, reserved_micros }) => {
+                    let left = (limit - spent_micros - reserved_micros).max(0);
+                    if left < r.amount_micros || size <= r.amount_micros {
+                        return Err(JobError::Budget {
+                            message: format!(
+                                "needed ${:.6} for the next call; ${:.6} left of ${:.2} in {period} (spent ${:.6}, leased or held by running calls ${:.6})",
+                                micros_to_usd(r.amount_micros),
+                                micros_to_usd(left),
+                                micros_to_usd(limit),
+                                micros_to_usd(spent_micros),
+                                micros_to_usd(reserved_micros),
+                            ),
+                            job_cap: false,
+                            // Leased or held money flows back within seconds (returned leases,
+                            // ended calls); only a spent month waits the long delay.
+                            retry_after: (spent_micros + r.amount_micros <= limit).then_some(BUDGET_RECHECK),
+                        });
+                    }
+                    remaining = left;
+                }
+                Err(e) => {
+                    return Err(JobError::transient("budget_unavailable", format!("budget ledger: {e}")));
+                }
+            }
+        }
+        Err(JobError::transient("budget_unavailable", "budget ledger: lease refused three times"))
+    }
+
+    /// Starts the task that returns idle and retired leases (once per budget).
+    fn ensure_ticker(&self) {
+        if self.inner.ticker.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_TICK).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let due = inner.take_due(false);
+                    if !due.is_empty() {
+                        let _ = inner.give_back(due).await;
+                    }
+                }
+            });
         }
     }
 
-    /// Charges the actual cost of the call `hold` was taken for (idempotent per hold).
-    ///
-    /// Transient ledger errors are retried [`LEDGER_WRITE_TRIES`] times with a doubling pause;
-    /// the last error is returned (the hold then lapses at its expiry, and the caller should log
-    /// the lost charge: the job record still has it).
-    pub async fn settle(
-        &self,
-        hold: Hold,
-        actual_micros: i64,
-        model: &str,
-        tenant: Option<&str>,
-    ) -> BResult<()> {
-        let charge = Charge {
-            reservation_id: hold.reservation.id.clone(),
-            job_id: hold.reservation.job_id.clone(),
-            model: model.to_string(),
-            tenant: tenant.map(str::to_string),
-            amount_micros: actual_micros.max(0),
-        };
-        let period = hold.period;
-        retry(|| self.ledger.settle(&period, &charge)).await
+    /// Returns the leases that are due (retired, single-call, idle or old, with no call in flight).
+    async fn return_due(&self) -> BResult<()> {
+        let due = self.inner.take_due(false);
+        self.inner.give_back(due).await
     }
 
-    /// Gives a hold back without a charge (the call was not made). Retried like [`Budget::settle`].
-    pub async fn release(&self, hold: Hold) -> BResult<()> {
-        let id = hold.reservation.id;
-        let period = hold.period;
-        retry(|| self.ledger.release(&period, &id)).await
+    /// Charges the actual cost of the call `hold` was taken for (once per hold). When that ends
+    /// a lease that is due, the lease goes back to the ledger now, and a ledger error is
+    /// returned (after [`LEDGER_WRITE_TRIES`]; the lease then lapses and counts in full).
+    pub async fn settle(&self, mut hold: Hold, actual_micros: i64, model: &str, tenant: Option<&str>) -> BResult<()> {
+        if hold.budget.take().is_some() {
+            self.inner.finish_call(&hold.lease_id, &hold.reservation.id, Some((actual_micros, model, tenant)));
+        }
+        self.return_due().await
+    }
+
+    /// Charges a call whose answer was never read (timeout, broken connection) at its worst
+    /// case: the provider may have generated and billed it.
+    pub async fn settle_estimated(&self, hold: Hold, model: &str, tenant: Option<&str>) -> BResult<()> {
+        let worst = hold.amount_micros();
+        self.inner.estimated_calls.fetch_add(1, Ordering::Relaxed);
+        self.settle(hold, worst, model, tenant).await
+    }
+
+    /// Gives a hold back without a charge (the call was not made or not billed).
+    pub async fn release(&self, mut hold: Hold) -> BResult<()> {
+        if hold.budget.take().is_some() {
+            self.inner.finish_call(&hold.lease_id, &hold.reservation.id, None);
+        }
+        self.return_due().await
+    }
+
+    /// Returns every lease with no call in flight (shutdown). Leases still in use are retired.
+    pub async fn drain(&self) -> BResult<()> {
+        for l in self.inner.lock().leases.iter_mut() {
+            l.retired = true;
+        }
+        let all = self.inner.take_due(true);
+        self.inner.give_back(all).await
     }
 
     /// The month's totals as the ledger reports them.
     pub async fn snapshot(&self, now: DateTime<Utc>) -> BResult<LedgerSnapshot> {
-        self.ledger.snapshot(&period(now), now).await
+        self.inner.ledger.snapshot(&period(now), now).await
     }
 
-    /// The share of this month's budget spent or held (0-1; 1 when the limit is 0), for routing
-    /// only: read at most once per [`USED_FRACTION_CACHE`], and when the ledger cannot be read
-    /// the last value (or 0) is returned rather than an error.
+    /// The share of this month's budget committed (spent, leased or lapsed; 0-1; 1 when the
+    /// limit is 0), for routing only: read at most once per [`USED_FRACTION_CACHE`], and when
+    /// the ledger cannot be read the last value (or 0) is returned rather than an error.
     pub async fn used_fraction(&self, now: DateTime<Utc>) -> f64 {
-        let last = self.cache.lock().ok().and_then(|c| *c);
+        let inner = &self.inner;
+        let last = inner.cache.lock().ok().and_then(|c| *c);
         if let Some((at, f)) = last {
             if at.elapsed() < USED_FRACTION_CACHE {
                 return f;
@@ -225,9 +568,8 @@ impl Budget {
                 self.0.store(false, Ordering::Release);
             }
         }
-        let refresher = (!self.refreshing.swap(true, Ordering::AcqRel)).then(|| Refreshing(&self.refreshing));
+        let refresher = (!inner.refreshing.swap(true, Ordering::AcqRel)).then(|| Refreshing(&inner.refreshing));
         if refresher.is_none() {
-            // Another caller is reading the ledger: a routing hint may be a moment old.
             if let Some((_, f)) = last {
                 return f;
             }
@@ -236,14 +578,14 @@ impl Budget {
         drop(refresher);
         match read {
             Ok(s) => {
-                let f = if self.limit_micros <= 0 {
+                let f = if inner.limit_micros <= 0 {
                     1.0
                 } else {
-                    ((s.spent_micros + s.reserved_micros) as f64 / self.limit_micros as f64)
+                    ((s.spent_micros + s.reserved_micros + s.lapsed_micros) as f64 / inner.limit_micros as f64)
                         .clamp(0.0, 1.0)
                 };
-                if let Ok(mut c) = self.cache.lock() {
-                    *c = Some((tokio::time::Instant::now(), f));
+                if let Ok(mut c) = inner.cache.lock() {
+                    *c = Some((Instant::now(), f));
                 }
                 f
             }
@@ -275,6 +617,7 @@ pub fn check_job_cap(
                 micros_to_usd(worst_case_micros)
             ),
             job_cap: true,
+            retry_after: None,
         });
     }
     Ok(())

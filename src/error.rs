@@ -41,6 +41,10 @@ pub enum JobError {
         /// True when the job's own cap (`max_cost_usd`) was hit rather than the stage budget;
         /// such a job can never succeed and is failed rather than deferred.
         job_cap: bool,
+        /// When budget is only leased or held by running calls (it may come back within
+        /// seconds), how soon to try again; `None`: the month is spent, wait the configured
+        /// `worker.budget_defer_secs`.
+        retry_after: Option<Duration>,
     },
 }
 

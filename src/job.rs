@@ -646,6 +646,11 @@ pub struct Attempt {
     /// settled; the next claim settles any call still `false` (settle is idempotent).
     #[serde(default = "settled_default", skip_serializing_if = "is_true")]
     pub settled: bool,
+    /// True when `cost_micros` is the call's worst case rather than the provider's usage: the
+    /// call was sent and its answer never read (timeout, crash, drain), so it may have been
+    /// billed in full.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 fn settled_default() -> bool {

@@ -182,6 +182,8 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         deleter.close().await;
+        // Give unused budget back to the fleet (a lease not returned lapses and counts in full).
+        self.processor.return_budget().await;
         monitor.abort();
         let c = &counters;
         let stats = RunStats {
@@ -326,7 +328,14 @@ async fn handle_message(mut ctx: TaskCtx, message: Message, permit: OwnedSemapho
         }
         Verdict::Defer { job_id, error } => {
             // A fresh copy with a delay resets the receive count: budget never dead-letters.
-            let delay = Duration::from_secs(ctx.settings.worker.budget_defer_secs);
+            let delay = match &error {
+                crate::error::JobError::Budget { retry_after: Some(soon), .. } => {
+                    // Jitter so deferred jobs do not all come back in the same instant.
+                    let jitter = rand::random::<f64>() * soon.as_secs_f64();
+                    (*soon + Duration::from_secs_f64(jitter)).min(Duration::from_secs(ctx.settings.worker.budget_defer_secs.max(1)))
+                }
+                _ => Duration::from_secs(ctx.settings.worker.budget_defer_secs),
+            };
             match q.send(&message.body, delay).await {
                 Ok(_) => ctx.deleter.delete(message.receipt.clone()).await,
                 Err(e) => {

@@ -342,13 +342,7 @@ async fn ledger_keeps_committed_totals_and_one_charge_item_per_settle() {
             .expect("reserve"),
         ReserveOutcome::Granted
     );
-    let charge = Charge {
-        reservation_id: "a".into(),
-        job_id: "job-a".into(),
-        model: "m".into(),
-        tenant: Some("acme".into()),
-        amount_micros: 120,
-    };
+    let charge = Charge::single("a", "job-a", "m", Some("acme"), 120);
     l.settle("2030-02", &charge).await.expect("settle");
     l.settle("2030-02", &charge).await.expect("settle again");
 

@@ -114,13 +114,7 @@ async fn state_survives_reopening_the_file() {
         let r = Reservation { id: "r".into(), job_id: "kept-job".into(), amount_micros: 10, expires_at: now };
         b.ledger.reserve("2031-02", &r, 100, now).await.expect("reserve");
         b.ledger
-            .settle("2031-02", &atlas_codex::backend::Charge {
-                reservation_id: "r".into(),
-                job_id: "kept-job".into(),
-                model: "m".into(),
-                tenant: None,
-                amount_micros: 9,
-            })
+            .settle("2031-02", &atlas_codex::backend::Charge::single("r", "kept-job", "m", None, 9))
             .await
             .expect("settle");
     }

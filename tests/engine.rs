@@ -123,13 +123,7 @@ async fn budget_exhaustion_defers_without_dead_lettering() {
     let t = spawn_app(&[("MONTHLY_BUDGET", "1"), ("ATLAS__WORKER__BUDGET_DEFER_SECS", "60")], llm.clone()).await;
     // Spend all but 100 µUSD of the month: less than one call's worst case.
     let now = chrono::Utc::now();
-    let charge = atlas_codex::backend::Charge {
-        reservation_id: "earlier".into(),
-        job_id: "earlier".into(),
-        model: "gpt-5-nano".into(),
-        tenant: None,
-        amount_micros: 999_900,
-    };
+    let charge = atlas_codex::backend::Charge::single("earlier", "earlier", "gpt-5-nano", None, 999_900);
     t.backends.ledger.settle(&atlas_codex::budget::period(now), &charge).await.unwrap();
     t.send(&[text_job("poor-1")]).await;
     let app = t.app.clone();
@@ -204,6 +198,7 @@ async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_cl
         reservation_id: Some("crash-1:1:0".into()),
         period: Some(period.clone()),
         settled: false,
+        estimated: false,
     });
     rec.cost_micros = 90;
     t.backends.jobs.finish(&rec, "dead-worker").await.unwrap();

@@ -316,8 +316,12 @@ async fn refusal_is_a_clear_error() {
     mock.refuse_next(1);
     let err = c.complete(&request("gpt-5", strict_format(&product_schema()), gpt5_params())).await.unwrap_err();
     match err {
-        LlmError::BadRequest { message, .. } => assert!(message.contains("refused"), "{message}"),
-        other => panic!("expected BadRequest for a refusal, got {other:?}"),
+        LlmError::Unfinished { reason, usage, message } => {
+            assert_eq!(reason, atlas_codex::llm::Unfinished::Refusal);
+            assert!(message.contains("refused"), "{message}");
+            assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "a refusal is billed: {usage:?}");
+        }
+        other => panic!("expected Unfinished for a refusal, got {other:?}"),
     }
 }
 

@@ -109,6 +109,16 @@ CREATE TABLE IF NOT EXISTS budget_charges (
     amount          INTEGER NOT NULL,  -- micro-USD
     PRIMARY KEY (period, reservation_id)
 ) WITHOUT ROWID;
+-- The breakdown of a charge by model and tenant (a budget lease spans many calls). Charges
+-- written before lines existed have none; the breakdown falls back to their own model/tenant.
+CREATE TABLE IF NOT EXISTS budget_charge_lines (
+    period          TEXT    NOT NULL,
+    reservation_id  TEXT    NOT NULL,
+    model           TEXT    NOT NULL,
+    tenant          TEXT    NOT NULL,  -- '-' for none
+    amount          INTEGER NOT NULL,  -- micro-USD
+    PRIMARY KEY (period, reservation_id, model, tenant)
+) WITHOUT ROWID;
 "#;
 
 // ---------------------------------------------------------------------------------------------
@@ -1036,14 +1046,107 @@ fn spent_in(conn: &Connection, period: &str) -> BResult<i64> {
         .unwrap_or(0))
 }
 
-fn live_reserved(conn: &Connection, period: &str, now_us: i64, except: &str) -> BResult<i64> {
+/// Every hold of the period neither settled nor released (live and lapsed), except `except`.
+fn held(conn: &Connection, period: &str, except: &str) -> BResult<i64> {
+    conn.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM budget_reservations WHERE period = ?1 AND id <> ?2")
+        .db()?
+        .query_row(params![period, except], |r| r.get(0))
+        .db()
+}
+
+/// Holds of the period that are live at `now_us` (`live`) or lapsed (`!live`).
+fn held_by_expiry(conn: &Connection, period: &str, now_us: i64, live: bool) -> BResult<i64> {
+    let sql = if live {
+        "SELECT COALESCE(SUM(amount), 0) FROM budget_reservations WHERE period = ?1 AND expires_at > ?2"
+    } else {
+        "SELECT COALESCE(SUM(amount), 0) FROM budget_reservations WHERE period = ?1 AND expires_at <= ?2"
+    };
+    conn.prepare_cached(sql).db()?.query_row(params![period, now_us], |r| r.get(0)).db()
+}
+
+/// Adds `amount` to the period's running spend.
+fn add_spent(conn: &Connection, period: &str, amount: i64) -> BResult<()> {
     conn.prepare_cached(
-        "SELECT COALESCE(SUM(amount), 0) FROM budget_reservations
-         WHERE period = ?1 AND expires_at > ?2 AND id <> ?3",
+        "INSERT INTO budget_periods (period, spent) VALUES (?1, ?2)
+         ON CONFLICT(period) DO UPDATE SET spent = spent + excluded.spent",
     )
     .db()?
-    .query_row(params![period, now_us, except], |r| r.get(0))
-    .db()
+    .execute(params![period, amount])
+    .db()?;
+    Ok(())
+}
+
+/// Folds holds that lapsed more than a day before `now_us` into spend, charged in full under
+/// [`crate::backend::LAPSED_MODEL`] (a later settle of one of them changes nothing).
+fn fold_lapsed(conn: &Connection, period: &str, now_us: i64) -> BResult<()> {
+    let horizon = now_us.saturating_sub(RESERVATION_GC_GRACE_MICROS);
+    let old: Vec<(String, String, i64)> = {
+        let mut st = conn
+            .prepare_cached("SELECT id, job_id, amount FROM budget_reservations WHERE period = ?1 AND expires_at < ?2")
+            .db()?;
+        let it = st.query_map(params![period, horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).db()?;
+        it.collect::<rusqlite::Result<_>>().db()?
+    };
+    for (id, job_id, amount) in old {
+        let charge = Charge::single(id, job_id, crate::backend::LAPSED_MODEL, None, amount);
+        insert_charge(conn, period, &charge)?;
+    }
+    Ok(())
+}
+
+/// Records `c` once per reservation id (with its lines), adds it to spend and drops the hold.
+fn insert_charge(conn: &Connection, period: &str, c: &Charge) -> BResult<()> {
+    let first = c.lines.first();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO budget_charges (period, reservation_id, job_id, model, tenant, amount)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(period, reservation_id) DO NOTHING",
+        )
+        .db()?
+        .execute(params![
+            period,
+            c.reservation_id,
+            c.job_id,
+            first.map(|l| l.model.as_str()).unwrap_or("-"),
+            first.and_then(|l| l.tenant.as_deref()),
+            c.amount_micros
+        ])
+        .db()?;
+    if inserted == 1 {
+        add_spent(conn, period, c.amount_micros)?;
+        for l in &c.lines {
+            conn.prepare_cached(
+                "INSERT INTO budget_charge_lines (period, reservation_id, model, tenant, amount)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(period, reservation_id, model, tenant) DO UPDATE SET amount = amount + excluded.amount",
+            )
+            .db()?
+            .execute(params![period, c.reservation_id, l.model, l.tenant.as_deref().unwrap_or("-"), l.amount_micros])
+            .db()?;
+        }
+    }
+    conn.prepare_cached("DELETE FROM budget_reservations WHERE period = ?1 AND id = ?2")
+        .db()?
+        .execute(params![period, c.reservation_id])
+        .db()?;
+    Ok(())
+}
+
+/// The period's settled spend grouped by `column` (`model` or `tenant`): lines, plus charges
+/// written before lines existed.
+fn breakdown(conn: &Connection, period: &str, column: &str) -> BResult<std::collections::BTreeMap<String, i64>> {
+    let legacy = if column == "model" { "c.model" } else { "COALESCE(c.tenant, '-')" };
+    let sql = format!(
+        "SELECT k, SUM(a) FROM (
+           SELECT {column} AS k, amount AS a FROM budget_charge_lines WHERE period = ?1
+           UNION ALL
+           SELECT {legacy} AS k, c.amount AS a FROM budget_charges c WHERE c.period = ?1 AND NOT EXISTS (
+             SELECT 1 FROM budget_charge_lines l WHERE l.period = c.period AND l.reservation_id = c.reservation_id)
+         ) GROUP BY k"
+    );
+    let mut st = conn.prepare_cached(&sql).db()?;
+    let it = st.query_map(params![period], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
+    it.collect::<rusqlite::Result<_>>().db()
 }
 
 #[async_trait]
@@ -1076,7 +1179,7 @@ impl BudgetLedger for SqliteLedger {
                     // Already turned into a charge: the money is counted; nothing more to hold.
                     return Ok(ReserveOutcome::Granted);
                 }
-                let held: Option<i64> = tx
+                let existing: Option<i64> = tx
                     .prepare_cached(
                         "SELECT expires_at FROM budget_reservations WHERE period = ?1 AND id = ?2",
                     )
@@ -1084,11 +1187,13 @@ impl BudgetLedger for SqliteLedger {
                     .query_row(params![period, r.id], |row| row.get(0))
                     .optional()
                     .db()?;
-                if held.is_some_and(|exp| exp > now_us) {
+                if existing.is_some() {
+                    // Held already (live or lapsed): it counts once.
                     return Ok(ReserveOutcome::Granted);
                 }
+                fold_lapsed(&tx, &period, now_us)?;
                 let spent = spent_in(&tx, &period)?;
-                let reserved = live_reserved(&tx, &period, now_us, &r.id)?;
+                let reserved = held(&tx, &period, &r.id)?;
                 let total = i128::from(spent) + i128::from(reserved) + i128::from(r.amount_micros);
                 if total > i128::from(limit_micros) {
                     return Ok(ReserveOutcome::Refused { spent_micros: spent, reserved_micros: reserved });
@@ -1102,10 +1207,6 @@ impl BudgetLedger for SqliteLedger {
                 .db()?
                 .execute(params![period, r.id, r.job_id, r.amount_micros, micros(r.expires_at)])
                 .db()?;
-                tx.prepare_cached("DELETE FROM budget_reservations WHERE period = ?1 AND expires_at < ?2")
-                    .db()?
-                    .execute(params![period, now_us.saturating_sub(RESERVATION_GC_GRACE_MICROS)])
-                    .db()?;
                 tx.commit().db()?;
                 Ok(ReserveOutcome::Granted)
             })
@@ -1121,27 +1222,7 @@ impl BudgetLedger for SqliteLedger {
         self.db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT INTO budget_charges (period, reservation_id, job_id, model, tenant, amount)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(period, reservation_id) DO NOTHING",
-                    )
-                    .db()?
-                    .execute(params![period, c.reservation_id, c.job_id, c.model, c.tenant, c.amount_micros])
-                    .db()?;
-                if inserted == 1 {
-                    tx.prepare_cached(
-                        "INSERT INTO budget_periods (period, spent) VALUES (?1, ?2)
-                         ON CONFLICT(period) DO UPDATE SET spent = spent + excluded.spent",
-                    )
-                    .db()?
-                    .execute(params![period, c.amount_micros])
-                    .db()?;
-                }
-                tx.prepare_cached("DELETE FROM budget_reservations WHERE period = ?1 AND id = ?2")
-                    .db()?
-                    .execute(params![period, c.reservation_id])
-                    .db()?;
+                insert_charge(&tx, &period, &c)?;
                 tx.commit().db()
             })
             .await
@@ -1167,24 +1248,10 @@ impl BudgetLedger for SqliteLedger {
                 let tx = conn.transaction().db()?;
                 let mut snap = LedgerSnapshot { period: period.clone(), ..Default::default() };
                 snap.spent_micros = spent_in(&tx, &period)?;
-                snap.reserved_micros = live_reserved(&tx, &period, micros(now), "")?;
-                {
-                    let mut st = tx
-                        .prepare_cached(
-                            "SELECT model, SUM(amount) FROM budget_charges WHERE period = ?1 GROUP BY model",
-                        )
-                        .db()?;
-                    let it = st.query_map(params![period], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
-                    snap.by_model = it.collect::<rusqlite::Result<_>>().db()?;
-                    let mut st = tx
-                        .prepare_cached(
-                            "SELECT COALESCE(tenant, '-'), SUM(amount) FROM budget_charges
-                             WHERE period = ?1 GROUP BY COALESCE(tenant, '-')",
-                        )
-                        .db()?;
-                    let it = st.query_map(params![period], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
-                    snap.by_tenant = it.collect::<rusqlite::Result<_>>().db()?;
-                }
+                snap.reserved_micros = held_by_expiry(&tx, &period, micros(now), true)?;
+                snap.lapsed_micros = held_by_expiry(&tx, &period, micros(now), false)?;
+                snap.by_model = breakdown(&tx, &period, "model")?;
+                snap.by_tenant = breakdown(&tx, &period, "tenant")?;
                 tx.commit().db()?;
                 Ok(snap)
             })

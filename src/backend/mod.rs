@@ -181,29 +181,64 @@ pub struct Reservation {
 pub enum ReserveOutcome {
     /// The hold is in place.
     Granted,
-    /// spent + live reservations + amount would pass the limit; nothing changed.
+    /// spent + held + amount would pass the limit; nothing changed.
     Refused {
         /// Settled spend this period, micro-USD.
         spent_micros: i64,
-        /// Live reservations this period, micro-USD.
+        /// Held this period (live and lapsed reservations), micro-USD.
         reserved_micros: i64,
     },
 }
 
-/// One settled charge, for the month-to-date breakdown.
+/// One settled charge: the actual spend under one reservation (a budget lease, or a single
+/// call), with its breakdown by model and tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     /// The reservation it settles (idempotency key).
     pub reservation_id: String,
-    /// The job charged.
+    /// Who held the reservation: the job, or the worker for a budget lease.
     pub job_id: String,
+    /// Actual cost in micro-USD: the sum of `lines`.
+    pub amount_micros: i64,
+    /// The spend by model and tenant (may be empty when nothing was spent).
+    pub lines: Vec<ChargeLine>,
+}
+
+/// One line of a [`Charge`]: what one model cost for one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeLine {
     /// The model called.
     pub model: String,
     /// The tenant, if the job named one.
     pub tenant: Option<String>,
-    /// Actual cost in micro-USD.
+    /// Cost in micro-USD.
     pub amount_micros: i64,
 }
+
+impl Charge {
+    /// A charge of one line (one model, one tenant).
+    pub fn single(
+        reservation_id: impl Into<String>,
+        job_id: impl Into<String>,
+        model: impl Into<String>,
+        tenant: Option<&str>,
+        amount_micros: i64,
+    ) -> Charge {
+        Charge {
+            reservation_id: reservation_id.into(),
+            job_id: job_id.into(),
+            amount_micros,
+            lines: vec![ChargeLine {
+                model: model.into(),
+                tenant: tenant.map(str::to_string),
+                amount_micros,
+            }],
+        }
+    }
+}
+
+/// The model name under which a lapsed hold is charged once it is folded into spend.
+pub const LAPSED_MODEL: &str = "(lapsed lease)";
 
 /// A period's totals.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -214,6 +249,10 @@ pub struct LedgerSnapshot {
     pub spent_micros: i64,
     /// Live (unexpired) reservations, micro-USD.
     pub reserved_micros: i64,
+    /// Lapsed reservations: expired and never settled nor released (their owner died), counted
+    /// as spent in full until settled, micro-USD.
+    #[serde(default)]
+    pub lapsed_micros: i64,
     /// Settled spend by model, micro-USD.
     pub by_model: std::collections::BTreeMap<String, i64>,
     /// Settled spend by tenant (`-` for none), micro-USD.
@@ -222,16 +261,22 @@ pub struct LedgerSnapshot {
 
 /// The fleet-wide budget ledger (`atlas-codex-budget-{stage}`): one account per calendar month.
 ///
+/// Workers take budget leases from it (a reservation per lease, see [`crate::budget`]), so it
+/// sees a few writes per worker per minute, not one per model call.
+///
 /// Contract:
 /// - `reserve` is atomic across every worker sharing the ledger: it grants only when
-///   `spent + live reservations + amount ≤ limit`, where reservations whose `expires_at` has passed
-///   (per `now`) no longer count. Reserving an id that is already held is granted without a second
-///   hold.
+///   `spent + held + amount ≤ limit`, where *held* is every reservation neither settled nor
+///   released, **expired ones included**: a reservation that lapsed stands for money its dead
+///   owner may have spent, so it keeps counting (in full) until it is settled with the actual
+///   amount or released. The ledger therefore over-counts, never under-counts. (Lapsed
+///   reservations older than a day are folded into spent under [`LAPSED_MODEL`].) Reserving an
+///   id that is already held is granted without a second hold.
 /// - `settle` turns a reservation into a charge of `charge.amount_micros` (which may be more or less
 ///   than reserved) exactly once per reservation id: a repeated settle changes nothing. Settling a
-///   reservation that expired still records the charge (the money was spent).
+///   reservation that lapsed replaces its full amount with the charge (the real spend is known).
 /// - `release` drops a reservation without a charge; idempotent.
-/// - `snapshot` reports the period's totals with expired reservations left out.
+/// - `snapshot` reports the period's totals: live reservations and lapsed ones apart.
 #[async_trait]
 pub trait BudgetLedger: Send + Sync + 'static {
     /// Atomically holds `reservation.amount_micros` unless the limit would be passed.

@@ -111,6 +111,40 @@ pub enum LlmError {
     /// Connection-level failure.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The provider answered (and billed) but the answer is not usable: a refusal, the output
+    /// cap reached (`finish_reason: length`), or content filtered. The usage is kept so the
+    /// call is charged what it cost.
+    #[error("{reason:?}: {message}")]
+    Unfinished {
+        /// Why the answer ended.
+        reason: Unfinished,
+        /// Tokens billed for the call.
+        usage: Usage,
+        /// What the provider said (never page content).
+        message: String,
+    },
+}
+
+/// Why a billed answer carries no usable content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// The model refused (`refusal` set).
+    Refusal,
+    /// The output token cap was reached (`finish_reason: length`).
+    Length,
+    /// The provider's content filter stopped the answer.
+    ContentFilter,
+}
+
+impl Unfinished {
+    /// The label used in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unfinished::Refusal => "refused",
+            Unfinished::Length => "length",
+            Unfinished::ContentFilter => "content_filter",
+        }
+    }
 }
 
 /// A chat-completions provider.

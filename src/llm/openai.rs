@@ -314,11 +314,29 @@ impl LlmClient for OpenAiClient {
             return Err(LlmError::Server { status: status.as_u16(), message: "response has no choices".into() });
         };
         if let Some(refusal) = choice.message.refusal.as_deref().filter(|r| !r.trim().is_empty()) {
-            // A refusal is the model's answer to this very input: retrying the same call is pointless.
-            return Err(LlmError::BadRequest {
-                status: status.as_u16(),
+            // A refusal is the model's answer to this very input (billed all the same).
+            return Err(LlmError::Unfinished {
+                reason: super::Unfinished::Refusal,
+                usage,
                 message: cut(&format!("model refused: {refusal}")),
             });
+        }
+        match choice.finish_reason {
+            Some(FinishReason::Length) => {
+                return Err(LlmError::Unfinished {
+                    reason: super::Unfinished::Length,
+                    usage,
+                    message: "output token limit reached before the answer ended".into(),
+                });
+            }
+            Some(FinishReason::ContentFilter) => {
+                return Err(LlmError::Unfinished {
+                    reason: super::Unfinished::ContentFilter,
+                    usage,
+                    message: "the provider's content filter stopped the answer".into(),
+                });
+            }
+            _ => {}
         }
         let content = choice.message.content.clone().unwrap_or_default();
         if content.trim().is_empty() {

@@ -551,6 +551,7 @@ pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
         reservation_id: Some("res-1".into()),
         period: Some("2026-11".into()),
         settled: true,
+        estimated: false,
     });
     r.cost_micros = 77;
     s.finish(&r, "w1").await.expect("finish pending");
@@ -680,13 +681,7 @@ fn res(id: &str, amount: i64, expires_at: DateTime<Utc>) -> Reservation {
 }
 
 fn charge(reservation: &str, model: &str, tenant: Option<&str>, amount: i64) -> Charge {
-    Charge {
-        reservation_id: reservation.into(),
-        job_id: format!("job-{reservation}"),
-        model: model.into(),
-        tenant: tenant.map(str::to_string),
-        amount_micros: amount,
-    }
+    Charge::single(reservation, format!("job-{reservation}"), model, tenant, amount)
 }
 
 /// Grants up to the limit exactly (≤), refuses past it with the current totals and changes
@@ -721,23 +716,25 @@ pub async fn ledger_rereserve_is_single_hold(make: &MakeLedger) {
     assert_eq!(l.reserve(PERIOD, &res("other", 400, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
 }
 
-/// A reservation stops counting once its `expires_at` has passed (per `now`).
+/// A reservation that lapsed (expired, never settled nor released: its owner died) keeps
+/// counting in full, reported as lapsed, until it is settled or released.
 pub async fn ledger_expiry_frees_budget(make: &MakeLedger) {
     let l = make().await;
     let now = Utc::now();
     assert_eq!(l.reserve(PERIOD, &res("old", 900, t(now, 60)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
     assert!(matches!(
-        l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 30)).await.expect("reserve"),
+        l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
         ReserveOutcome::Refused { reserved_micros: 900, .. }
-    ));
+    ), "a lapsed hold still blocks: its money may have been spent");
+    let snap = l.snapshot(PERIOD, t(now, 61)).await.expect("snapshot");
+    assert_eq!((snap.reserved_micros, snap.lapsed_micros), (0, 900), "{snap:?}");
+    assert_eq!(l.snapshot(PERIOD, t(now, 30)).await.expect("snapshot").reserved_micros, 900);
+    l.release(PERIOD, "old").await.expect("release");
     assert_eq!(
         l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
         ReserveOutcome::Granted,
-        "an expired hold must not block"
+        "a released hold no longer blocks"
     );
-    let snap = l.snapshot(PERIOD, t(now, 61)).await.expect("snapshot");
-    assert_eq!(snap.reserved_micros, 200, "snapshot leaves expired reservations out");
-    assert_eq!(l.snapshot(PERIOD, t(now, 30)).await.expect("snapshot").reserved_micros, 1100);
 }
 
 /// `settle` charges the actual amount once per reservation id and frees the hold; repeats change
@@ -770,10 +767,12 @@ pub async fn ledger_settle_after_expiry(make: &MakeLedger) {
     let l = make().await;
     let now = Utc::now();
     assert_eq!(l.reserve(PERIOD, &res("late", 400, t(now, 10)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
-    assert_eq!(l.snapshot(PERIOD, t(now, 20)).await.expect("snapshot").reserved_micros, 0);
+    let snap = l.snapshot(PERIOD, t(now, 20)).await.expect("snapshot");
+    assert_eq!((snap.reserved_micros, snap.lapsed_micros), (0, 400));
     l.settle(PERIOD, &charge("late", "m1", None, 350)).await.expect("settle");
     let snap = l.snapshot(PERIOD, t(now, 20)).await.expect("snapshot");
     assert_eq!(snap.spent_micros, 350, "the money was spent");
+    assert_eq!(snap.lapsed_micros, 0, "the settle replaced the lapsed hold");
     assert!(matches!(
         l.reserve(PERIOD, &res("next", 651, t(now, 600)), 1000, t(now, 20)).await.expect("reserve"),
         ReserveOutcome::Refused { spent_micros: 350, .. }

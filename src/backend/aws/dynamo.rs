@@ -520,19 +520,40 @@ impl Month {
         }
     }
 
-    /// Forgets holds that lapsed long before `now` (they no longer count anyway). Holds that
-    /// lapsed recently are kept, so a reader whose `now` is a little earlier (another worker's
-    /// clock, or a snapshot "as of") still counts them as the contract says.
+    /// Folds holds that lapsed more than a day before `now` into spent, charged in full under
+    /// [`crate::backend::LAPSED_MODEL`] (the item must not grow with dead workers' leases).
+    /// Holds that lapsed recently are kept: they still count in full, and their owner may yet
+    /// settle them with the actual amount.
     fn prune(&mut self, now: DateTime<Utc>) {
         let horizon = now.timestamp_millis().saturating_sub(HOLD_GC_GRACE_MS);
-        self.reservations.retain(|_, h| h.expires_at_ms > horizon);
+        let old: Vec<String> = self
+            .reservations
+            .iter()
+            .filter(|(_, h)| h.expires_at_ms <= horizon)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            if let Some(h) = self.reservations.remove(&id) {
+                self.spent = self.spent.saturating_add(h.amount);
+                *self.by_model.entry(crate::backend::LAPSED_MODEL.to_string()).or_insert(0) += h.amount;
+                *self.by_tenant.entry("-".to_string()).or_insert(0) += h.amount;
+            }
+        }
     }
 
-    /// Whether `id` is held and unexpired at `now`.
-    fn holds_live(&self, id: &str, now: DateTime<Utc>) -> bool {
-        self.reservations
-            .get(id)
-            .is_some_and(|h| h.expires_at_ms > now.timestamp_millis())
+    /// Whether `id` is held (live or lapsed).
+    fn holds(&self, id: &str) -> bool {
+        self.reservations.contains_key(id)
+    }
+
+    /// Every hold neither settled nor released, lapsed ones included.
+    fn held(&self) -> i64 {
+        self.reservations.values().map(|h| h.amount).sum()
+    }
+
+    fn lapsed(&self, now: DateTime<Utc>) -> i64 {
+        let now_ms = now.timestamp_millis();
+        self.reservations.values().filter(|h| h.expires_at_ms <= now_ms).map(|h| h.amount).sum()
     }
 
     fn live_reserved(&self, now: DateTime<Utc>) -> i64 {
@@ -570,7 +591,7 @@ impl Month {
             ("version".to_string(), n(self.version + 1)),
             ("spent".to_string(), n(self.spent)),
             ("reserved".to_string(), n(reserved)),
-            ("committed".to_string(), n(self.spent + reserved)),
+            ("committed".to_string(), n(self.spent + self.held())),
             ("reservations".to_string(), AttributeValue::M(holds)),
             ("by_model".to_string(), map_n(&self.by_model)),
             ("by_tenant".to_string(), map_n(&self.by_tenant)),
@@ -671,10 +692,10 @@ impl BudgetLedger for DynamoLedger {
         for attempt in 1..=LEDGER_TRIES {
             let mut month = self.read_month(period).await?;
             month.prune(now);
-            if month.holds_live(&reservation.id, now) {
+            if month.holds(&reservation.id) {
                 return Ok(ReserveOutcome::Granted);
             }
-            let reserved = month.live_reserved(now);
+            let reserved = month.held();
             // The bound is computed here: DynamoDB cannot add in a condition.
             let bound = limit_micros.saturating_sub(reservation.amount_micros);
             if month.spent.saturating_add(reserved) > bound {
@@ -710,22 +731,27 @@ impl BudgetLedger for DynamoLedger {
             month.prune(now);
             month.reservations.remove(&charge.reservation_id);
             month.spent = month.spent.saturating_add(charge.amount_micros);
-            *month.by_model.entry(charge.model.clone()).or_insert(0) += charge.amount_micros;
-            let tenant = charge.tenant.clone().unwrap_or_else(|| "-".into());
-            *month.by_tenant.entry(tenant.clone()).or_insert(0) += charge.amount_micros;
+            for line in &charge.lines {
+                *month.by_model.entry(line.model.clone()).or_insert(0) += line.amount_micros;
+                let tenant = line.tenant.clone().unwrap_or_else(|| "-".into());
+                *month.by_tenant.entry(tenant).or_insert(0) += line.amount_micros;
+            }
+            let first = charge.lines.first();
+            let tenant = first.and_then(|l| l.tenant.clone());
             let mut charge_item: Item = [
                 ("period", s(&key)),
                 ("reservation_id", s(&charge.reservation_id)),
                 ("job_id", s(&charge.job_id)),
-                ("model", s(&charge.model)),
-                ("tenant", s(tenant)),
+                ("model", s(first.map(|l| l.model.as_str()).unwrap_or("-"))),
+                ("tenant", s(tenant.clone().unwrap_or_default())),
+                ("lines", n(charge.lines.len())),
                 ("amount", n(charge.amount_micros)),
                 ("settled_at", s(ts(now))),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            if charge.tenant.is_none() {
+            if tenant.is_none() {
                 charge_item.remove("tenant");
             }
             let charge_put = Put::builder()
@@ -785,6 +811,7 @@ impl BudgetLedger for DynamoLedger {
             period: period.to_string(),
             spent_micros: month.spent,
             reserved_micros: month.live_reserved(now),
+            lapsed_micros: month.lapsed(now),
             by_model: month.by_model,
             by_tenant: month.by_tenant,
         })
@@ -849,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn month_prunes_expired_holds_and_round_trips() {
+    fn month_folds_long_lapsed_holds_into_spent_and_round_trips() {
         let now = Utc::now();
         let mut m = Month {
             version: 3,
@@ -881,7 +908,9 @@ mod tests {
             },
         );
         assert_eq!(m.live_reserved(now), 5);
-        assert!(m.holds_live("live", now) && !m.holds_live("gone", now));
+        assert_eq!(m.lapsed(now), 16, "lapsed holds count in full");
+        assert_eq!(m.held(), 21);
+        assert!(m.holds("live") && m.holds("gone"));
         m.by_model.insert("gpt-5".into(), 10);
         let back = Month::from_item(&m.to_item("2025-01", now));
         assert_eq!(back.version, 4);
@@ -892,7 +921,9 @@ mod tests {
         assert_eq!(
             kept,
             ["gone", "live"],
-            "recently lapsed holds are kept, old ones dropped"
+            "recently lapsed holds are kept, old ones folded"
         );
+        assert_eq!(m.spent, 19, "the folded hold is charged in full");
+        assert_eq!(m.by_model.get(crate::backend::LAPSED_MODEL), Some(&9));
     }
 }

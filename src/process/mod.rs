@@ -16,14 +16,17 @@ use crate::budget::Budget;
 use crate::crawl;
 use crate::error::{Disposition, JobError};
 use crate::fetch::Fetcher;
-use crate::job::{self, Attempt, ErrorInfo, Job, JobRecord, JobStatus, Source, Usage};
-use crate::llm::{schema, CallParams, LlmClient, LlmError, LlmRequest, ResponseFormat};
+use crate::job::{self, ErrorInfo, Job, JobRecord, JobStatus, Source};
+use crate::llm::{schema, LlmClient, LlmError, ResponseFormat, Unfinished};
 use crate::page::{self, Page};
 use crate::pricing;
 use crate::ratelimit::RateLimits;
 use crate::route::{Features, Router};
 use crate::settings::{OnBudgetExhausted, Settings};
 use crate::telemetry;
+
+mod call;
+mod prompt;
 
 /// What the worker must do with the message after processing.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,14 +112,15 @@ impl Processor {
         let fetcher = Fetcher::new(&settings.fetch).map_err(|e| format!("fetcher: {e}"))?;
         // The tokenizer (about 30 MiB) is built on the first job that needs a model, not at start:
         // an idle worker stays small, and the first such job pays its build time once.
+        let worker_id = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         Ok(Processor {
             router: Router::new(&settings),
-            budget: Budget::from_settings(backends.ledger.clone(), &settings),
+            budget: Budget::from_settings(backends.ledger.clone(), &settings, &worker_id),
             limits: RateLimits::from_settings(&settings),
             fetcher,
             llm,
             backends,
-            worker_id: format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            worker_id,
             settings,
         })
     }
@@ -125,6 +129,18 @@ impl Processor {
     pub fn with_fetcher(mut self, fetcher: Fetcher) -> Processor {
         self.fetcher = fetcher;
         self
+    }
+
+    /// Returns this worker's unused budget leases to the ledger (at shutdown).
+    pub async fn return_budget(&self) {
+        if let Err(e) = self.budget.drain().await {
+            warn!(error = %e, "could not return a budget lease; it lapses and counts in full");
+        }
+    }
+
+    /// The fleet budget as this worker holds it (leases, ledger writes).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// This process's lease-owner id.
@@ -177,6 +193,7 @@ impl Processor {
             Claim::Busy { until, .. } => return Verdict::Busy { job_id: id, until },
         };
         let _ = job_slot.set(id.clone());
+        call::mark_abandoned(&mut rec);
         if let Err(error) = self.settle_recorded_charges(&mut rec).await {
             return self.fail(rec, error, message.receive_count).await;
         }
@@ -418,13 +435,13 @@ impl Processor {
                 call.settled = true;
                 continue;
             };
-            let charge = crate::backend::Charge {
+            let charge = crate::backend::Charge::single(
                 reservation_id,
-                job_id: job_id.clone(),
-                model: call.model.clone(),
-                tenant: tenant.clone(),
-                amount_micros: call.cost_micros,
-            };
+                job_id.clone(),
+                call.model.clone(),
+                tenant.as_deref(),
+                call.cost_micros,
+            );
             self.backends
                 .ledger
                 .settle(&period, &charge)
@@ -435,12 +452,13 @@ impl Processor {
         Ok(())
     }
 
-    /// Routes, reserves, calls, validates; escalates on invalid output and falls back on errors.
+    /// Routes, then calls models until one answer validates: escalates on invalid output,
+    /// retries once with a larger output cap on `finish_reason: length`, falls back on errors.
+    /// Each call is one paid call ([`call`]).
     async fn extract(&self, job: &Job, rec: &mut JobRecord, content: &str) -> Result<(Value, String), JobError> {
-        let system = SYSTEM_PROMPT.to_string();
-        let user = user_prompt(job, content);
-        let input_tokens = page::count_tokens(&system) + page::count_tokens(&user) + 16;
-        let features = Features::from_job(job, input_tokens);
+        let response_format = response_format(job);
+        let prompt = prompt::Prompt::new(job, content, &response_format);
+        let features = Features::from_job(job, prompt.input_tokens as usize);
         let used = self.budget.used_fraction(Utc::now()).await;
         let decision = self.router.decide(job, &features, used)?;
         telemetry::route_decision(&decision.tier, route_reason_label(&decision));
@@ -448,88 +466,36 @@ impl Processor {
         if rec.route.is_none() {
             rec.route = Some(decision.clone().into());
         }
-        let response_format = match &job.schema {
-            Some(s) => match schema::to_strict(s) {
-                Some(strict) => ResponseFormat::JsonSchema { name: schema::schema_name(s, "extraction"), schema: strict, strict: true },
-                None => ResponseFormat::JsonObject,
-            },
-            None => ResponseFormat::JsonObject,
-        };
         let mut model = decision.model.clone();
         let mut escalations = 0u32;
         let mut fallbacks_used: Vec<String> = Vec::new();
         let mut calls = 0u32;
+        // Output cap for the next call; `Some` after a `length` answer (one larger retry).
+        let mut bigger_cap: Option<u32> = None;
+        let mut length_retried = false;
         let mut last_error = JobError::transient("llm_unavailable", "no model call succeeded");
         loop {
             if calls >= self.settings.llm.max_calls_per_job {
                 return Err(last_error);
             }
-            let price = self
+            let mut price = self
                 .settings
                 .models
                 .get(&model)
                 .ok_or_else(|| JobError::permanent("model_unknown", format!("model `{model}` has no price in config")))?
                 .clone();
-            let worst = pricing::worst_case_micros(input_tokens as u64, &price);
-            crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst)?;
-            let reservation_id = format!("{}:{}:{}", rec.id, rec.attempts, rec.calls.len() + calls as usize);
-            let hold = self.budget.reserve(&rec.id, &reservation_id, worst, Utc::now()).await?;
-            let waited = self.limits.acquire(&model, (input_tokens as u64 + price.max_output_tokens as u64).min(u32::MAX as u64) as u32).await;
-            if waited >= Duration::from_millis(1) {
-                telemetry::ratelimit_wait(&model, waited);
+            if let Some(cap) = bigger_cap.take() {
+                price.max_output_tokens = cap;
             }
-            let request = LlmRequest {
-                model: model.clone(),
-                system: system.clone(),
-                user: user.clone(),
-                response_format: response_format.clone(),
-                params: CallParams {
-                    reasoning_model: price.family == "gpt5",
-                    max_output_tokens: price.max_output_tokens,
-                    temperature: price.temperature,
-                    reasoning_effort: price.reasoning_effort.clone(),
-                    verbosity: price.verbosity.clone(),
-                },
-                output_schema: job.schema.clone(),
-            };
-            let t = Instant::now();
-            let outcome = self.llm.complete(&request).await;
-            let latency = t.elapsed();
+            let outcome = self.paid_call(job, rec, &model, &price, &prompt, &response_format).await?;
             match outcome {
                 Ok(resp) => {
                     calls += 1;
                     self.limits.on_success(&model);
-                    let cost = pricing::cost_micros(&resp.usage, &price);
-                    rec.usage.add(&resp.usage);
-                    rec.cost_micros += cost;
-                    rec.calls.push(Attempt {
-                        model: model.clone(),
-                        outcome: "ok".into(),
-                        usage: resp.usage,
-                        cost_micros: cost,
-                        latency_ms: latency.as_millis() as u64,
-                        reservation_id: Some(hold.id().to_string()),
-                        period: Some(hold.period.clone()),
-                        settled: false,
-                    });
-                    // The charge goes on the record first and to the ledger second: a crash in
-                    // between is repaired by the next claim, so the ledger never holds a charge
-                    // that no record shows.
-                    if let Err(e) = self.checkpoint(rec).await {
-                        if let Err(re) = self.budget.release(hold).await {
-                            warn!(job_id = %rec.id, error = %re, "could not release a hold; it lapses at expiry");
-                        }
-                        return Err(e);
-                    }
-                    if let Err(e) = self.budget.settle(hold, cost, &model, job.tenant.as_deref()).await {
-                        return Err(JobError::transient("budget_unavailable", format!("could not settle a charge (settled on the next attempt): {e}")));
-                    }
-                    if let Some(last) = rec.calls.last_mut() {
-                        last.settled = true;
-                    }
                     let checked = check_output(&resp.content, job.schema.as_ref());
                     let status = if checked.is_ok() { "ok" } else { "invalid_output" };
-                    telemetry::llm_request(&model, status, latency, Some(&resp.usage), cost);
+                    let cost = rec.calls.last().map(|c| c.cost_micros).unwrap_or(0);
+                    telemetry::llm_request(&model, status, resp.latency, Some(&resp.usage), cost);
                     if let Some(last) = rec.calls.last_mut() {
                         last.outcome = status.into();
                     }
@@ -548,29 +514,36 @@ impl Processor {
                         }
                     }
                 }
-                Err(e) => {
-                    if let Err(e) = self.budget.release(hold).await {
-                        warn!(job_id = %rec.id, error = %e, "could not release a hold; it lapses at expiry");
-                    }
-                    let status = llm_status(&e);
-                    telemetry::llm_request(&model, status, latency, None, 0);
-                    rec.calls.push(Attempt {
-                        model: model.clone(),
-                        outcome: status.into(),
-                        usage: Usage::default(),
-                        cost_micros: 0,
-                        latency_ms: latency.as_millis() as u64,
-                        reservation_id: None,
-                        period: None,
-                        settled: true,
-                    });
-                    match e {
+                Err(call::Failure { error, latency, cost_micros }) => {
+                    let status = llm_status(&error);
+                    telemetry::llm_request(&model, status, latency, None, cost_micros);
+                    match error {
                         LlmError::RateLimited { retry_after } => {
                             // Never fails a job by itself: slow down and try again (bounded by the job timeout).
                             self.limits.on_rate_limited(&model, retry_after);
                         }
                         LlmError::BadRequest { status, message } => {
                             return Err(JobError::permanent("llm_bad_request", format!("{model} rejected the request ({status}): {message}")));
+                        }
+                        LlmError::Unfinished { reason: Unfinished::Length, message, .. } => {
+                            calls += 1;
+                            last_error = JobError::transient("llm_length", format!("{model}: {message}"));
+                            let cap = price.max_output_tokens.saturating_mul(LENGTH_RETRY_FACTOR);
+                            let mut bigger = price.clone();
+                            bigger.max_output_tokens = cap;
+                            let worst = pricing::worst_case_micros(prompt.input_tokens, &bigger);
+                            let fits = crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst).is_ok();
+                            if !length_retried && fits {
+                                length_retried = true;
+                                bigger_cap = Some(cap);
+                            } else if let Some(next) = self.router.escalate(&model).filter(|_| escalations < self.settings.routing.max_escalations) {
+                                telemetry::escalation(&model, &next);
+                                escalations += 1;
+                                model = next;
+                            }
+                        }
+                        LlmError::Unfinished { reason, message, .. } => {
+                            return Err(JobError::permanent(format!("llm_{}", reason.as_str()), format!("{model}: {message}")));
                         }
                         other => {
                             calls += 1;
@@ -597,26 +570,19 @@ impl Processor {
     }
 }
 
-const SYSTEM_PROMPT: &str = "You extract structured data from web pages. Answer with one JSON object only. \
-Use only facts present in the page; use null where the page does not say.";
+/// A `length` answer is retried once with the output cap multiplied by this (within the job's
+/// `max_cost_usd`), else escalated.
+const LENGTH_RETRY_FACTOR: u32 = 2;
 
-fn user_prompt(job: &Job, content: &str) -> String {
-    let mut s = String::new();
-    if let Some(i) = &job.instructions {
-        s.push_str("Instructions:\n");
-        s.push_str(i);
-        s.push_str("\n\n");
+/// The answer's shape: the job's schema in strict mode when it can be adapted, else JSON mode.
+fn response_format(job: &Job) -> ResponseFormat {
+    match &job.schema {
+        Some(s) => match schema::to_strict(s) {
+            Some(strict) => ResponseFormat::JsonSchema { name: schema::schema_name(s, "extraction"), schema: strict, strict: true },
+            None => ResponseFormat::JsonObject,
+        },
+        None => ResponseFormat::JsonObject,
     }
-    if let Some(sc) = &job.schema {
-        s.push_str("Answer as JSON matching this schema:\n");
-        s.push_str(&sc.to_string());
-        s.push_str("\n\n");
-    } else {
-        s.push_str("Answer as a JSON object.\n\n");
-    }
-    s.push_str("Page content (Markdown):\n");
-    s.push_str(content);
-    s
 }
 
 /// Parses the model's answer and validates it against the job's original schema.
@@ -658,6 +624,7 @@ fn llm_status(e: &LlmError) -> &'static str {
         LlmError::Timeout => "timeout",
         LlmError::BadRequest { .. } => "bad_request",
         LlmError::Transport(_) => "transport",
+        LlmError::Unfinished { reason, .. } => reason.as_str(),
     }
 }
 

@@ -1,0 +1,150 @@
+//! One paid model call: job cap → budget hold → rate limit → the call recorded as `sent` →
+//! send → charge what the provider billed.
+//!
+//! The call is on the job record (`sent`, at its worst case, marked estimated) before it is
+//! sent, so a worker killed mid-call leaves a record that shows the money; the next claim marks
+//! such a call `abandoned` ([`mark_abandoned`]). Its ledger side is covered by the dead
+//! worker's budget lease, which lapses and counts in full.
+//!
+//! After the call, by outcome:
+//! - an answer, a refusal, a `length` or content-filtered answer: charged the provider's usage
+//!   (all are billed);
+//! - a timeout or broken connection: charged the worst case, marked estimated (the provider may
+//!   have generated and billed it after the worker stopped waiting);
+//! - 429, 5xx, 4xx: not billed; the hold goes back.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tracing::warn;
+
+use super::prompt::Prompt;
+use super::Processor;
+use crate::error::JobError;
+use crate::job::{Attempt, Job, JobRecord, Usage};
+use crate::llm::{CallParams, LlmError, LlmRequest, ResponseFormat};
+use crate::pricing;
+use crate::settings::ModelSettings;
+use crate::telemetry;
+
+/// Outcome `sent`: on the record before the call, replaced when the call ends.
+pub(crate) const SENT: &str = "sent";
+/// Outcome of a `sent` call found by a later claim: its worker died mid-call.
+pub(crate) const ABANDONED: &str = "abandoned";
+
+/// A usable answer.
+pub(crate) struct Answer {
+    pub(crate) content: String,
+    pub(crate) usage: Usage,
+    pub(crate) latency: Duration,
+}
+
+/// A call that did not give a usable answer, and what it was charged.
+pub(crate) struct Failure {
+    pub(crate) error: LlmError,
+    pub(crate) latency: Duration,
+    pub(crate) cost_micros: i64,
+}
+
+/// Marks calls an earlier attempt left `sent` as `abandoned` (their worst case stays charged).
+pub(crate) fn mark_abandoned(rec: &mut JobRecord) {
+    for c in rec.calls.iter_mut().filter(|c| c.outcome == SENT) {
+        c.outcome = ABANDONED.into();
+        c.estimated = true;
+    }
+}
+
+impl Processor {
+    /// Makes one paid call of `model` (priced by `price`, its output cap included) and records
+    /// it as the job's last [`Attempt`]. `Err` when the call could not be made (job cap,
+    /// budget, the record could not be written); `Ok(Err(_))` when it was made and failed.
+    pub(super) async fn paid_call(
+        &self,
+        job: &Job,
+        rec: &mut JobRecord,
+        model: &str,
+        price: &ModelSettings,
+        prompt: &Prompt,
+        format: &ResponseFormat,
+    ) -> Result<Result<Answer, Failure>, JobError> {
+        let worst = pricing::worst_case_micros(prompt.input_tokens, price);
+        crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst)?;
+        let call_id = format!("{}:{}:{}", rec.id, rec.attempts, rec.calls.len());
+        let hold = self.budget.reserve(&rec.id, &call_id, worst, Utc::now()).await?;
+        let tokens = (prompt.input_tokens + price.max_output_tokens as u64).min(u32::MAX as u64) as u32;
+        let waited = self.limits.acquire(model, tokens).await;
+        if waited >= Duration::from_millis(1) {
+            telemetry::ratelimit_wait(model, waited);
+        }
+        rec.calls.push(Attempt {
+            model: model.to_string(),
+            outcome: SENT.into(),
+            usage: Usage::default(),
+            cost_micros: worst,
+            latency_ms: 0,
+            reservation_id: Some(hold.lease_id().to_string()),
+            period: Some(hold.period.clone()),
+            settled: true,
+            estimated: true,
+        });
+        rec.cost_micros += worst;
+        if let Err(e) = self.checkpoint(rec).await {
+            // Not sent: nothing billed.
+            rec.calls.pop();
+            rec.cost_micros -= worst;
+            let _ = self.budget.release(hold).await;
+            return Err(e);
+        }
+        let request = LlmRequest {
+            model: model.to_string(),
+            system: prompt.system.clone(),
+            user: prompt.user.clone(),
+            response_format: format.clone(),
+            params: CallParams {
+                reasoning_model: price.family == "gpt5",
+                max_output_tokens: price.max_output_tokens,
+                temperature: price.temperature,
+                reasoning_effort: price.reasoning_effort.clone(),
+                verbosity: price.verbosity.clone(),
+            },
+            output_schema: job.schema.clone(),
+        };
+        let t = Instant::now();
+        let outcome = self.llm.complete(&request).await;
+        let latency = t.elapsed();
+        let tenant = job.tenant.as_deref();
+        // What the call is charged: the provider's usage, the worst case, or nothing.
+        let (charged, usage, estimated) = match &outcome {
+            Ok(resp) => (Some(pricing::cost_micros(&resp.usage, price)), resp.usage.clone(), false),
+            Err(LlmError::Unfinished { usage, .. }) => (Some(pricing::cost_micros(usage, price)), usage.clone(), false),
+            Err(LlmError::Timeout | LlmError::Transport(_)) => (Some(worst), Usage::default(), true),
+            Err(_) => (None, Usage::default(), false),
+        };
+        let cost = charged.unwrap_or(0);
+        let settled = match charged {
+            Some(_) if estimated => self.budget.settle_estimated(hold, model, tenant).await,
+            Some(c) => self.budget.settle(hold, c, model, tenant).await,
+            None => self.budget.release(hold).await,
+        };
+        if let Err(e) = settled {
+            // The charge is in this worker's lease; the lease lapses and counts in full.
+            warn!(job_id = %rec.id, error = %e, "could not return a budget lease after a call");
+        }
+        rec.cost_micros += cost - worst;
+        rec.usage.add(&usage);
+        if let Some(last) = rec.calls.last_mut() {
+            last.outcome = match &outcome {
+                Ok(_) => "ok".into(),
+                Err(e) => super::llm_status(e).into(),
+            };
+            last.usage = usage.clone();
+            last.cost_micros = cost;
+            last.latency_ms = latency.as_millis() as u64;
+            last.estimated = estimated;
+        }
+        Ok(match outcome {
+            Ok(resp) => Ok(Answer { content: resp.content, usage: resp.usage, latency }),
+            Err(error) => Err(Failure { error, latency, cost_micros: cost }),
+        })
+    }
+}
