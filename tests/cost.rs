@@ -829,9 +829,20 @@ async fn run_fleet(
                     break;
                 };
                 let job_id = format!("job{i}");
-                match budget
-                    .reserve(&job_id, &format!("{job_id}:1"), worst, Utc::now())
-                    .await
+                // Like the worker's deferral: while the budget is only leased elsewhere (not
+                // spent), try again shortly; leases flow back as other workers go idle.
+                let mut tries = 0;
+                let reserved = loop {
+                    let r = budget.reserve(&job_id, &format!("{job_id}:1"), worst, Utc::now()).await;
+                    match r {
+                        Err(JobError::Budget { job_cap: false, retry_after: Some(_), .. }) if tries < 400 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match reserved
                 {
                     Ok(hold) => {
                         granted += 1;
