@@ -13,12 +13,12 @@
 //! | [`job`] | the job message (current + legacy), parse errors, the job record and its states |
 //! | [`error`] | [`error::JobError`] and its disposition: retry, dead-letter, defer, fail |
 //! | [`worker`] | receive loop → semaphore → one task per message (heartbeat, settle the message) → batched deletes; drain |
-//! | [`process`] | one job end to end: claim → input → page → route → reserve → call → validate → store → finish |
+//! | [`process`] | one job end to end: claim → input → page → route → paid call (`process/call.rs`: job cap → budget hold → rate limit → `sent` on the record → call → charge) → validate → store → finish; the prompt and its billed token count in `process/prompt.rs` |
 //! | [`fetch`] | SSRF-safe HTTP fetch: checked DNS, pinned connections, redirects re-checked, capped bodies |
 //! | [`page`] | HTML → main content → Markdown, metadata, JSON-LD, links; token counting and truncation |
 //! | [`crawl`] | breadth-first same-host crawls with robots.txt and politeness |
 //! | [`route`] | complexity score, tier choice per stage, escalation and fallback chains |
-//! | [`budget`] | fleet-wide monthly budget: worst-case reservations, settle, release, job caps |
+//! | [`budget`] | fleet-wide monthly budget as budget leases: slices leased from the ledger, calls held and charged in memory, leases returned; job caps |
 //! | [`pricing`] | price table maths in integer micro-USD |
 //! | [`ratelimit`] | per-model RPM/TPM limits (governor) and adaptive slow-down on 429 |
 //! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `ArtifactStore`): SQLite (`local`) and AWS |
