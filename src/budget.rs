@@ -215,7 +215,7 @@ impl Inner {
         let now = Instant::now();
         let mut st = self.lock();
         let (due, keep): (Vec<Lease>, Vec<Lease>) =
-            st.leases.drain(..).partition(|l| l.calls.is_empty() && (all || l.due(now)));
+            st.leases.drain(..).partition(|l| if all { l.calls.is_empty() } else { l.due(now) });
         st.leases = keep;
         due
     }
@@ -373,8 +373,9 @@ impl Budget {
     fn hold_in_lease(&self, period: &str, r: &Reservation) -> Option<Hold> {
         let now = Instant::now();
         let mut st = self.inner.lock();
-        if st.leases.iter().any(|l| l.calls.contains_key(&r.id)) {
-            let lease_id = st.leases.iter().find(|l| l.calls.contains_key(&r.id)).map(|l| l.id.clone())?;
+        if let Some(lease) = st.leases.iter().find(|l| l.calls.contains_key(&r.id)) {
+            // Already in flight: a duplicate hold that charges nothing.
+            let lease_id = lease.id.clone();
             return Some(Hold { period: period.to_string(), reservation: r.clone(), lease_id, budget: None });
         }
         for l in st.leases.iter_mut() {
