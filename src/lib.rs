@@ -20,8 +20,8 @@
 //! | [`route`] | complexity score, tier choice per stage, escalation and fallback chains |
 //! | [`budget`] | fleet-wide monthly budget as budget leases: slices leased from the ledger, calls held and charged in memory, leases returned; job caps |
 //! | [`pricing`] | price table maths in integer micro-USD |
-//! | [`ratelimit`] | per-model RPM/TPM limits (governor) and adaptive slow-down on 429 |
-//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `ArtifactStore`): SQLite (`local`) and AWS |
+//! | [`ratelimit`] | per-model RPM/TPM limits for the whole fleet: capacity leased in batches from shared windows (`ratelimit/fleet.rs`), a per-process GCRA share when the store is down, 429 and `x-ratelimit-*` corrections |
+//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`): SQLite (`local`) and AWS |
 //! | [`llm`] | the `LlmClient` seam: OpenAI-compatible provider, simulated provider, strict-schema adaptation |
 //! | [`mock_openai`] | an OpenAI-compatible mock server (tests, benchmark) |
 //! | [`telemetry`] | logs and metrics; one function per outcome emits both |

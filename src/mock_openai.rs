@@ -9,8 +9,9 @@
 //! Behaviour is controlled at runtime through [`MockHandle`] (also reachable through
 //! `Deref` on [`MockOpenAi`]): latency, 429 with `Retry-After` (next N / probability), 500
 //! (next N / probability), hanging, schema-breaking output (next N / probability), refusals, an
-//! RPM limit per model (sliding or fixed one-minute window), and per-model overrides of all of
-//! these. Every request is recorded (model, full JSON body, headers with the `Authorization`
+//! RPM limit per model (sliding or fixed one-minute window), a TPM limit per model (sliding,
+//! counted at admission as prompt + requested output cap, as OpenAI counts), `x-ratelimit-*`
+//! headers on accepted answers, and per-model overrides of all of these. Every request is recorded (model, full JSON body, headers with the `Authorization`
 //! value redacted, time, status) and counted per model and status.
 //!
 //! It is built for load: no blocking, latency is a `tokio::time::sleep` (so paused-time tests
@@ -98,6 +99,10 @@ pub struct Behavior {
     pub refuse_next: u32,
     /// Accepted requests per minute per model; above it, 429 with the exact `Retry-After`.
     pub rpm_limit: Option<u32>,
+    /// Accepted tokens per minute per model (always a sliding minute), counted as OpenAI counts
+    /// them when it admits a request: prompt tokens plus the requested output cap
+    /// (`max_completion_tokens` / `max_tokens`); above it, 429 with the exact `Retry-After`.
+    pub tpm_limit: Option<u64>,
     /// Cached prompt tokens to report; `None`: half the prompt in 128-token steps once the
     /// prompt reaches 1,024 tokens (how OpenAI's prompt cache behaves), else 0.
     pub cached_tokens: Option<u32>,
@@ -181,6 +186,8 @@ impl RecordedRequest {
 
 struct Window {
     accepted: VecDeque<Instant>,
+    /// Sliding-minute token counts of accepted requests.
+    tokens: VecDeque<(Instant, u64)>,
     fixed_index: u64,
     fixed_count: u32,
 }
@@ -380,6 +387,11 @@ impl MockHandle {
         self.update(|b| b.rpm_limit = rpm);
     }
 
+    /// Sets the default profile's TPM limit (`None` = unlimited).
+    pub fn set_tpm_limit(&self, tpm: Option<u64>) {
+        self.update(|b| b.tpm_limit = tpm);
+    }
+
     /// Answers every request currently hanging with 503 (later ones hang again while `hang` is on).
     pub fn release_hung(&self) {
         self.inner.release.send_modify(|g| *g += 1);
@@ -421,7 +433,7 @@ enum Decision {
     Invalid(String),
     RateLimited { retry_after: Option<Duration>, hint: RetryHint },
     ServerError,
-    Answer { latency: Duration, bad: bool, refuse: bool, cached: Option<u32>, reasoning: Option<u32> },
+    Answer { latency: Duration, bad: bool, refuse: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
 }
 
 fn draw(rng: &mut StdRng, p: f64) -> bool {
@@ -493,12 +505,18 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, b
             "server_error",
             None,
         ),
-        Decision::Answer { latency, bad, refuse, cached, reasoning } => {
+        Decision::Answer { latency, bad, refuse, cached, reasoning, limits } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
             let body = parsed.unwrap_or(Value::Null);
-            axum::Json(completion_body(&model, &body, bad, refuse, cached, reasoning)).into_response()
+            let mut resp = axum::Json(completion_body(&model, &body, bad, refuse, cached, reasoning)).into_response();
+            for (name, value) in limits {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            resp
         }
     }
 }
@@ -544,13 +562,17 @@ fn decide(
     if b.hang {
         return Decision::Hang;
     }
-    if let Some(limit) = b.rpm_limit {
+    let admitted_tokens = u64::from(prompt_tokens(body)) + requested_output_cap(body);
+    if b.rpm_limit.is_some() || b.tpm_limit.is_some() {
         let w = windows.entry(model.to_string()).or_insert_with(|| Window {
             accepted: VecDeque::new(),
+            tokens: VecDeque::new(),
             fixed_index: 0,
             fixed_count: 0,
         });
-        if let Some(wait) = rpm_check(w, limit, config.rpm_window, now, started) {
+        let rpm_wait = b.rpm_limit.and_then(|limit| rpm_check(w, limit, config.rpm_window, now, started));
+        let tpm_wait = b.tpm_limit.and_then(|limit| tpm_check(w, limit, admitted_tokens, now));
+        if let Some(wait) = rpm_wait.max(tpm_wait) {
             return Decision::RateLimited {
                 retry_after: Some(wait),
                 hint: RetryHint::Seconds(wait.as_secs_f64().ceil() as u64),
@@ -583,16 +605,77 @@ fn decide(
     } else {
         draw(rng, b.bad_output_probability)
     };
-    // The request is accepted: it counts towards the RPM window.
-    if b.rpm_limit.is_some() {
-        if let Some(w) = windows.get_mut(model) {
-            match config.rpm_window {
-                RpmWindow::Sliding => w.accepted.push_back(now),
-                RpmWindow::Fixed => w.fixed_count += 1,
-            }
+    // The request is accepted: it counts towards the RPM and TPM windows, and the answer says
+    // what is left (`x-ratelimit-*`, as OpenAI's answers do).
+    let mut limits = Vec::new();
+    if let Some(w) = windows.get_mut(model) {
+        if let Some(limit) = b.rpm_limit {
+            let (used, reset) = match config.rpm_window {
+                RpmWindow::Sliding => {
+                    w.accepted.push_back(now);
+                    let oldest = w.accepted.front().copied().unwrap_or(now);
+                    (w.accepted.len() as u64, (oldest + MINUTE).saturating_duration_since(now))
+                }
+                RpmWindow::Fixed => {
+                    w.fixed_count += 1;
+                    let end = started + MINUTE * (w.fixed_index as u32 + 1);
+                    (u64::from(w.fixed_count), end.saturating_duration_since(now))
+                }
+            };
+            limits.push(("x-ratelimit-limit-requests", limit.to_string()));
+            limits.push(("x-ratelimit-remaining-requests", u64::from(limit).saturating_sub(used).to_string()));
+            limits.push(("x-ratelimit-reset-requests", go_duration(reset)));
+        }
+        if let Some(limit) = b.tpm_limit {
+            w.tokens.push_back((now, admitted_tokens));
+            let used: u64 = w.tokens.iter().map(|(_, t)| t).sum();
+            let oldest = w.tokens.front().map_or(now, |(t, _)| *t);
+            limits.push(("x-ratelimit-limit-tokens", limit.to_string()));
+            limits.push(("x-ratelimit-remaining-tokens", limit.saturating_sub(used).to_string()));
+            limits.push(("x-ratelimit-reset-tokens", go_duration((oldest + MINUTE).saturating_duration_since(now))));
         }
     }
-    Decision::Answer { latency: b.latency, bad, refuse, cached: b.cached_tokens, reasoning: b.reasoning_tokens }
+    Decision::Answer { latency: b.latency, bad, refuse, cached: b.cached_tokens, reasoning: b.reasoning_tokens, limits }
+}
+
+/// A duration as OpenAI writes it in `x-ratelimit-reset-*` (`20ms`, `1.5s`, `6m0s`).
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}s", (ms as f64 / 1000.0))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// The output cap a request asks for (`max_completion_tokens`, else `max_tokens`; 0 if none).
+fn requested_output_cap(body: &Value) -> u64 {
+    body.get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// `Some(wait)` when `tokens` more would exceed `limit` in the sliding minute.
+fn tpm_check(w: &mut Window, limit: u64, tokens: u64, now: Instant) -> Option<Duration> {
+    while w.tokens.front().is_some_and(|(t, _)| *t + MINUTE <= now) {
+        w.tokens.pop_front();
+    }
+    let used: u64 = w.tokens.iter().map(|(_, t)| t).sum();
+    if used + tokens <= limit || w.tokens.is_empty() {
+        return None;
+    }
+    // Wait until enough of the oldest entries leave the window.
+    let mut freed = 0u64;
+    for (t, n) in &w.tokens {
+        freed += n;
+        if used - freed + tokens <= limit {
+            return Some((*t + MINUTE).saturating_duration_since(now).max(Duration::from_millis(1)));
+        }
+    }
+    w.tokens.back().map(|(t, _)| (*t + MINUTE).saturating_duration_since(now).max(Duration::from_millis(1)))
 }
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -39,6 +39,8 @@ pub struct Settings {
     pub models: BTreeMap<String, ModelSettings>,
     /// The monthly budget.
     pub budget: BudgetSettings,
+    /// How the models' `rpm` / `tpm` limits are shared by the stage's workers.
+    pub rate_limit: RateLimitSettings,
     /// Page fetching (SSRF protection).
     pub fetch: FetchSettings,
     /// Crawl limits and politeness.
@@ -294,6 +296,32 @@ pub struct BudgetSettings {
     pub warn_fraction: f64,
 }
 
+/// Where the models' `rpm` / `tpm` limits are enforced (see `crate::ratelimit`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateScope {
+    /// The whole stage: every worker leases capacity from the stage's shared store (the
+    /// budget table on AWS, the SQLite file locally), so the limits hold for the fleet.
+    Fleet,
+    /// Each worker process alone applies the full limits (one process per key only).
+    Process,
+}
+
+/// Rate-limit settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `fleet` (default) or `process`.
+    pub scope: RateScope,
+    /// Length of one capacity window, seconds (1..=60); 0 picks the length that leaves the
+    /// largest share of each model's `rpm` usable (5 s for 120 rpm).
+    pub window_secs: u64,
+    /// Replicas assumed when the shared store is unreachable: each worker then applies
+    /// `rpm / fallback_replicas` (and the same share of `tpm`) on its own until the store
+    /// answers again. Set it to the deployment's maximum replica count.
+    pub fallback_replicas: u32,
+}
+
 /// Fetch settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -446,6 +474,7 @@ impl Default for Settings {
             },
             models,
             budget: BudgetSettings { monthly_usd: 100.0, reservation_ttl_secs: 900, warn_fraction: 0.8 },
+            rate_limit: RateLimitSettings { scope: RateScope::Fleet, window_secs: 0, fallback_replicas: 4 },
             fetch: FetchSettings {
                 allow_private_networks: false,
                 max_body_bytes: 5 * 1024 * 1024,
@@ -713,6 +742,12 @@ impl Settings {
         }
         if self.budget.reservation_ttl_secs == 0 {
             p.push("budget.reservation_ttl_secs must be positive".into());
+        }
+        if self.rate_limit.window_secs > 60 {
+            p.push("rate_limit.window_secs must be at most 60 (0 = automatic)".into());
+        }
+        if self.rate_limit.fallback_replicas == 0 {
+            p.push("rate_limit.fallback_replicas must be at least 1".into());
         }
         if self.queue.wait_time_secs > 20 {
             p.push("queue.wait_time_secs must be at most 20".into());
@@ -1011,6 +1046,7 @@ section_default!(
     LlmSettings => llm,
     RoutingSettings => routing,
     BudgetSettings => budget,
+    RateLimitSettings => rate_limit,
     FetchSettings => fetch,
     CrawlSettings => crawl,
     AdminSettings => admin,

@@ -62,6 +62,16 @@ pub mod names {
     pub const RATELIMIT_WAITS_TOTAL: &str = "atlas_ratelimit_waits_total";
     /// Counter (fractional): seconds spent waiting on the rate limiter, by `model`.
     pub const RATELIMIT_WAIT_SECONDS_TOTAL: &str = "atlas_ratelimit_wait_seconds_total";
+    /// Gauge: model calls waiting for rate-limit capacity now, by `model`.
+    pub const RATELIMIT_WAITING: &str = "atlas_ratelimit_waiting";
+    /// Counter: capacity leased from the stage's shared rate-limit windows, by `model` and `unit`.
+    pub const RATELIMIT_LEASED_TOTAL: &str = "atlas_ratelimit_leased_total";
+    /// Counter: capacity used by model calls, by `model` and `unit` (fleet scope).
+    pub const RATELIMIT_USED_TOTAL: &str = "atlas_ratelimit_used_total";
+    /// Counter: writes to the shared rate-limit store (takes), by `model` and `result`.
+    pub const RATELIMIT_STORE_WRITES_TOTAL: &str = "atlas_ratelimit_store_writes_total";
+    /// Gauge: 1 while a model runs on its fallback share (shared store unreachable), by `model`.
+    pub const RATELIMIT_FALLBACK: &str = "atlas_ratelimit_fallback";
     /// Counter: routing decisions by `tier` and `reason`.
     pub const ROUTE_DECISIONS_TOTAL: &str = "atlas_route_decisions_total";
     /// Counter: escalations to a stronger model after invalid output.
@@ -219,6 +229,11 @@ fn describe_all() {
     describe_gauge!(BUDGET_RESERVED_USD, "Live budget reservations this month for the whole stage, in USD.");
     describe_gauge!(BUDGET_REMAINING_USD, "Budget limit minus spent minus reserved, in USD (negative when overspent).");
     describe_counter!(RATELIMIT_WAITS_TOTAL, Unit::Count, "Model calls that had to wait for the per-model rate limiter, by model.");
+    describe_gauge!(RATELIMIT_WAITING, Unit::Count, "Model calls of this worker waiting for rate-limit capacity now, by model (a KEDA trigger: the key is the bottleneck).");
+    describe_counter!(RATELIMIT_LEASED_TOTAL, Unit::Count, "Capacity this worker leased from the stage's shared rate-limit windows, by model and unit (requests, tokens).");
+    describe_counter!(RATELIMIT_USED_TOTAL, Unit::Count, "Leased rate-limit capacity used by model calls, by model and unit (requests, tokens).");
+    describe_counter!(RATELIMIT_STORE_WRITES_TOTAL, Unit::Count, "Takes from the shared rate-limit store, by model and result (granted, full).");
+    describe_gauge!(RATELIMIT_FALLBACK, "1 while a model runs on this worker's fallback share of its limits because the shared store is unreachable, else 0.");
     describe_counter!(ROUTE_DECISIONS_TOTAL, Unit::Count, "Routing decisions by tier and reason (score, override, cheaper, forced).");
     describe_counter!(LLM_ESCALATIONS_TOTAL, Unit::Count, "Escalations to a stronger model after invalid output, by from_model and to_model.");
     describe_counter!(LLM_FALLBACKS_TOTAL, Unit::Count, "Fallbacks to another model after a model error, by from_model and to_model.");
@@ -527,6 +542,53 @@ pub fn ratelimit_wait(model: &str, waited: Duration) {
     let model = label(model);
     counter!(RATELIMIT_WAITS_TOTAL, "model" => model.clone()).increment(1);
     add_float(RATELIMIT_WAIT_SECONDS_TOTAL, vec![("model", model)], waited.as_micros());
+}
+
+/// A call of `model` started (`+1`) or stopped (`-1`) waiting for rate-limit capacity.
+pub fn ratelimit_waiting(model: &str, delta: i32) {
+    gauge!(RATELIMIT_WAITING, "model" => label(model)).increment(f64::from(delta));
+}
+
+/// A take from the shared rate-limit store for `model` granted `got` (nothing: window full).
+pub fn ratelimit_leased(model: &str, got: crate::backend::RateUnits) {
+    let model = label(model);
+    let result = if got == crate::backend::RateUnits::default() { "full" } else { "granted" };
+    counter!(RATELIMIT_STORE_WRITES_TOTAL, "model" => model.clone(), "result" => result).increment(1);
+    counter!(RATELIMIT_LEASED_TOTAL, "model" => model.clone(), "unit" => "requests").increment(u64::from(got.requests));
+    counter!(RATELIMIT_LEASED_TOTAL, "model" => model, "unit" => "tokens").increment(got.tokens);
+}
+
+/// A call of `model` used `units` of leased rate-limit capacity.
+pub fn ratelimit_used(model: &str, units: crate::backend::RateUnits) {
+    let model = label(model);
+    counter!(RATELIMIT_USED_TOTAL, "model" => model.clone(), "unit" => "requests").increment(u64::from(units.requests));
+    counter!(RATELIMIT_USED_TOTAL, "model" => model, "unit" => "tokens").increment(units.tokens);
+}
+
+/// `model` has a fleet-wide limit: its fallback gauge exists (at 0) before any failure.
+pub fn ratelimit_registered(model: &str) {
+    gauge!(RATELIMIT_FALLBACK, "model" => label(model)).set(0.0);
+}
+
+/// The shared rate-limit store failed for `model`: this worker uses its fallback share.
+pub fn ratelimit_fallback_on(model: &str, error: &str) {
+    gauge!(RATELIMIT_FALLBACK, "model" => label(model)).set(1.0);
+    tracing::warn!(
+        model,
+        error = sanitize_error(error),
+        "shared rate-limit store unreachable; using this worker's fallback share of the limits"
+    );
+}
+
+/// The shared rate-limit store answers again for `model`: fleet-wide limits are back.
+pub fn ratelimit_fallback_off(model: &str) {
+    gauge!(RATELIMIT_FALLBACK, "model" => label(model)).set(0.0);
+    tracing::info!(model, "shared rate-limit store reachable again; fleet-wide limits restored");
+}
+
+/// The provider says `model`'s key allows `rpm` requests a minute, less than configured.
+pub fn ratelimit_provider_limit(model: &str, rpm: u64) {
+    tracing::warn!(model, provider_rpm = rpm, "the provider's request limit is below the configured rpm; using the provider's");
 }
 
 /// The stage's budget as last read from the ledger, all in micro-USD; exported in USD.

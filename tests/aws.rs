@@ -1,5 +1,5 @@
 //! The AWS backends on moto: provisioning, the shared conformance suite (every contract line of
-//! `Queue`, `JobStore`, `BudgetLedger`, `ArtifactStore`), and the AWS-specific details the suite
+//! `Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`), and the AWS-specific details the suite
 //! cannot see (resource shapes, message attributes, the ledger's item layout, content types).
 //!
 //! Needs moto: `ATLAS_TEST_MOTO_ENDPOINT`, or `.venv/bin/moto_server` / `moto_server` on PATH
@@ -19,18 +19,19 @@ use std::time::Duration;
 use atlas_codex::backend::aws::{
     self,
     provision::{provision_bucket, provision_budget_table, provision_jobs_table, provision_queues},
-    provision_with, DynamoJobStore, DynamoLedger, S3Artifacts, SqsQueue,
+    provision_with, DynamoJobStore, DynamoLedger, DynamoRateStore, S3Artifacts, SqsQueue,
 };
 use atlas_codex::backend::{
-    ArtifactStore, BackendError, BudgetLedger, Charge, JobStore, Queue, Reservation, ReserveOutcome,
+    ArtifactStore, BackendError, BudgetLedger, Charge, JobStore, Queue, RateStore, Reservation,
+    ReserveOutcome,
 };
 use atlas_codex::settings::Settings;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::Utc;
 use support::conformance::{
-    make_artifacts, make_jobs, make_ledger, make_queue, MakeArtifacts, MakeJobs, MakeLedger,
-    MakeQueue, QueueSpec,
+    make_artifacts, make_jobs, make_ledger, make_queue, make_rates, MakeArtifacts, MakeJobs,
+    MakeLedger, MakeQueue, MakeRates, QueueSpec,
 };
 use support::moto;
 
@@ -81,6 +82,21 @@ fn aws_ledger() -> MakeLedger {
     })
 }
 
+/// Rate windows in a fresh budget table on moto.
+fn aws_rates() -> MakeRates {
+    make_rates(|| async move {
+        let s = moto::stage_settings();
+        let sdk = moto::sdk_config(&s).await;
+        provision_budget_table(&s, &sdk)
+            .await
+            .expect("provision budget table");
+        Arc::new(DynamoRateStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            s.budget_table(),
+        )) as Arc<dyn RateStore>
+    })
+}
+
 /// A fresh bucket on moto.
 fn aws_artifacts() -> MakeArtifacts {
     make_artifacts(|| async move {
@@ -104,6 +120,11 @@ mod job_store_conformance {
 mod ledger_conformance {
     use super::*;
     support::conformance::ledger_tests!(aws_ledger());
+}
+
+mod rate_store_conformance {
+    use super::*;
+    support::conformance::rate_store_tests!(aws_rates());
 }
 
 mod artifacts_conformance {

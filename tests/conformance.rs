@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use atlas_codex::backend::local::{open_backends, LocalBackend, QueueOptions};
 use atlas_codex::backend::{
-    ArtifactStore, BackendError, BudgetLedger, Claim, JobStore, Queue, Reservation, ReserveOutcome,
+    ArtifactStore, BackendError, BudgetLedger, Claim, JobStore, Queue, RateStore, Reservation,
+    ReserveOutcome,
 };
 use atlas_codex::job::{JobRecord, JobStatus};
 use atlas_codex::settings::{QueueSettings, Settings, StorageSettings};
 use chrono::{Duration as ChronoDuration, Utc};
 use support::conformance::{
-    make_artifacts, make_jobs, make_ledger, make_queue, receive_n, receive_one, MakeArtifacts, MakeJobs,
-    MakeLedger, MakeQueue, QueueSpec,
+    make_artifacts, make_jobs, make_ledger, make_queue, make_rates, receive_n, receive_one, MakeArtifacts,
+    MakeJobs, MakeLedger, MakeQueue, MakeRates, QueueSpec,
 };
 
 fn opts(spec: QueueSpec) -> QueueOptions {
@@ -44,6 +45,9 @@ fn local_jobs() -> MakeJobs {
 fn local_ledger() -> MakeLedger {
     make_ledger(|| async { scratch(QueueSpec::default()).ledger as Arc<dyn BudgetLedger> })
 }
+fn local_rates() -> MakeRates {
+    make_rates(|| async { scratch(QueueSpec::default()).rates as Arc<dyn RateStore> })
+}
 fn local_artifacts() -> MakeArtifacts {
     make_artifacts(|| async { scratch(QueueSpec::default()).artifacts as Arc<dyn ArtifactStore> })
 }
@@ -59,6 +63,10 @@ mod jobs {
 mod ledger {
     use super::*;
     support::conformance::ledger_tests!(local_ledger());
+}
+mod rates {
+    use super::*;
+    support::conformance::rate_store_tests!(local_rates());
 }
 mod artifacts {
     use super::*;

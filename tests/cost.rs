@@ -1078,7 +1078,7 @@ async fn a_429_pauses_every_caller_for_the_retry_after() {
     for _ in 0..4 {
         let rl = rl.clone();
         tasks.push(tokio::spawn(async move {
-            let waited = rl.acquire("gpt-5", 100).await;
+            let waited = rl.acquire("gpt-5", 100).await.waited;
             (waited, tokio::time::Instant::now())
         }));
     }
@@ -1090,11 +1090,11 @@ async fn a_429_pauses_every_caller_for_the_retry_after() {
         assert!(at <= t0 + Duration::from_millis(7_500), "{:?}", at - t0);
     }
     // Other models are not paused.
-    assert_eq!(rl.acquire("gpt-5-mini", 100).await, Duration::ZERO);
+    assert_eq!(rl.acquire("gpt-5-mini", 100).await.waited, Duration::ZERO);
     // A later, shorter Retry-After does not cut an existing pause short.
     rl.on_rate_limited("gpt-5", Some(Duration::from_secs(10)));
     rl.on_rate_limited("gpt-5", Some(Duration::from_secs(1)));
-    let w = rl.acquire("gpt-5", 1).await;
+    let w = rl.acquire("gpt-5", 1).await.waited;
     assert!(w >= Duration::from_secs(10), "{w:?}");
     rl.on_success("gpt-5");
 }

@@ -124,6 +124,9 @@ async fn configured_to_the_providers_rpm_the_worker_gets_no_429_and_reaches_90_p
     for m in s.models.values_mut() {
         m.rpm = RPM;
     }
+    // One process on the key: its own evenly spaced limiter (the fleet's shared windows are
+    // burstier within a minute; tests/fleet_ratelimit.rs covers them).
+    s.rate_limit.scope = atlas_codex::settings::RateScope::Process;
     let backends = atlas_codex::app::open_backends(&s).await.unwrap();
     let app = App::new(Arc::new(s), backends.clone(), client(&mock), "mock".into()).unwrap();
     let t = TestApp { dir, app: Arc::new(app), backends };

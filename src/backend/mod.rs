@@ -295,6 +295,67 @@ pub trait BudgetLedger: Send + Sync + 'static {
     async fn snapshot(&self, period: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot>;
 }
 
+/// What a [`RateStore::take`] asks for and gets: request slots and tokens of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateUnits {
+    /// Requests.
+    pub requests: u32,
+    /// Tokens (counted input + requested output cap).
+    pub tokens: u64,
+}
+
+/// The stage's shared rate-limit capacity: per key (a model of the stage) and per fixed time
+/// window, how many requests and tokens the fleet has taken. The fleet limiter
+/// ([`crate::ratelimit`]) leases small batches from it, so it sees a few writes per second per
+/// model, not one per call. On AWS it lives in the budget table (`rate#{key}#{window}` items
+/// that expire after [`RATE_WINDOW_RETENTION_SECS`]), locally in the stage's SQLite file (so
+/// several processes on one machine share it).
+///
+/// Contract:
+/// - `take(key, window, want, cap)` is atomic across every worker sharing the store: it adds
+///   `want` to the window's totals only when neither total would pass `cap` afterwards, and
+///   returns what it added: all of `want`, or (when that does not fit) as much as fits of the
+///   requests with the tokens they asked for pro rata, possibly nothing. A window never
+///   holds more than `cap` of either unit, whatever the interleaving.
+/// - `give_back(key, window, units)` subtracts what a worker took and did not use (never below 0).
+/// - `fill(key, window)` marks the window full (the provider said so): later takes of it get
+///   nothing, whatever is given back.
+/// - Windows are independent; a window's totals are kept at least
+///   [`RATE_WINDOW_RETENTION_SECS`] after it ends.
+#[async_trait]
+pub trait RateStore: Send + Sync + 'static {
+    /// Takes up to `want` from `window` of `key` without passing `cap`.
+    async fn take(&self, key: &str, window: u64, want: RateUnits, cap: RateUnits) -> BResult<RateUnits>;
+    /// Returns units taken and not used.
+    async fn give_back(&self, key: &str, window: u64, units: RateUnits) -> BResult<()>;
+    /// Marks a window full.
+    async fn fill(&self, key: &str, window: u64) -> BResult<()>;
+}
+
+/// How long a rate window's totals are kept after it ends (then they may be deleted).
+pub const RATE_WINDOW_RETENTION_SECS: u64 = 600;
+
+/// What fits of `want` in a window already holding `used` under `cap`: all of it, else as many
+/// requests as fit with their share of the asked tokens (each request's tokens taken as
+/// `want.tokens / want.requests`), else nothing. Shared by every [`RateStore`] so they agree.
+pub fn rate_fit(want: RateUnits, used: RateUnits, cap: RateUnits) -> RateUnits {
+    let free_r = cap.requests.saturating_sub(used.requests);
+    let free_t = cap.tokens.saturating_sub(used.tokens);
+    if want.requests <= free_r && want.tokens <= free_t {
+        return want;
+    }
+    if want.requests == 0 {
+        return RateUnits { requests: 0, tokens: want.tokens.min(free_t) };
+    }
+    let per = want.tokens.div_ceil(u64::from(want.requests));
+    let by_tokens = free_t.checked_div(per).unwrap_or(u64::from(want.requests));
+    let n = free_r.min(want.requests).min(u32::try_from(by_tokens).unwrap_or(u32::MAX));
+    if n == 0 {
+        return RateUnits::default();
+    }
+    RateUnits { requests: n, tokens: (per * u64::from(n)).min(want.tokens) }
+}
+
 /// The artifacts store (S3 bucket per stage, or a directory locally).
 ///
 /// Contract: keys are relative paths (`jobs/{job_id}/result.json`, `inputs/{job_id}`); `put`
@@ -321,4 +382,6 @@ pub struct Backends {
     pub ledger: Arc<dyn BudgetLedger>,
     /// Results and large inputs.
     pub artifacts: Arc<dyn ArtifactStore>,
+    /// The fleet's shared rate-limit capacity.
+    pub rates: Arc<dyn RateStore>,
 }

@@ -78,6 +78,34 @@ pub struct LlmResponse {
     pub model: String,
     /// True for the simulated provider.
     pub simulated: bool,
+    /// What the provider's `x-ratelimit-*` headers said about the key, when it sent them.
+    pub limits: Option<ProviderLimits>,
+}
+
+/// The provider's view of the key's rate limits, from the `x-ratelimit-*` headers of an answer
+/// (`limit-requests`, `limit-tokens`, `remaining-requests`, `remaining-tokens`,
+/// `reset-requests`, `reset-tokens`). Absent headers are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderLimits {
+    /// Requests per minute the key allows.
+    pub limit_requests: Option<u64>,
+    /// Tokens per minute the key allows.
+    pub limit_tokens: Option<u64>,
+    /// Requests left before the limit.
+    pub remaining_requests: Option<u64>,
+    /// Tokens left before the limit.
+    pub remaining_tokens: Option<u64>,
+    /// Until the request limit is fully replenished.
+    pub reset_requests: Option<std::time::Duration>,
+    /// Until the token limit is fully replenished.
+    pub reset_tokens: Option<std::time::Duration>,
+}
+
+impl ProviderLimits {
+    /// True when no header was present.
+    pub fn is_empty(&self) -> bool {
+        *self == ProviderLimits::default()
+    }
 }
 
 /// Why a call failed. None of these carry secrets.

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::{LlmClient, LlmError, LlmRequest, LlmResponse, ResponseFormat};
+use super::{LlmClient, LlmError, LlmRequest, LlmResponse, ProviderLimits, ResponseFormat};
 use crate::job::Usage;
 use crate::settings::Secret;
 
@@ -193,6 +193,22 @@ pub fn retry_after_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<
     resets.into_iter().max()
 }
 
+/// The `x-ratelimit-*` headers of an answer; `None` when there are none.
+pub fn provider_limits(headers: &HeaderMap) -> Option<ProviderLimits> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let dur = |name: &str| get(name).and_then(parse_go_duration);
+    let l = ProviderLimits {
+        limit_requests: num("x-ratelimit-limit-requests"),
+        limit_tokens: num("x-ratelimit-limit-tokens"),
+        remaining_requests: num("x-ratelimit-remaining-requests"),
+        remaining_tokens: num("x-ratelimit-remaining-tokens"),
+        reset_requests: dur("x-ratelimit-reset-requests"),
+        reset_tokens: dur("x-ratelimit-reset-tokens"),
+    };
+    (!l.is_empty()).then_some(l)
+}
+
 /// Parses an HTTP date (RFC 7231 IMF-fixdate, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`).
 fn httpdate_parse(s: &str) -> Result<SystemTime, ()> {
     let dt = chrono::DateTime::parse_from_rfc2822(s).map_err(|_| ())?;
@@ -310,6 +326,7 @@ impl LlmClient for OpenAiClient {
             message: cut(&format!("unparseable chat completion response: {e}")),
         })?;
         let usage = usage_from(&parsed);
+        let limits = provider_limits(&headers);
         let Some(choice) = parsed.choices.first() else {
             return Err(LlmError::Server { status: status.as_u16(), message: "response has no choices".into() });
         };
@@ -351,7 +368,7 @@ impl LlmClient for OpenAiClient {
                 message: format!("empty model answer: {why}"),
             });
         }
-        Ok(LlmResponse { content, usage, model: parsed.model, simulated: false })
+        Ok(LlmResponse { content, usage, model: parsed.model, simulated: false, limits })
     }
 
     fn name(&self) -> &'static str {

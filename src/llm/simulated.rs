@@ -54,7 +54,7 @@ impl LlmClient for SimulatedClient {
         let content = simulated_content(request);
         let usage = simulated_usage(request, &content);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        Ok(LlmResponse { content, usage, model: request.model.clone(), simulated: true })
+        Ok(LlmResponse { content, usage, model: request.model.clone(), simulated: true, limits: None })
     }
 
     fn name(&self) -> &'static str {

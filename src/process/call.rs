@@ -1,5 +1,5 @@
 //! One paid model call: job cap → budget hold → rate limit → the call recorded as `sent` →
-//! send → charge what the provider billed.
+//! send → charge what the provider billed (and tell the rate limiter what the provider said).
 //!
 //! The call is on the job record (`sent`, at its worst case, marked estimated) before it is
 //! sent, so a worker killed mid-call leaves a record that shows the money; the next claim marks
@@ -72,9 +72,9 @@ impl Processor {
         let call_id = format!("{}:{}:{}", rec.id, rec.attempts, rec.calls.len());
         let hold = self.budget.reserve(&rec.id, &call_id, worst, Utc::now()).await?;
         let tokens = (prompt.input_tokens + price.max_output_tokens as u64).min(u32::MAX as u64) as u32;
-        let waited = self.limits.acquire(model, tokens).await;
-        if waited >= Duration::from_millis(1) {
-            telemetry::ratelimit_wait(model, waited);
+        let grant = self.limits.acquire(model, tokens).await;
+        if grant.waited >= Duration::from_millis(1) {
+            telemetry::ratelimit_wait(model, grant.waited);
         }
         rec.calls.push(Attempt {
             model: model.to_string(),
@@ -89,10 +89,11 @@ impl Processor {
         });
         rec.cost_micros += worst;
         if let Err(e) = self.checkpoint(rec).await {
-            // Not sent: nothing billed.
+            // Not sent: nothing billed, nothing counted by the provider.
             rec.calls.pop();
             rec.cost_micros -= worst;
             let _ = self.budget.release(hold).await;
+            self.limits.give_back(model, &grant).await;
             return Err(e);
         }
         let request = LlmRequest {
@@ -112,11 +113,14 @@ impl Processor {
         let t = Instant::now();
         let outcome = self.llm.complete(&request).await;
         let latency = t.elapsed();
+        if let Some(seen) = outcome.as_ref().ok().and_then(|r| r.limits.as_ref()) {
+            self.limits.observe(model, seen).await;
+        }
         let tenant = job.tenant.as_deref();
         // What the call is charged: the provider's usage, the worst case, or nothing.
         let (charged, usage, estimated) = match &outcome {
-            Ok(resp) => (Some(pricing::cost_micros(&resp.usage, price)), resp.usage.clone(), false),
-            Err(LlmError::Unfinished { usage, .. }) => (Some(pricing::cost_micros(usage, price)), usage.clone(), false),
+            Ok(resp) => (Some(pricing::cost_micros(&resp.usage, price)), resp.usage, false),
+            Err(LlmError::Unfinished { usage, .. }) => (Some(pricing::cost_micros(usage, price)), *usage, false),
             Err(LlmError::Timeout | LlmError::Transport(_)) => (Some(worst), Usage::default(), true),
             Err(_) => (None, Usage::default(), false),
         };
@@ -137,7 +141,7 @@ impl Processor {
                 Ok(_) => "ok".into(),
                 Err(e) => super::llm_status(e).into(),
             };
-            last.usage = usage.clone();
+            last.usage = usage;
             last.cost_micros = cost;
             last.latency_ms = latency.as_millis() as u64;
             last.estimated = estimated;

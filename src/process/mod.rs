@@ -100,7 +100,7 @@ pub struct Processor {
     router: Router,
     /// Fleet-wide budget over the ledger.
     budget: Budget,
-    /// Per-model RPM/TPM limits and adaptive slow-down.
+    /// Per-model RPM/TPM limits (fleet-wide by default) and adaptive slow-down.
     limits: RateLimits,
     /// This process's lease-owner id.
     worker_id: String,
@@ -116,7 +116,7 @@ impl Processor {
         Ok(Processor {
             router: Router::new(&settings),
             budget: Budget::from_settings(backends.ledger.clone(), &settings, &worker_id),
-            limits: RateLimits::from_settings(&settings),
+            limits: RateLimits::from_settings(&settings, backends.rates.clone()),
             fetcher,
             llm,
             backends,
@@ -141,6 +141,11 @@ impl Processor {
     /// The fleet budget as this worker holds it (leases, ledger writes).
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The model rate limits as this worker applies them (shared windows, fallback share).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.limits
     }
 
     /// This process's lease-owner id.
@@ -520,7 +525,7 @@ impl Processor {
                     match error {
                         LlmError::RateLimited { retry_after } => {
                             // Never fails a job by itself: slow down and try again (bounded by the job timeout).
-                            self.limits.on_rate_limited(&model, retry_after);
+                            self.limits.rate_limited(&model, retry_after).await;
                         }
                         LlmError::BadRequest { status, message } => {
                             return Err(JobError::permanent("llm_bad_request", format!("{model} rejected the request ({status}): {message}")));

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atlas_codex::backend::{
-    ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, Reservation,
-    ReserveOutcome,
+    ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, RateStore,
+    RateUnits, Reservation, ReserveOutcome,
 };
 use atlas_codex::job::{Attempt, JobRecord, JobStatus, Usage};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -56,6 +56,8 @@ pub type MakeQueue = Arc<dyn Fn(QueueSpec) -> BoxFut<Arc<dyn Queue>> + Send + Sy
 pub type MakeJobs = Arc<dyn Fn() -> BoxFut<Arc<dyn JobStore>> + Send + Sync>;
 /// Makes a fresh, empty budget ledger.
 pub type MakeLedger = Arc<dyn Fn() -> BoxFut<Arc<dyn BudgetLedger>> + Send + Sync>;
+/// Makes a fresh, empty rate store.
+pub type MakeRates = Arc<dyn Fn() -> BoxFut<Arc<dyn RateStore>> + Send + Sync>;
 /// Makes a fresh, empty artifacts store.
 pub type MakeArtifacts = Arc<dyn Fn() -> BoxFut<Arc<dyn ArtifactStore>> + Send + Sync>;
 
@@ -75,6 +77,15 @@ where
 {
     Arc::new(move || Box::pin(f()))
 }
+/// Boxes a closure into a [`MakeRates`].
+pub fn make_rates<F, Fut>(f: F) -> MakeRates
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn RateStore>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
 /// Boxes a closure into a [`MakeLedger`].
 pub fn make_ledger<F, Fut>(f: F) -> MakeLedger
 where
@@ -866,6 +877,101 @@ macro_rules! ledger_tests {
     };
 }
 pub(crate) use ledger_tests;
+
+// =============================================================================================
+// Rate store
+
+fn units(requests: u32, tokens: u64) -> RateUnits {
+    RateUnits { requests, tokens }
+}
+
+/// A take is granted in full while it fits, in part (requests with their share of tokens) when
+/// only part fits, and not at all once the window is at its cap; windows and keys are apart.
+pub async fn rates_take_up_to_the_cap(make: &MakeRates) {
+    let r = make().await;
+    let key = uniq("model");
+    let cap = units(9, 9_000);
+    assert_eq!(r.take(&key, 7, units(4, 4_000), cap).await.expect("take"), units(4, 4_000));
+    assert_eq!(r.take(&key, 7, units(4, 4_000), cap).await.expect("take"), units(4, 4_000));
+    // One request and 1,000 tokens are left: 1 of the 4 asked, with its share of the tokens.
+    assert_eq!(r.take(&key, 7, units(4, 4_000), cap).await.expect("take"), units(1, 1_000));
+    assert_eq!(r.take(&key, 7, units(1, 10), cap).await.expect("take"), units(0, 0));
+    // Tokens can run out before requests do.
+    assert_eq!(r.take(&key, 8, units(2, 8_000), cap).await.expect("take"), units(2, 8_000));
+    assert_eq!(r.take(&key, 8, units(2, 2_000), cap).await.expect("take"), units(1, 1_000));
+    // Another window, another key: untouched.
+    assert_eq!(r.take(&key, 9, units(9, 9_000), cap).await.expect("take"), units(9, 9_000));
+    let other = uniq("model");
+    assert_eq!(r.take(&other, 7, units(9, 0), units(9, u64::MAX)).await.expect("take"), units(9, 0));
+}
+
+/// What is given back can be taken again; giving back never goes below zero.
+pub async fn rates_give_back(make: &MakeRates) {
+    let r = make().await;
+    let key = uniq("model");
+    let cap = units(3, 300);
+    assert_eq!(r.take(&key, 1, units(3, 300), cap).await.expect("take"), units(3, 300));
+    assert_eq!(r.take(&key, 1, units(1, 100), cap).await.expect("take"), units(0, 0));
+    r.give_back(&key, 1, units(1, 100)).await.expect("give back");
+    assert_eq!(r.take(&key, 1, units(1, 100), cap).await.expect("take"), units(1, 100));
+    r.give_back(&key, 2, units(5, 500)).await.expect("giving back to an unknown window is a no-op");
+    assert_eq!(r.take(&key, 2, units(3, 300), cap).await.expect("take"), units(3, 300));
+}
+
+/// A filled window grants nothing, whatever is given back; the next window is untouched.
+pub async fn rates_fill(make: &MakeRates) {
+    let r = make().await;
+    let key = uniq("model");
+    let cap = units(10, 1_000);
+    assert_eq!(r.take(&key, 5, units(2, 100), cap).await.expect("take"), units(2, 100));
+    r.fill(&key, 5).await.expect("fill");
+    r.fill(&key, 6).await.expect("fill an untouched window");
+    r.give_back(&key, 5, units(2, 100)).await.expect("give back");
+    assert_eq!(r.take(&key, 5, units(1, 1), cap).await.expect("take"), units(0, 0));
+    assert_eq!(r.take(&key, 6, units(1, 1), cap).await.expect("take"), units(0, 0));
+    assert_eq!(r.take(&key, 7, units(1, 1), cap).await.expect("take"), units(1, 1));
+}
+
+/// Many takers at once never get more than the cap together, and get all of it.
+pub async fn rates_concurrent_takes(make: &MakeRates) {
+    let r = make().await;
+    let key = uniq("model");
+    let cap = units(25, u64::MAX);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let r = r.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0;
+            for _ in 0..5 {
+                got += r.take(&key, 42, units(1, 0), cap).await.expect("take").requests;
+            }
+            got
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    assert_eq!(total, 25, "10 takers × 5 takes of 1 against a cap of 25");
+}
+
+/// Runs every rate store check in turn.
+pub async fn rates_contract(make: &MakeRates) {
+    rates_take_up_to_the_cap(make).await;
+    rates_give_back(make).await;
+    rates_fill(make).await;
+    rates_concurrent_takes(make).await;
+}
+
+/// One `#[tokio::test]` per rate store check, against the [`MakeRates`] expression given.
+macro_rules! rate_store_tests {
+    ($make:expr) => {
+        $crate::support::conformance::__tests!(make_rates_: $make; MakeRates;
+            rates_take_up_to_the_cap, rates_give_back, rates_fill, rates_concurrent_takes);
+    };
+}
+pub(crate) use rate_store_tests;
 
 // =============================================================================================
 // Artifacts

@@ -112,3 +112,17 @@ fails early with a clear message.
 {{- fail "files/default.toml is missing from the chart (copy of config/default.toml; run scripts/sync-chart-files.sh)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The most worker pods the release can run: KEDA's maxReplicaCount, the HPA's maxReplicas, or
+replicaCount. Each pod's fallback share of the key's rate limits is 1/this.
+*/}}
+{{- define "atlas-codex-worker.maxPods" -}}
+{{- if .Values.autoscaling.keda.enabled -}}
+{{- .Values.autoscaling.keda.maxReplicaCount -}}
+{{- else if .Values.autoscaling.hpa.enabled -}}
+{{- .Values.autoscaling.hpa.maxReplicas -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}

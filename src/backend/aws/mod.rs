@@ -18,10 +18,12 @@ use crate::settings::Settings;
 
 pub mod dynamo;
 pub mod provision;
+pub mod rate;
 pub mod s3;
 pub mod sqs;
 
 pub use dynamo::{DynamoJobStore, DynamoLedger};
+pub use rate::DynamoRateStore;
 pub use provision::{provision, provision_with, ProvisionReport, ProvisionedResource};
 pub use s3::S3Artifacts;
 pub use sqs::SqsQueue;
@@ -81,13 +83,15 @@ pub async fn open_backends_with(
         settings.jobs_table(),
         settings.storage.retention_days,
     );
-    let ledger = DynamoLedger::new(dynamo, settings.budget_table());
+    let ledger = DynamoLedger::new(dynamo.clone(), settings.budget_table());
+    let rates = DynamoRateStore::new(dynamo, settings.budget_table());
     let artifacts = S3Artifacts::new(s3::client(sdk), settings.bucket());
     Ok(Backends {
         queue: Arc::new(queue),
         jobs: Arc::new(jobs),
         ledger: Arc::new(ledger),
         artifacts: Arc::new(artifacts),
+        rates: Arc::new(rates),
     })
 }
 

@@ -5,7 +5,7 @@
 //! Creates, or converges when they exist: the DLQ (14-day retention), the queue (visibility
 //! timeout, long-poll wait, redrive policy to the DLQ with `max_receive_count`), the jobs table
 //! (`id` key, the `status-created_at-index` GSI, TTL on `expires_at`), the budget table (`period`
-//! key) and the artifacts bucket.
+//! key, TTL on `expires_at` for rate-limit windows) and the artifacts bucket.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -188,6 +188,8 @@ pub async fn provision_budget_table(
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let budget = settings.budget_table();
     let created = ensure_table(&ddb, &budget, TableShape::Budget).await?;
+    // Rate-limit windows (`rate#…` items) expire; the month items carry no `expires_at`.
+    ensure_ttl(&ddb, &budget, "expires_at").await?;
     let mut report = ProvisionReport::default();
     report.push("budget table", &budget, created);
     Ok(report)

@@ -34,6 +34,9 @@ use super::{
 };
 use crate::job::{JobRecord, JobStatus, MAX_MESSAGE_BYTES};
 
+mod rate;
+pub use rate::SqliteRateStore;
+
 /// Longest delay `send` accepts (SQS's own limit).
 pub const MAX_SEND_DELAY: Duration = Duration::from_secs(15 * 60);
 /// Longest visibility timeout accepted (SQS's own limit: 12 hours).
@@ -119,6 +122,14 @@ CREATE TABLE IF NOT EXISTS budget_charge_lines (
     amount          INTEGER NOT NULL,  -- micro-USD
     PRIMARY KEY (period, reservation_id, model, tenant)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rate_windows (
+    key      TEXT    NOT NULL,
+    window   INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    tokens   INTEGER NOT NULL,
+    full     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, window)
+);
 "#;
 
 // ---------------------------------------------------------------------------------------------
@@ -290,6 +301,8 @@ pub struct LocalBackend {
     pub ledger: Arc<SqliteLedger>,
     /// The artifacts directory.
     pub artifacts: Arc<DirArtifactStore>,
+    /// The shared rate-limit capacity.
+    pub rates: Arc<SqliteRateStore>,
 }
 
 impl LocalBackend {
@@ -318,17 +331,20 @@ impl LocalBackend {
         let mut artifacts = DirArtifactStore::open(&data_dir.join("artifacts"))?;
         let mut q = SqliteQueue::new(db.clone(), queue)?;
         let mut jobs = SqliteJobStore::new(db.clone());
-        let mut ledger = SqliteLedger::new(db);
+        let mut ledger = SqliteLedger::new(db.clone());
+        let mut rates = SqliteRateStore::new(db);
         // Every store keeps a scratch directory alive.
         q._guard = guard.clone();
         jobs._guard = guard.clone();
         ledger._guard = guard.clone();
+        rates._guard = guard.clone();
         artifacts._guard = guard;
         Ok(LocalBackend {
             queue: Arc::new(q),
             jobs: Arc::new(jobs),
             ledger: Arc::new(ledger),
             artifacts: Arc::new(artifacts),
+            rates: Arc::new(rates),
         })
     }
 
@@ -339,6 +355,7 @@ impl LocalBackend {
             jobs: self.jobs.clone(),
             ledger: self.ledger.clone(),
             artifacts: self.artifacts.clone(),
+            rates: self.rates.clone(),
         }
     }
 }
