@@ -106,12 +106,12 @@ async fn limiter_costs(args: &BenchArgs) -> Result<Vec<LimiterCost>, String> {
     .map_err(|e| e.to_string())?;
     let mut out = vec![limiter_cost("sqlite", local.rates.clone(), run).await];
     if let Some(endpoint) = &args.limiter_dynamodb_endpoint {
-        let mut s = Settings::default();
-        s.stage = format!("bench{}", std::process::id());
-        s.aws.endpoint_url = endpoint.clone();
-        if s.aws.region.is_empty() {
-            s.aws.region = "us-east-1".into();
-        }
+        let d = Settings::default();
+        let s = Settings {
+            stage: format!("bench{}", std::process::id()),
+            aws: crate::settings::AwsSettings { endpoint_url: endpoint.clone(), region: "us-east-1".into(), ..d.aws.clone() },
+            ..d
+        };
         let sdk = crate::backend::aws::sdk_config(&s).await;
         crate::backend::aws::provision::provision_budget_table(&s, &sdk).await.map_err(|e| e.to_string())?;
         let store = crate::backend::aws::DynamoRateStore::new(aws_sdk_dynamodb::Client::new(&sdk), s.budget_table());
