@@ -58,7 +58,7 @@ const HOLD_GC_GRACE_MS: i64 = 24 * 3600 * 1000;
 /// Tries of a claim whose condition failed on a state that has since changed.
 const CLAIM_TRIES: u32 = 4;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// A timestamp as stored: fixed-width RFC 3339 UTC with nanoseconds, so that string order is
 /// time order.
@@ -76,7 +76,7 @@ fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -84,7 +84,7 @@ fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
     item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
-fn get_n(item: &Item, k: &str) -> Option<i64> {
+pub(super) fn get_n(item: &Item, k: &str) -> Option<i64> {
     item.get(k)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse::<i64>().ok())
@@ -819,7 +819,7 @@ impl BudgetLedger for DynamoLedger {
 }
 
 /// One strongly consistent `GetItem` by partition key (job store and ledger alike).
-async fn get_consistent(client: &Client, table: &str, key: &str, value: &str) -> BResult<Option<Item>> {
+pub(super) async fn get_consistent(client: &Client, table: &str, key: &str, value: &str) -> BResult<Option<Item>> {
     let out = client
         .get_item()
         .table_name(table)

@@ -8,7 +8,6 @@
 //! once with what fits ([`rate_fit`]). Writes never read first and never conflict on a version,
 //! so many workers taking from one window cost one write each.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use aws_sdk_dynamodb::Client;
 
 use super::classify;
+use super::dynamo::{get_consistent, get_n, n, Item};
 use crate::backend::{rate_fit, BResult, RateStore, RateUnits, RATE_WINDOW_RETENTION_SECS};
 
 /// Tries of one take: the batch asked for, then what fits, then what fits after a race.
@@ -39,12 +39,12 @@ impl DynamoRateStore {
     }
 }
 
-fn item_key(key: &str, window: u64) -> AttributeValue {
-    AttributeValue::S(format!("rate#{key}#{window}"))
+fn item_id(key: &str, window: u64) -> String {
+    format!("rate#{key}#{window}")
 }
 
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
+fn item_key(key: &str, window: u64) -> AttributeValue {
+    AttributeValue::S(item_id(key, window))
 }
 
 fn expires_at() -> u64 {
@@ -56,13 +56,8 @@ fn expires_at() -> u64 {
     now + 2 * RATE_WINDOW_RETENTION_SECS
 }
 
-fn units_of(item: &HashMap<String, AttributeValue>) -> (RateUnits, bool) {
-    let num = |k: &str| {
-        item.get(k)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0)
-    };
+fn units_of(item: &Item) -> (RateUnits, bool) {
+    let num = |k: &str| get_n(item, k).unwrap_or(0);
     let used = RateUnits {
         requests: u32::try_from(num("requests").max(0)).unwrap_or(u32::MAX),
         tokens: u64::try_from(num("tokens").max(0)).unwrap_or(0),
@@ -72,16 +67,8 @@ fn units_of(item: &HashMap<String, AttributeValue>) -> (RateUnits, bool) {
 
 impl DynamoRateStore {
     async fn read(&self, key: &str, window: u64) -> BResult<(RateUnits, bool)> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("period", item_key(key, window))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(out.item.as_ref().map(units_of).unwrap_or_default())
+        let item = get_consistent(&self.client, &self.table, "period", &item_id(key, window)).await?;
+        Ok(item.as_ref().map(units_of).unwrap_or_default())
     }
 }
 
