@@ -140,7 +140,6 @@ pub struct Taken {
 #[derive(Debug, Default)]
 pub(crate) struct FleetCounters {
     pub(crate) store_writes: AtomicU64,
-    pub(crate) granted_requests: AtomicU64,
 }
 
 /// One model's shared limit as this worker sees it.
@@ -197,8 +196,8 @@ impl SharedLimit {
     /// The provider says the key allows `rpm` requests a minute; lowers this worker's caps when
     /// that is less than configured. Returns true when it changed something.
     pub(crate) fn provider_limit(&self, rpm: u64) -> bool {
-        let configured = window_cap(rpm, self.plan.window_ms / 1000).unwrap_or(u64::MAX);
-        if configured >= u64::from(self.plan.cap.requests) {
+        let provider_cap = window_cap(rpm, self.plan.window_ms / 1000).unwrap_or(u64::MAX);
+        if provider_cap >= u64::from(self.plan.cap.requests) {
             return false;
         }
         self.provider_rpm.swap(rpm, Ordering::Relaxed) != rpm
@@ -291,9 +290,6 @@ impl SharedLimit {
                 };
                 telemetry::ratelimit_leased(&self.model, got);
                 if got != RateUnits::default() {
-                    self.counters
-                        .granted_requests
-                        .fetch_add(u64::from(got.requests), Ordering::Relaxed);
                     lease.left.requests += got.requests;
                     lease.left.tokens += got.tokens;
                     continue;
