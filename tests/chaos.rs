@@ -136,11 +136,7 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
     // Stage `preview` with resource names private to this run.
     let env = ProcEnv::moto(&endpoint)
         .openai_mock(&mock.base_url(), API_KEY)
-        .set("ATLAS__QUEUE__NAME", &format!("atlas-codex-queue-preview-chaos{run}"))
-        .set("ATLAS__QUEUE__DLQ_NAME", &format!("atlas-codex-dlq-preview-chaos{run}"))
-        .set("ATLAS__STORAGE__JOBS_TABLE", &format!("atlas-codex-jobs-preview-chaos{run}"))
-        .set("ATLAS__STORAGE__BUDGET_TABLE", &format!("atlas-codex-budget-preview-chaos{run}"))
-        .set("ATLAS__STORAGE__BUCKET", &format!("atlas-codex-artifacts-preview-chaos{run}"))
+        .private_resources("preview", &format!("chaos{run}"))
         .set("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "5")
         .set("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "10")
         .set("ATLAS__WORKER__RETRY_BASE_SECS", "1")

@@ -201,26 +201,7 @@ async fn four_workers_on_moto_share_one_keys_rpm_without_a_429_storm() {
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
     let env = ProcEnv::moto(&endpoint)
         .openai_mock(&mock.base_url(), API_KEY)
-        .set(
-            "ATLAS__QUEUE__NAME",
-            &format!("atlas-codex-queue-preview-rl{run}"),
-        )
-        .set(
-            "ATLAS__QUEUE__DLQ_NAME",
-            &format!("atlas-codex-dlq-preview-rl{run}"),
-        )
-        .set(
-            "ATLAS__STORAGE__JOBS_TABLE",
-            &format!("atlas-codex-jobs-preview-rl{run}"),
-        )
-        .set(
-            "ATLAS__STORAGE__BUDGET_TABLE",
-            &format!("atlas-codex-budget-preview-rl{run}"),
-        )
-        .set(
-            "ATLAS__STORAGE__BUCKET",
-            &format!("atlas-codex-artifacts-preview-rl{run}"),
-        )
+        .private_resources("preview", &format!("rl{run}"))
         .set("ATLAS__WORKER__CONCURRENCY", "16")
         .set("ATLAS__WORKER__JOB_TIMEOUT_SECS", "120")
         .set("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "30");

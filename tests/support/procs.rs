@@ -65,6 +65,16 @@ impl ProcEnv {
             .set("OPENAI_API_KEY", api_key)
     }
 
+    /// Stage resources private to one run: `atlas-codex-{queue,dlq,jobs,budget,artifacts}-{stage}-{suffix}`,
+    /// so a test's queue, tables and bucket never meet another test's (or an earlier run's).
+    pub fn private_resources(self, stage: &str, suffix: &str) -> ProcEnv {
+        self.set("ATLAS__QUEUE__NAME", &format!("atlas-codex-queue-{stage}-{suffix}"))
+            .set("ATLAS__QUEUE__DLQ_NAME", &format!("atlas-codex-dlq-{stage}-{suffix}"))
+            .set("ATLAS__STORAGE__JOBS_TABLE", &format!("atlas-codex-jobs-{stage}-{suffix}"))
+            .set("ATLAS__STORAGE__BUDGET_TABLE", &format!("atlas-codex-budget-{stage}-{suffix}"))
+            .set("ATLAS__STORAGE__BUCKET", &format!("atlas-codex-artifacts-{stage}-{suffix}"))
+    }
+
     /// Sets one variable.
     pub fn set(mut self, key: &str, value: &str) -> ProcEnv {
         self.vars.insert(key.to_string(), value.to_string());
