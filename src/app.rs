@@ -25,15 +25,19 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, BackendError> {
 /// Builds the LLM provider the settings ask for; the string says which, for people.
 pub fn build_llm(s: &Settings) -> Result<(Arc<dyn LlmClient>, String), String> {
     let timeout = std::time::Duration::from_secs(s.llm.request_timeout_secs);
-    let simulated = || -> (Arc<dyn LlmClient>, String) {
+    let simulated = |why: &str| -> (Arc<dyn LlmClient>, String) {
         let latency = std::time::Duration::from_millis(s.llm.simulated_latency_ms);
         (
             Arc::new(SimulatedClient::new(latency)),
-            format!("simulated (no OPENAI_API_KEY; {} ms per call, nothing is spent)", s.llm.simulated_latency_ms),
+            format!("simulated ({why}; {} ms per call, nothing is spent, results are invented)", s.llm.simulated_latency_ms),
         )
     };
+    if let Some(p) = s.worker_problems().into_iter().next() {
+        return Err(p);
+    }
     match (s.llm.provider, &s.llm.api_key) {
-        (ProviderKind::Simulated, _) | (ProviderKind::Auto, None) => Ok(simulated()),
+        (ProviderKind::Simulated, _) => Ok(simulated("llm.provider = \"simulated\"")),
+        (ProviderKind::Auto, None) => Ok(simulated("no OPENAI_API_KEY on the local stage")),
         (ProviderKind::Openai, None) => Err("llm.provider is `openai` but OPENAI_API_KEY is not set".into()),
         (ProviderKind::Openai | ProviderKind::Auto, Some(key)) => {
             let c = OpenAiClient::new(&s.llm.base_url, key, timeout).map_err(|e| e.to_string())?;

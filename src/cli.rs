@@ -155,6 +155,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn worker(settings: Settings, exit_when_idle: bool) -> Result<(), CliError> {
+    if let Some(p) = settings.worker_problems().into_iter().next() {
+        return Err(CliError::new(EXIT_USAGE, p));
+    }
     crate::telemetry::install_metrics(&settings.metrics_namespace());
     let app = App::from_settings(settings).await.map_err(fail)?;
     tracing::info!(provider = %app.provider, "starting");
@@ -314,13 +317,19 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
         problems.push(json!({"stage": c.stages.join(","), "problem": format!("{} `{}` is shared by or names stages {}", c.what, c.name, c.stages.join(" and "))}));
     }
     let ok = problems.is_empty();
+    // What would stop a worker here but not the configuration (the provider key lives in a Secret
+    // a deploy pipeline does not have): reported, not failed.
+    let warnings: Vec<Value> = loaded
+        .iter()
+        .flat_map(|s| s.worker_problems().into_iter().map(|p| json!({"stage": s.stage, "problem": format!("the worker would refuse to start: {p}")})))
+        .collect();
     match cli.output {
         Output::Json => {
             let resources: Vec<Value> = loaded
                 .iter()
                 .map(|s| json!({"stage": s.stage, "resources": s.resource_names().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>()}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "resources": resources})).map_err(fail)?);
+            println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})).map_err(fail)?);
         }
         Output::Table => {
             for s in &loaded {
@@ -328,6 +337,9 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
                 for (k, v) in s.resource_names() {
                     println!("  {k:<18} {v}");
                 }
+            }
+            for w in &warnings {
+                eprintln!("warning [{}]: {}", w["stage"].as_str().unwrap_or(""), w["problem"].as_str().unwrap_or(""));
             }
             for p in &problems {
                 eprintln!("error [{}]: {}", p["stage"].as_str().unwrap_or(""), p["problem"].as_str().unwrap_or(""));

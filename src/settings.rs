@@ -151,7 +151,8 @@ pub enum ProviderKind {
     Openai,
     /// Schema-conforming synthetic answers; nothing is spent.
     Simulated,
-    /// `openai` when `OPENAI_API_KEY` is set, otherwise `simulated`.
+    /// `openai` when `OPENAI_API_KEY` is set. Without a key, `simulated` on the `local` stage only:
+    /// a `preview` or `production` worker refuses to start rather than store invented values.
     Auto,
 }
 
@@ -793,6 +794,19 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level) {
             p.push(format!("telemetry.log_level: {e}"));
+        }
+        p
+    }
+
+    /// What stops a worker of this stage from starting here, beyond [`Settings::problems`]: the
+    /// provider key, which deploy pipelines and producers (`submit`, `status`) do not need.
+    pub fn worker_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.llm.provider == ProviderKind::Auto && self.llm.api_key.is_none() && self.stage != "local" {
+            p.push(format!(
+                "OPENAI_API_KEY is not set: a `{}` worker calls a real model; set the key, or choose the simulated model explicitly with llm.provider = \"simulated\" (ATLAS__LLM__PROVIDER=simulated)",
+                self.stage
+            ));
         }
         p
     }

@@ -87,6 +87,32 @@ fn validate_all_stages_passes_for_the_shipped_configs_and_names_a_shared_resourc
 }
 
 #[test]
+fn a_preview_or_production_worker_without_a_provider_key_refuses_to_start_and_validate_says_why() {
+    let c = Cli::new();
+    for stage in ["preview", "production"] {
+        let o = c.cmd(&["--stage", stage, "worker", "--exit-when-idle"]).env_remove("ATLAS__LLM__PROVIDER").output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{stage}: {}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        assert!(err.contains("OPENAI_API_KEY is not set") && err.contains("llm.provider = \"simulated\""), "{err}");
+        // An empty key is no key.
+        let o = c.cmd(&["--stage", stage, "worker", "--exit-when-idle"]).env_remove("ATLAS__LLM__PROVIDER").env("OPENAI_API_KEY", "").output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+
+        let o = c.cmd(&["--stage", stage, "--output", "json", "validate"]).env_remove("ATLAS__LLM__PROVIDER").output().unwrap();
+        assert!(o.status.success(), "a deploy pipeline without the Secret still validates: {}", String::from_utf8_lossy(&o.stderr));
+        let v = json(&o);
+        assert!(v["warnings"].to_string().contains("OPENAI_API_KEY is not set"), "{v}");
+        // Chosen explicitly, the simulated model is no warning.
+        let v = json(&c.run(&["--stage", stage, "--output", "json", "validate"]));
+        assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    }
+    // The local stage still runs the simulated model without a key.
+    let o = c.cmd(&["worker", "--exit-when-idle"]).env_remove("ATLAS__LLM__PROVIDER").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn invalid_configuration_exits_2_listing_every_problem() {
     let c = Cli::new();
     let o = c.cmd(&["--stage", "preview", "validate"]).env("GPT5_ENABLED", "true").env("FORCE_GPT4", "true").env("ATLAS__WORKER__CONCURENCY", "5").output().unwrap();
