@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::app::{self, App};
+use crate::backend::{RedrivePlan, RedriveReport, RedriveSelect};
 use crate::job::{self, JobRecord, JobStatus};
 use crate::pricing::micros_to_usd;
 use crate::settings::{check_isolation, Settings, Sources, KNOWN_STAGES};
@@ -97,12 +98,21 @@ pub enum DlqAction {
         #[arg(long, default_value_t = 10)]
         max: usize,
     },
-    /// Move messages back to the queue.
+    /// Move messages back to the queue: by default those that failed for a reason that may pass
+    /// now (`receive_limit`, `retries_exhausted`); permanent failures stay unless named. Looks at
+    /// no more messages than the DLQ held when it started, so it ends even while a worker
+    /// dead-letters them again.
     Redrive {
-        /// At most this many (all when absent).
+        /// At most this many (all selected when absent).
         #[arg(long)]
         max: Option<u64>,
-        /// Only say how many would move.
+        /// Only failures of this kind (repeatable; e.g. `model_forbidden`, `receive_limit`).
+        #[arg(long = "reason", value_name = "KIND", conflicts_with = "all")]
+        reasons: Vec<String>,
+        /// Every message, permanent failures included.
+        #[arg(long)]
+        all: bool,
+        /// Only say what would move.
         #[arg(long)]
         dry_run: bool,
     },
@@ -409,32 +419,50 @@ async fn dlq(cli: &Cli, settings: Settings, action: &DlqAction) -> Result<(), Cl
                 }
             }
         }
-        DlqAction::Redrive { max, dry_run } => {
-            let depth = backends.queue.depth().await.map_err(fail)?;
-            let total = max.map(|m| m.min(depth.dead_letters)).unwrap_or(depth.dead_letters);
-            if *dry_run {
-                println!("{total} message(s) would be moved from {} to {}", settings.dlq_name(), settings.queue_name());
-                return Ok(());
-            }
-            let bar = progress(total, "redriving");
-            let mut moved = 0u64;
-            while max.map(|m| moved < m).unwrap_or(true) {
-                let step = max.map(|m| (m - moved).min(10)).unwrap_or(10) as usize;
-                let n = backends.queue.dlq_redrive(Some(step)).await.map_err(fail)?;
-                if n == 0 {
-                    break;
+        DlqAction::Redrive { max, reasons, all, dry_run } => {
+            let select = if *all {
+                RedriveSelect::All
+            } else if reasons.is_empty() {
+                RedriveSelect::Retryable
+            } else {
+                RedriveSelect::Kinds(reasons.iter().cloned().collect())
+            };
+            let held = backends.queue.depth().await.map_err(fail)?.dead_letters;
+            let plan = RedrivePlan { examine: held, max_moved: max.unwrap_or(u64::MAX), select };
+            let report = if *dry_run {
+                let mut r = RedriveReport::default();
+                for d in backends.queue.dlq_peek(usize::try_from(held).unwrap_or(usize::MAX)).await.map_err(fail)? {
+                    let take = r.moved_total() < plan.max_moved && plan.select.accepts(d.kind());
+                    r.count(d.kind(), take);
                 }
-                moved += n;
-                bar.inc(n);
-            }
-            bar.finish_and_clear();
-            match cli.output {
-                Output::Json => println!("{}", json!({"moved": moved})),
-                Output::Table => println!("moved {moved} message(s) from {} back to {}", settings.dlq_name(), settings.queue_name()),
-            }
+                r
+            } else {
+                backends.queue.dlq_redrive(&plan).await.map_err(fail)?
+            };
+            print_redrive(cli.output, &settings, &report, *dry_run);
         }
     }
     Ok(())
+}
+
+fn print_redrive(output: Output, settings: &Settings, report: &RedriveReport, dry_run: bool) {
+    let by_kind = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"dry_run": dry_run, "moved": report.moved_total(), "examined": report.examined(), "moved_by_kind": report.moved, "left_by_kind": report.left})
+        ),
+        Output::Table => {
+            let verb = if dry_run { "would move" } else { "moved" };
+            let n = report.moved_total();
+            let detail = if n > 0 { format!(" ({})", by_kind(&report.moved)) } else { String::new() };
+            println!("{verb} {n} message(s) from {} back to {}{detail}", settings.dlq_name(), settings.queue_name());
+            if !report.left.is_empty() {
+                let left: u64 = report.left.values().sum();
+                println!("left {left} in the DLQ ({}); name a kind with --reason KIND, or --all, to move them", by_kind(&report.left));
+            }
+        }
+    }
 }
 
 async fn provision(cli: &Cli, settings: Settings) -> Result<(), CliError> {

@@ -167,11 +167,53 @@ fn submit_status_budget_and_dlq_speak_json() {
     assert_eq!(dl.as_array().unwrap().len(), 1);
     assert!(dl[0]["reason"].as_str().unwrap().contains("model_forbidden"));
     assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 1, "peek does not consume");
-    let dry = c.run(&["dlq", "redrive", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&dry.stdout).contains("1 message(s) would be moved"));
+    // A permanent failure stays unless named.
+    let dry = String::from_utf8_lossy(&c.run(&["dlq", "redrive", "--dry-run"]).stdout).to_string();
+    assert!(dry.contains("would move 0 message(s)") && dry.contains("left 1 in the DLQ (model_forbidden 1)"), "{dry}");
     let r = json(&c.run(&["--output", "json", "dlq", "redrive"]));
-    assert_eq!(r["moved"], 1);
+    assert_eq!((r["moved"].as_u64(), r["left_by_kind"]["model_forbidden"].as_u64()), (Some(0), Some(1)), "{r}");
+    let dry = json(&c.run(&["--output", "json", "dlq", "redrive", "--dry-run", "--reason", "model_forbidden"]));
+    assert_eq!(dry["moved"], 1);
+    assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 1, "a dry run moves nothing");
+    let r = json(&c.run(&["--output", "json", "dlq", "redrive", "--reason", "model_forbidden"]));
+    assert_eq!(r["moved_by_kind"], serde_json::json!({"model_forbidden": 1}), "{r}");
     assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn dlq_redrive_ends_while_a_worker_dead_letters_the_same_messages_again() {
+    let c = Cli::new();
+    let jobs: String = (0..5).map(|i| format!(r#"{{"job_id":"bounce-{i}","text":"x","instructions":"y","model":"gpt-9"}}"#)).collect::<Vec<_>>().join("\n");
+    assert!(c.run_stdin(&["submit", "-"], &jobs).status.success());
+    assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
+    assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 5);
+
+    // A worker that dead-letters each redriven message again within milliseconds.
+    let mut worker = c.cmd(&["worker"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for round in 0..3 {
+        let mut redrive = c.cmd(&["--output", "json", "dlq", "redrive", "--all"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = redrive.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                redrive.kill().unwrap();
+                let _ = worker.kill();
+                panic!("round {round}: dlq redrive did not end within 30 s while a worker was running");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert!(status.success());
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut redrive.stdout.take().unwrap(), &mut out).unwrap();
+        let r: Value = serde_json::from_str(&out).unwrap();
+        assert!(r["moved"].as_u64().unwrap() <= 5, "never more than the DLQ held when it started: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    worker.kill().unwrap();
+    let _ = worker.wait();
 }
 
 #[test]

@@ -49,6 +49,85 @@ pub struct DeadLetter {
     pub receive_count: u32,
 }
 
+impl DeadLetter {
+    /// The failure kind it was dead-lettered for: the reason's leading `kind:` word, or
+    /// [`RECEIVE_LIMIT_KIND`] when the queue's redrive policy moved it (no reason recorded).
+    pub fn kind(&self) -> &str {
+        match &self.reason {
+            None => RECEIVE_LIMIT_KIND,
+            Some(r) => r.split(':').next().map(str::trim).filter(|k| !k.is_empty()).unwrap_or("unspecified"),
+        }
+    }
+}
+
+/// The kind of a dead letter the queue moved by its redrive policy: it was received
+/// `max_receive_count` times without being deleted (crashes, timeouts, retries run out).
+pub const RECEIVE_LIMIT_KIND: &str = "receive_limit";
+/// The kind the worker records when a transient failure ran out of attempts.
+pub const RETRIES_EXHAUSTED_KIND: &str = "retries_exhausted";
+
+/// Which dead letters a redrive moves, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveSelect {
+    /// Those that failed for a reason that may pass now ([`RECEIVE_LIMIT_KIND`],
+    /// [`RETRIES_EXHAUSTED_KIND`]); permanent failures (`invalid_message`, `ssrf_blocked`, ...)
+    /// stay, since they would only come straight back.
+    Retryable,
+    /// Exactly these kinds, permanent or not.
+    Kinds(std::collections::BTreeSet<String>),
+    /// Every dead letter.
+    All,
+}
+
+impl RedriveSelect {
+    /// Whether a dead letter of this kind is moved.
+    pub fn accepts(&self, kind: &str) -> bool {
+        match self {
+            RedriveSelect::Retryable => kind == RECEIVE_LIMIT_KIND || kind == RETRIES_EXHAUSTED_KIND,
+            RedriveSelect::Kinds(k) => k.contains(kind),
+            RedriveSelect::All => true,
+        }
+    }
+}
+
+/// A bounded redrive: it looks at no more than `examine` dead letters (the DLQ's depth when it
+/// began, so messages a running worker dead-letters again cannot keep it going) and moves at
+/// most `max_moved` of those `select` accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedrivePlan {
+    /// Most dead letters looked at.
+    pub examine: u64,
+    /// Most moved.
+    pub max_moved: u64,
+    /// Which kinds move.
+    pub select: RedriveSelect,
+}
+
+/// What a redrive did, by dead-letter kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RedriveReport {
+    /// Moved back to the queue.
+    pub moved: std::collections::BTreeMap<String, u64>,
+    /// Looked at and left in the DLQ.
+    pub left: std::collections::BTreeMap<String, u64>,
+}
+
+impl RedriveReport {
+    /// Messages moved.
+    pub fn moved_total(&self) -> u64 {
+        self.moved.values().sum()
+    }
+    /// Messages looked at.
+    pub fn examined(&self) -> u64 {
+        self.moved_total() + self.left.values().sum::<u64>()
+    }
+    /// Counts one dead letter.
+    pub fn count(&mut self, kind: &str, moved: bool) {
+        let side = if moved { &mut self.moved } else { &mut self.left };
+        *side.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
 /// Approximate message counts, as SQS reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueDepth {
@@ -84,8 +163,9 @@ impl QueueDepth {
 /// - `dead_letter` moves one message to the DLQ with a reason, at once, whatever its receive count.
 /// - `send` with a delay keeps the message invisible for that long (≤ 15 minutes); a new message
 ///   starts with receive count 0.
-/// - `dlq_redrive(max)` moves up to `max` (all when `None`) DLQ messages back to the queue with
-///   their receive count reset, and returns how many moved.
+/// - `dlq_redrive(plan)` looks at no more than `plan.examine` DLQ messages, moves at most
+///   `plan.max_moved` of those whose [`DeadLetter::kind`] `plan.select` accepts back to the queue
+///   with their receive count reset, leaves the rest in the DLQ, and reports both by kind.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Sends one message, invisible for `delay`. Returns the message id.
@@ -102,8 +182,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn dead_letter(&self, message: &Message, reason: &str) -> BResult<()>;
     /// Lists up to `max` DLQ messages without consuming them.
     async fn dlq_peek(&self, max: usize) -> BResult<Vec<DeadLetter>>;
-    /// Moves DLQ messages back to the queue; returns how many moved.
-    async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64>;
+    /// Moves the DLQ messages a plan selects back to the queue.
+    async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport>;
     /// Approximate counts.
     async fn depth(&self) -> BResult<QueueDepth>;
 }

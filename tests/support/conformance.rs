@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use atlas_codex::backend::{
     ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, RateStore,
-    RateUnits, Reservation, ReserveOutcome,
+    RateUnits, RedrivePlan, RedriveSelect, Reservation, ReserveOutcome,
 };
 use atlas_codex::job::{Attempt, JobRecord, JobStatus, Usage};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -270,11 +270,12 @@ pub async fn queue_dlq_peek_does_not_consume(make: &MakeQueue) {
     assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
 }
 
-/// `dlq_redrive(max)` moves up to `max` (all with `None`) back with receive counts reset.
+/// `dlq_redrive(plan)` moves what the plan selects, by kind, within its bounds, back with receive
+/// counts reset; what it leaves stays in the DLQ.
 pub async fn queue_dlq_redrive(make: &MakeQueue) {
     let q = make(QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 2 }).await;
     q.send_batch(&["r1".to_string(), "r2".to_string()]).await.expect("send");
-    // Both reach receive count 2, then one is dead-lettered by hand and one by the queue.
+    // Both reach receive count 2, then the queue dead-letters them (kind `receive_limit`).
     let mut last = Vec::new();
     for _ in 0..2 {
         let ms = receive_n(&*q, 2, Duration::from_secs(5)).await;
@@ -287,17 +288,43 @@ pub async fn queue_dlq_redrive(make: &MakeQueue) {
     let hand = receive_n(&*q, 2, Duration::from_secs(3)).await;
     assert!(hand.is_empty(), "both passed max_receive_count: {hand:?}");
     assert!(last.iter().all(|m| m.receive_count == 2));
-    assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
+    // Two more dead-lettered by the worker: one permanent, one out of retries.
+    q.send_batch(&["p1".to_string(), "t1".to_string()]).await.expect("send");
+    for m in receive_n(&*q, 2, Duration::from_secs(5)).await {
+        let reason = if m.body == "p1" { "invalid_message: not a job" } else { "retries_exhausted: gave up after 2 attempts" };
+        q.dead_letter(&m, reason).await.expect("dead_letter");
+    }
+    assert_eq!(q.depth().await.expect("depth").dead_letters, 4);
+    let kinds: BTreeMap<String, usize> = q.dlq_peek(10).await.expect("peek").iter().fold(BTreeMap::new(), |mut m, d| {
+        *m.entry(d.kind().to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(kinds, BTreeMap::from([("invalid_message".into(), 1), ("receive_limit".into(), 2), ("retries_exhausted".into(), 1)]));
 
-    assert_eq!(q.dlq_redrive(Some(1)).await.expect("redrive 1"), 1);
-    assert_eq!(q.dlq_peek(10).await.expect("peek").len(), 1);
-    assert_eq!(q.dlq_redrive(None).await.expect("redrive all"), 1);
+    let plan = |examine: u64, max_moved: u64, select: RedriveSelect| RedrivePlan { examine, max_moved, select };
+    // At most `max_moved`, of the retryable kinds only.
+    let r = q.dlq_redrive(&plan(4, 1, RedriveSelect::Retryable)).await.expect("redrive 1");
+    assert_eq!(r.moved_total(), 1, "{r:?}");
+    assert!(!r.moved.contains_key("invalid_message"), "{r:?}");
+    assert_eq!(q.dlq_peek(10).await.expect("peek").len(), 3);
+    // No more than `examine` looked at.
+    let r = q.dlq_redrive(&plan(1, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["nothing_like_it".to_string()])))).await.expect("examine 1");
+    assert_eq!((r.examined(), r.moved_total()), (1, 0), "{r:?}");
+    // The rest of the retryable ones; the permanent one is left, and said so.
+    let r = q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::Retryable)).await.expect("redrive retryable");
+    assert_eq!(r.moved_total(), 2, "{r:?}");
+    assert_eq!(r.left, BTreeMap::from([("invalid_message".to_string(), 1)]));
+    let dlq = q.dlq_peek(10).await.expect("peek");
+    assert_eq!(dlq.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["p1"], "what is left stays in the DLQ");
+    // Named, a permanent kind moves.
+    let r = q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["invalid_message".to_string()])))).await.expect("redrive by kind");
+    assert_eq!(r.moved, BTreeMap::from([("invalid_message".to_string(), 1)]));
     assert!(q.dlq_peek(10).await.expect("peek").is_empty());
-    assert_eq!(q.dlq_redrive(None).await.expect("redrive empty"), 0);
+    assert_eq!(q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::All)).await.expect("redrive empty").moved_total(), 0);
 
-    let back = receive_n(&*q, 2, Duration::from_secs(5)).await;
+    let back = receive_n(&*q, 4, Duration::from_secs(5)).await;
     let bodies: BTreeSet<_> = back.iter().map(|m| m.body.as_str()).collect();
-    assert_eq!(bodies, BTreeSet::from(["r1", "r2"]));
+    assert_eq!(bodies, BTreeSet::from(["p1", "r1", "r2", "t1"]));
     for m in &back {
         assert_eq!(m.receive_count, 1, "redrive resets the receive count");
     }

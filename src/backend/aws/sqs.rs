@@ -9,12 +9,13 @@
 //!   counts as a receive of the DLQ message (its `ApproximateReceiveCount` grows) and a concurrent
 //!   consumer of the DLQ could see it at the same moment. Nothing is deleted.
 //! - Counts are approximate (`ApproximateNumberOf*`), as the contract says.
-//! - [`Queue::dlq_redrive`] with `None` first asks SQS for a server-side move
+//! - [`Queue::dlq_redrive`] of everything first asks SQS for a server-side move
 //!   (`StartMessageMoveTask`), which runs asynchronously: it returns the DLQ's depth at the start
 //!   and the messages reappear on the queue over the next seconds. When that is refused (moto
-//!   does not implement it; the role may lack the permission) and for `Some(max)`, messages are
-//!   moved by hand: receive from the DLQ, send a fresh copy to the queue (receive count starts
-//!   again, dead-letter attributes dropped), delete from the DLQ. That is at-least-once: a crash
+//!   does not implement it; the role may lack the permission) and for a selection by kind or
+//!   count, messages are moved by hand: receive from the DLQ, send a fresh copy to the queue
+//!   (receive count starts again, dead-letter attributes dropped), delete from the DLQ; those
+//!   left stay hidden until the pass ends, so each is looked at once. That is at-least-once: a crash
 //!   between send and delete duplicates a message, which job idempotency absorbs.
 
 use std::collections::{HashMap, HashSet};
@@ -32,7 +33,10 @@ use aws_sdk_sqs::Client;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::classify;
-use crate::backend::{BResult, BackendError, DeadLetter, Message, Queue, QueueDepth};
+use crate::backend::{
+    BResult, BackendError, DeadLetter, Message, Queue, QueueDepth, RedrivePlan, RedriveReport,
+    RedriveSelect,
+};
 
 /// SQS's longest long poll, seconds.
 const MAX_WAIT_SECS: u64 = 20;
@@ -488,23 +492,33 @@ impl Queue for SqsQueue {
             .collect())
     }
 
-    async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64> {
-        if max.is_none() && !self.no_move_task.load(Ordering::Relaxed) {
+    async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport> {
+        if plan.select == RedriveSelect::All
+            && plan.max_moved >= plan.examine
+            && !self.no_move_task.load(Ordering::Relaxed)
+        {
             // SQS's own redrive moves everything server-side; emulators may not have it and it
             // needs sqs:StartMessageMoveTask, so fall back on any refusal (and remember it).
             match self.start_move_task().await {
-                Ok(moved) => return Ok(moved),
+                Ok(moved) => {
+                    let mut report = RedriveReport::default();
+                    if moved > 0 {
+                        report.moved.insert("all".into(), moved);
+                    }
+                    return Ok(report);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "StartMessageMoveTask refused; redriving by hand");
                     self.no_move_task.store(true, Ordering::Relaxed);
                 }
             }
         }
-        let limit = max.unwrap_or(usize::MAX);
-        let mut moved: u64 = 0;
+        let mut report = RedriveReport::default();
         let mut seen: HashSet<String> = HashSet::new();
-        while (moved as usize) < limit {
-            let want = (limit - moved as usize).min(BATCH);
+        // Messages looked at and left stay hidden until the end, so one pass sees each once.
+        let mut left_receipts = Vec::new();
+        while report.examined() < plan.examine && report.moved_total() < plan.max_moved {
+            let want = (plan.examine - report.examined()).min(BATCH as u64) as usize;
             let raw = self
                 .receive_from(
                     &self.dlq_url,
@@ -518,31 +532,57 @@ impl Queue for SqsQueue {
             }
             let mut bodies = Vec::new();
             let mut receipts = Vec::new();
+            let mut kinds = Vec::new();
+            let mut new = 0;
             for m in raw {
-                let id = m.message_id().unwrap_or_default().to_string();
-                if !seen.insert(id) {
+                let Some(d) = to_dead_letter(&m) else { continue };
+                if !seen.insert(d.message_id.clone()) {
                     continue;
                 }
-                if let (Some(r), body) = (m.receipt_handle, m.body.unwrap_or_default()) {
-                    bodies.push(body);
+                new += 1;
+                let Some(r) = m.receipt_handle else { continue };
+                let take = report.moved_total() + (bodies.len() as u64) < plan.max_moved
+                    && plan.select.accepts(d.kind());
+                if take {
+                    kinds.push(d.kind().to_string());
+                    bodies.push(d.body);
                     receipts.push(r);
+                } else {
+                    report.count(d.kind(), false);
+                    left_receipts.push(r);
                 }
             }
-            if bodies.is_empty() {
+            if new == 0 {
                 break;
             }
-            // A fresh message on the queue: receive count starts again, attributes dropped.
-            self.send_all(&self.queue_url, &bodies).await?;
-            let failed = self.delete_from(&self.dlq_url, &receipts).await?;
-            if !failed.is_empty() {
-                tracing::warn!(
-                    count = failed.len(),
-                    "redriven messages could not be deleted from the DLQ; they will be redriven again"
-                );
+            if !bodies.is_empty() {
+                // A fresh message on the queue: receive count starts again, attributes dropped.
+                self.send_all(&self.queue_url, &bodies).await?;
+                let failed = self.delete_from(&self.dlq_url, &receipts).await?;
+                if !failed.is_empty() {
+                    tracing::warn!(
+                        count = failed.len(),
+                        "redriven messages could not be deleted from the DLQ; they will be redriven again"
+                    );
+                }
+                for k in &kinds {
+                    report.count(k, true);
+                }
             }
-            moved += bodies.len() as u64;
         }
-        Ok(moved)
+        for r in &left_receipts {
+            // Back to visible at once; if this fails they reappear after the redrive's
+            // visibility timeout anyway.
+            let _ = self
+                .client
+                .change_message_visibility()
+                .queue_url(&self.dlq_url)
+                .receipt_handle(r)
+                .visibility_timeout(0)
+                .send()
+                .await;
+        }
+        Ok(report)
     }
 
     async fn depth(&self) -> BResult<QueueDepth> {

@@ -30,7 +30,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::{
     ArtifactStore, BResult, Backends, BackendError, BudgetLedger, Charge, Claim, DeadLetter,
-    JobStore, LedgerSnapshot, Message, Queue, QueueDepth, Reservation, ReserveOutcome,
+    JobStore, LedgerSnapshot, Message, Queue, QueueDepth, RedrivePlan, RedriveReport, Reservation,
+    ReserveOutcome,
 };
 use crate::job::{JobRecord, JobStatus, MAX_MESSAGE_BYTES};
 
@@ -724,38 +725,47 @@ impl Queue for SqliteQueue {
             .await
     }
 
-    async fn dlq_redrive(&self, max: Option<usize>) -> BResult<u64> {
+    async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport> {
         let opts = self.opts.clone();
-        let limit = max.map(|m| i64::try_from(m).unwrap_or(i64::MAX)).unwrap_or(-1);
-        let moved = self
+        let plan = plan.clone();
+        let report = self
             .db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
                 let now = wall_ms();
-                let moved = tx
-                    .prepare_cached(
-                        "INSERT INTO queue_messages (queue, id, body, sent_at, visible_at, receive_count)
-                         SELECT ?1, id, body, sent_at, ?2, 0 FROM dead_letters
-                         WHERE queue = ?3 ORDER BY seq LIMIT ?4",
-                    )
+                let examine = i64::try_from(plan.examine).unwrap_or(i64::MAX);
+                let rows: Vec<(i64, Option<String>)> = tx
+                    .prepare_cached("SELECT seq, reason FROM dead_letters WHERE queue = ?1 ORDER BY seq LIMIT ?2")
                     .db()?
-                    .execute(params![opts.queue_name, now, opts.dlq_name, limit])
+                    .query_map(params![opts.dlq_name, examine], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .db()?
+                    .collect::<rusqlite::Result<_>>()
                     .db()?;
-                tx.prepare_cached(
-                    "DELETE FROM dead_letters WHERE seq IN
-                     (SELECT seq FROM dead_letters WHERE queue = ?1 ORDER BY seq LIMIT ?2)",
-                )
-                .db()?
-                .execute(params![opts.dlq_name, limit])
-                .db()?;
+                let mut report = RedriveReport::default();
+                for (seq, reason) in rows {
+                    let d = DeadLetter { message_id: String::new(), body: String::new(), reason, receive_count: 0 };
+                    let kind = d.kind();
+                    let take = report.moved_total() < plan.max_moved && plan.select.accepts(kind);
+                    if take {
+                        tx.prepare_cached(
+                            "INSERT INTO queue_messages (queue, id, body, sent_at, visible_at, receive_count)
+                             SELECT ?1, id, body, sent_at, ?2, 0 FROM dead_letters WHERE seq = ?3",
+                        )
+                        .db()?
+                        .execute(params![opts.queue_name, now, seq])
+                        .db()?;
+                        tx.prepare_cached("DELETE FROM dead_letters WHERE seq = ?1").db()?.execute(params![seq]).db()?;
+                    }
+                    report.count(kind, take);
+                }
                 tx.commit().db()?;
-                Ok(moved as u64)
+                Ok(report)
             })
             .await?;
-        if moved > 0 {
+        if report.moved_total() > 0 {
             self.notify.notify_waiters();
         }
-        Ok(moved)
+        Ok(report)
     }
 
     async fn depth(&self) -> BResult<QueueDepth> {
