@@ -16,6 +16,10 @@ Groups:
                for each stage equal the rendered chart's (pod config and env, KEDA queue URL, IRSA
                role and ServiceAccount) and the template's (names with Stage substituted, role policy);
                needs ATLAS_BIN (skipped with a note without it, a failure when CI is set)
+  irsa         each documented install line (the comment of deploy/helm/values-{stage}.yaml and
+               docs/deploy.md's) renders, as written, the ServiceAccount (namespace and name) that the
+               stage's stack trusts: the template's `:sub` condition resolved for the parameters
+               docs/deploy.md deploys it with (Stage, the rest defaults)
   docker       the Dockerfile agrees with the crate (compiled-in dirs copied) and the chart (uid, port)
 
 Needs `helm` on PATH and the repo's .venv (PyYAML, kubernetes-validate, jsonschema, cfn-lint).
@@ -130,6 +134,17 @@ def helm_template(stage: str, *, rel: str | None = None, ns: str | None = None,
         if tmp:
             os.unlink(tmp.name)
     return Render(p.returncode, p.stdout, p.stderr)
+
+
+def alert_groups_for(groups: list[dict], stage: str) -> list[dict]:
+    """alerts.yaml's groups as the chart ships them for `stage`: rules labelled with another stage
+    dropped (templates/prometheusrule.yaml), empty groups left out."""
+    out = []
+    for g in groups:
+        kept = [x for x in g.get("rules", []) if (x.get("labels") or {}).get("stage") in (None, "", stage)]
+        if kept:
+            out.append({**g, "rules": kept})
+    return out
 
 
 def container(dep: dict) -> dict:
@@ -532,10 +547,34 @@ def group_assertions() -> None:
         assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
         assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
         if ALERTS.is_file():
-            want = yaml.safe_load(ALERTS.read_text())["groups"]
-            assert r.one("PrometheusRule")["spec"]["groups"] == want, "PrometheusRule groups differ from alerts.yaml"
+            for st in STAGES:
+                rs = r if st == stage else helm_template(st, values={"monitoring": {"prometheusRule": {"enabled": True}}})
+                assert rs.rc == 0, rs.err
+                want = alert_groups_for(yaml.safe_load(ALERTS.read_text())["groups"], st)
+                assert rs.one("PrometheusRule")["spec"]["groups"] == want, \
+                    f"{st}: PrometheusRule groups differ from alerts.yaml without the other stages' rules"
     R.run("assert: monitoring on renders a ServiceMonitor on the metrics Service"
-          + (" and a PrometheusRule equal to deploy/prometheus/alerts.yaml" if ALERTS.is_file() else ""), monitoring)
+          + (" and a PrometheusRule equal to deploy/prometheus/alerts.yaml minus the rules labelled with "
+             "another stage" if ALERTS.is_file() else ""), monitoring)
+
+    def stage_rules():
+        if not ALERTS.is_file():
+            return
+        rules = [x for g in yaml.safe_load(ALERTS.read_text())["groups"] for x in g["rules"]]
+        for x in rules:
+            named = set(re.findall(r'\bstage\s*=\s*"([^"]*)"', x["expr"]))
+            own = (x.get("labels") or {}).get("stage")
+            if own is None:
+                assert not named, f"{x.get('alert')}: expr names stage(s) {sorted(named)} but the rule has no stage label"
+            else:
+                assert own in STAGES and named == {own}, \
+                    f"{x.get('alert')}: labelled stage {own!r}, expr names {sorted(named)}"
+        for st in STAGES:
+            kept = [x for g in alert_groups_for(yaml.safe_load(ALERTS.read_text())["groups"], st) for x in g["rules"]]
+            assert all((x.get("labels") or {}).get("stage") in (None, st) for x in kept), st
+            assert len(kept) == len([x for x in rules if (x.get("labels") or {}).get("stage") in (None, st)])
+    R.run("assert: alerts.yaml rules that name a stage carry exactly that `stage` label (the chart's filter key)",
+          stage_rules)
 
     def monitoring_off():
         r = helm_template(stage, values={"monitoring": {"serviceMonitor": {"enabled": False},
@@ -654,14 +693,53 @@ def group_assertions() -> None:
     R.run("assert: NetworkPolicy admits only the admin port and blocks the metadata service", netpol)
 
     def two_releases():
+        # The ServiceAccount is named per stage (IRSA trusts exactly one name), so a second release of
+        # the stage in the same namespace reuses the first one's (serviceAccount.create=false); every
+        # other object and every selector stays per release.
         a1 = helm_template(stage, rel="atlas-codex-worker-preview")
-        a2 = helm_template(stage, rel="atlas-codex-worker-preview-canary")
+        a2 = helm_template(stage, rel="atlas-codex-worker-preview-canary", values={"serviceAccount": {"create": False}})
         assert a1.rc == 0 and a2.rc == 0, a1.err + a2.err
         assert not (object_keys(a1) & object_keys(a2)), sorted(object_keys(a1) & object_keys(a2))
+        assert not a2.kind("ServiceAccount"), "serviceAccount.create=false still renders a ServiceAccount"
+        sa = a1.one("ServiceAccount")["metadata"]["name"]
+        assert a2.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa, \
+            "the second release's pods do not use the stage's ServiceAccount"
         s1 = a1.one("Deployment")["spec"]["selector"]["matchLabels"]
         p2 = a2.one("Deployment")["spec"]["template"]["metadata"]["labels"]
         assert not selector_matches(s1, p2), "one release's selector matches the other's pods"
-    R.run("assert: two releases of one stage in one namespace share no name or selector", two_releases)
+        both = helm_template(stage, rel="atlas-codex-worker-preview-canary")
+        assert both.rc == 0, both.err
+        assert object_keys(a1) & object_keys(both) == {("ServiceAccount", namespace(stage), sa)}, \
+            sorted(object_keys(a1) & object_keys(both))
+    R.run("assert: two releases of one stage in one namespace share only the stage's ServiceAccount "
+          "(the second with serviceAccount.create=false), no other name and no selector", two_releases)
+
+    def sa_name():
+        # IRSA: the name is the stage's, never the release's (the trust policy knows no release names).
+        for st in STAGES:
+            for rel, extra in ((f"atlas-codex-{st}", None), ("x", None), ("atlas-codex-worker", None),
+                               ("y", {"nameOverride": "other", "fullnameOverride": "renamed"})):
+                r = helm_template(st, rel=rel, values=extra)
+                assert r.rc == 0, r.err
+                got = r.one("ServiceAccount")["metadata"]["name"]
+                pod = r.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+                assert got == pod == f"atlas-codex-worker-{st}", \
+                    f"{st}, release {rel!r}, values {extra}: ServiceAccount {got!r}, pods use {pod!r}"
+    R.run("assert: the ServiceAccount is atlas-codex-worker-<stage> whatever the release (and name overrides)", sa_name)
+
+    def sa_override():
+        r = helm_template(stage, values={"serviceAccount": {"name": "custom-sa"}})
+        assert r.rc == 0, r.err
+        assert r.one("ServiceAccount")["metadata"]["name"] == "custom-sa"
+        assert r.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "custom-sa"
+        r = helm_template(stage, values={"serviceAccount": {"create": False, "name": "existing-sa"}})
+        assert r.rc == 0, r.err
+        assert not r.kind("ServiceAccount")
+        assert r.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing-sa"
+    R.run("assert: serviceAccount.name overrides the name (created, or existing with create=false)", sa_override)
+    R.run("assert: a serviceAccount.name that is no valid Kubernetes name is refused by the schema",
+          lambda: expect_failure(helm_template(stage, values={"serviceAccount": {"name": "Bad_Name"}}),
+                                 "/serviceAccount/name"))
 
     def digest():
         d = "sha256:" + hashlib.sha256(b"x").hexdigest()
@@ -1031,6 +1109,178 @@ def group_names() -> None:
               f"trusting the chart's ServiceAccount, grants exactly them", template)
 
 
+# ----------------------------------------------------------------------------- irsa
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+# Stand-ins for the placeholders of documented commands (`<git sha>`, `$OIDC`).
+PLACEHOLDER_TAG = "0123456789abcdef0123456789abcdef01234567"
+SAMPLE_OIDC = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
+
+
+def shell_commands(text: str, program: str) -> list[str]:
+    """The shell commands in `text` (a file's `#` comments or a markdown code block) starting with
+    `program`, continuation lines (`\\` at the end) joined into one line."""
+    lines = [re.sub(r"^\s*#?\s?", "", l) if l.lstrip().startswith("#") else l for l in text.splitlines()]
+    out = []
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith(program):
+            cmd = line
+            while cmd.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                cmd = cmd[:-1].rstrip() + " " + lines[i].strip()
+            out.append(cmd)
+        i += 1
+    return out
+
+
+def parse_helm_install(cmd: str, stage: str) -> dict:
+    """`helm upgrade --install REL CHART [-n NS] [-f FILE]... [--set K=V]...` as a dict; `$S` is the stage,
+    `<...>` placeholders get sample values. Options that do not change the render (--wait, ...) are ignored."""
+    import shlex
+    cmd = cmd.replace("$S", stage).replace("${S}", stage)
+    cmd = re.sub(r"<[^>]*>", PLACEHOLDER_TAG, cmd)
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["helm", "upgrade", "--install"], f"not a `helm upgrade --install` line: {cmd}"
+    pos, got = [], {"namespace": None, "values": [], "set": []}
+    it = iter(argv[3:])
+    for a in it:
+        key, _, inline = a.partition("=") if a.startswith("--") else (a, "", "")
+        val = (lambda: inline if inline else next(it))
+        if key in ("-n", "--namespace"):
+            got["namespace"] = val()
+        elif key in ("-f", "--values"):
+            got["values"].append(val())
+        elif key in ("--set", "--set-string"):
+            got["set"].append(val())
+        elif key in ("--timeout", "--version", "--kube-context"):
+            val()
+        elif key.startswith("-"):
+            assert key in ("--wait", "--atomic", "--create-namespace", "--rollback-on-failure"), \
+                f"option {a} of the documented install line is not understood by this check"
+        else:
+            pos.append(a)
+    assert len(pos) == 2, f"expected RELEASE CHART, got {pos} in: {cmd}"
+    got["release"], got["chart"] = pos
+    assert got["namespace"], f"the install line sets no namespace: {cmd}"
+    return got
+
+
+def documented_installs(stage: str) -> list[tuple[str, dict]]:
+    """Every documented install of `stage`: the comment of deploy/helm/values-{stage}.yaml, and
+    docs/deploy.md's "Install or upgrade" command with S=stage."""
+    found = []
+    vf = values_file(stage)
+    lines = shell_commands("\n".join(l for l in vf.read_text().splitlines() if l.lstrip().startswith("#")),
+                           "helm upgrade --install")
+    assert len(lines) == 1, f"{vf.relative_to(ROOT)} documents {len(lines)} install lines, expected one"
+    found.append((str(vf.relative_to(ROOT)), parse_helm_install(lines[0], stage)))
+    lines = shell_commands(DEPLOY_DOC.read_text(), "helm upgrade --install")
+    assert len(lines) == 1, f"docs/deploy.md documents {len(lines)} install lines, expected one"
+    found.append(("docs/deploy.md", parse_helm_install(lines[0], stage)))
+    return found
+
+
+def documented_stack_params(t: dict, stage: str) -> dict[str, str]:
+    """The stack's parameters as docs/deploy.md deploys it: the template's defaults, plus the
+    `--parameter-overrides` of its `aws cloudformation deploy` command that name a parameter (with
+    S=stage; a placeholder value such as `$OIDC` gets a sample value)."""
+    p = cfn_params(t, stage)
+    cmds = shell_commands(DEPLOY_DOC.read_text(), "aws cloudformation deploy")
+    assert len(cmds) == 1, f"docs/deploy.md documents {len(cmds)} `aws cloudformation deploy` commands, expected one"
+    over = cmds[0].split("--parameter-overrides", 1)
+    assert len(over) == 2, "the documented stack deploy passes no --parameter-overrides (Stage is required)"
+    for k, v in re.findall(r"(?:^|\s)([A-Za-z0-9]+)=(\S*)", over[1]):
+        if k not in t["Parameters"]:
+            continue
+        v = v.replace("${S}", stage).replace("$S", stage)
+        if "$" in v or v.startswith("<"):
+            v = SAMPLE_OIDC if k == "OidcProvider" else ""   # a value to fill in: only OidcProvider must be set
+        p[k] = v
+    assert p["Stage"] == stage, f"the documented stack deploy sets Stage={p['Stage']}"
+    if not p.get("OidcProvider"):
+        p["OidcProvider"] = SAMPLE_OIDC
+    return p
+
+
+def trusted_subjects(t: dict, params: dict[str, str]) -> list[str]:
+    """The `<provider>:sub` values of the worker role's web-identity trust, resolved as CloudFormation would."""
+    role = t["Resources"]["WorkerRole"]["Properties"]
+    doc = json.loads(cfn_resolve(role["AssumeRolePolicyDocument"], t, params))
+    subs = []
+    for st in doc["Statement"]:
+        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        if st.get("Effect") != "Allow" or "sts:AssumeRoleWithWebIdentity" not in acts:
+            continue
+        for op, conds in st.get("Condition", {}).items():
+            for key, val in conds.items():
+                if key == f"{params['OidcProvider']}:sub":
+                    assert op == "StringEquals", f"the :sub condition uses {op}, not StringEquals"
+                    subs += val if isinstance(val, list) else [val]
+    return subs
+
+
+def group_irsa() -> None:
+    """The ServiceAccount each documented install line renders is the one the stage's stack trusts."""
+    t = yaml.load(CFN_TEMPLATE.read_text(), Loader=CfnLoader)
+    for stage in STAGES:
+        def one(stage=stage):
+            params = documented_stack_params(t, stage)
+            subs = trusted_subjects(t, params)
+            assert len(subs) == 1, f"the worker role trusts {len(subs)} :sub values: {subs}"
+            m = re.fullmatch(r"system:serviceaccount:([^:]+):([^:]+)", subs[0])
+            assert m, f"trusted subject {subs[0]!r} is not a ServiceAccount"
+            role_name = cfn_resolve(t["Resources"]["WorkerRole"]["Properties"]["RoleName"], t, params)
+            problems = []
+            for where, inst in documented_installs(stage):
+                chart = (ROOT / inst["chart"]).resolve()
+                assert chart == CHART.resolve(), f"{where}: installs chart {inst['chart']}, not {CHART.relative_to(ROOT)}"
+                assert [(ROOT / f).resolve() for f in inst["values"]] == [values_file(stage).resolve()], \
+                    f"{where}: values files {inst['values']}, expected only {values_file(stage).relative_to(ROOT)}"
+                cmd = ["helm", "template", inst["release"], str(chart), "--namespace", inst["namespace"]]
+                for f in inst["values"]:
+                    cmd += ["-f", str((ROOT / f).resolve())]
+                for x in inst["set"]:
+                    cmd += ["--set", x]
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                r = Render(p.returncode, p.stdout, p.stderr)
+                assert r.rc == 0, f"{where}: `helm template` of the install line failed: {r.err[-400:]}"
+                sa = r.one("ServiceAccount")["metadata"]
+                pod_sa = r.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+                got = f"system:serviceaccount:{sa.get('namespace', inst['namespace'])}:{sa['name']}"
+                if got != subs[0] or pod_sa != sa["name"]:
+                    problems.append(f"{where} (release {inst['release']}, namespace {inst['namespace']}) renders "
+                                    f"ServiceAccount {got} (pods use {pod_sa}), but stack atlas-codex-{stage} trusts "
+                                    f"only {subs[0]}")
+                arn = sa["annotations"]["eks.amazonaws.com/role-arn"]
+                if arn.rsplit(":role/", 1)[-1] != role_name:
+                    problems.append(f"{where}: the ServiceAccount annotates role {arn}; the stack creates {role_name}")
+            assert not problems, "; ".join(problems)
+        R.run(f"irsa {stage}: each documented install (values-{stage}.yaml comment, docs/deploy.md) renders the "
+              f"ServiceAccount the stack's trust policy allows (:sub) and annotates the stack's role", one)
+
+    def detector():
+        # The check must be able to fail: a ServiceAccount named after the release is not trusted.
+        params = documented_stack_params(t, "preview")
+        subs = trusted_subjects(t, params)
+        assert subs == ["system:serviceaccount:atlas-codex-preview:atlas-codex-worker-preview"], subs
+        assert trusted_subjects(t, {**params, "ServiceAccountName": "custom"}) == \
+            ["system:serviceaccount:atlas-codex-preview:custom"]
+        lines = shell_commands("# Stage:\n#   helm upgrade --install rel-$S helm/atlas-codex-worker -n ns-$S \\\n"
+                               "#     -f deploy/helm/values-$S.yaml --set image.tag=<git sha> --wait --timeout 10m\n"
+                               "# helm upgrade --install is the only command here", "helm upgrade --install")
+        assert len(lines) == 2, lines
+        inst = parse_helm_install(lines[0], "preview")
+        assert inst == {"release": "rel-preview", "chart": "helm/atlas-codex-worker", "namespace": "ns-preview",
+                        "values": ["deploy/helm/values-preview.yaml"], "set": [f"image.tag={PLACEHOLDER_TAG}"]}, inst
+        r = helm_template("preview", rel="atlas-codex-preview", values={"serviceAccount": {"name": "atlas-codex-preview-atlas-codex-worker"}})
+        assert r.rc == 0, r.err
+        sa = r.one("ServiceAccount")["metadata"]
+        assert f"system:serviceaccount:{sa['namespace']}:{sa['name']}" not in subs
+    R.run("irsa: the parsers resolve the trust policy and install lines, and a release-named ServiceAccount "
+          "would not be trusted", detector)
+
+
 def dep_stage_label(r: Render) -> str | None:
     return r.one("Deployment")["spec"]["template"]["metadata"]["labels"].get("atlas-codex.io/stage")
 
@@ -1114,6 +1364,7 @@ GROUPS = {
     "assertions": group_assertions,
     "cfn": group_cfn,
     "names": group_names,
+    "irsa": group_irsa,
     "docker": group_docker,
 }
 

@@ -5,7 +5,8 @@
 
 {{/*
 Full name prefix of every object: `<release>-<chart>`, or the release name when it already holds the
-chart name. It always contains the release name, so two releases never share an object name.
+chart name. It always contains the release name, so two releases never share an object name (the
+one exception is the ServiceAccount, named per stage for IRSA: see serviceAccountName below).
 */}}
 {{- define "atlas-codex-worker.fullname" -}}
 {{- if .Values.fullnameOverride -}}
@@ -45,13 +46,15 @@ app.kubernetes.io/part-of: atlas-codex
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{/* The ServiceAccount's name. */}}
+{{/*
+The ServiceAccount's name: `serviceAccount.name`, else `atlas-codex-worker-<stage>`. Deliberately not
+derived from the release name (nor from nameOverride/fullnameOverride): the IRSA trust policy of
+deploy/cloudformation/atlas-codex-stage.yaml allows exactly
+system:serviceaccount:atlas-codex-<stage>:atlas-codex-worker-<stage> by default, whatever the release is
+called. With serviceAccount.create=false the pods use the existing ServiceAccount of that name.
+*/}}
 {{- define "atlas-codex-worker.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create -}}
-{{- default (include "atlas-codex-worker.fullname" .) .Values.serviceAccount.name -}}
-{{- else -}}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
-{{- end -}}
+{{- default (printf "atlas-codex-worker-%s" .Values.stage) .Values.serviceAccount.name -}}
 {{- end -}}
 
 {{/* The container image reference: repository:tag, or repository@digest when a digest is set. */}}
