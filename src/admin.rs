@@ -6,8 +6,9 @@
 //! not draining); Prometheus scrapes `/metrics`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,13 +20,64 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 
 /// Shared readiness state, written by the worker and read by `/readyz`.
 ///
-/// A new `Health` is *not* ready: the worker calls [`Health::set_backends_ok`] once its backends
-/// answered, and [`Health::set_draining`] on shutdown. Every change also updates the
-/// `atlas_worker_ready` gauge.
-#[derive(Debug, Default)]
+/// Ready means all of: not draining; the backends answered the monitor's last check (each check
+/// bounded by a timeout, so a frozen endpoint fails it instead of hanging it); the receive loop's
+/// last receive succeeded; and no receive has been pending longer than the long poll plus
+/// [`RECEIVE_STALL_GRACE`]. A new `Health` is *not* ready: the worker calls
+/// [`Health::set_backends_ok`] once its backends answered. Every change, and every
+/// [`Health::refresh`] (the monitor's tick), updates the `atlas_worker_ready` gauge.
+#[derive(Debug)]
 pub struct Health {
     draining: AtomicBool,
     backends_ok: AtomicBool,
+    receive_failing: AtomicBool,
+    /// Milliseconds after `epoch` at which the pending receive started (+1); 0: none pending.
+    receive_pending_since: AtomicU64,
+    /// How long a receive may be pending before it counts as stalled, milliseconds.
+    stall_after_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// How much longer than its long poll a receive may take before readiness fails: room for one
+/// slow response, far less than a frozen endpoint's SDK timeouts.
+pub const RECEIVE_STALL_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a worker is not ready, as `/readyz` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// SIGTERM: it stopped taking work.
+    Draining,
+    /// The backends did not answer the last check (or have not been checked yet).
+    BackendsUnreachable,
+    /// The last receive from the queue failed.
+    ReceiveFailing,
+    /// A receive has been pending far longer than its long poll.
+    ReceiveStalled,
+}
+
+impl NotReady {
+    /// The reason as `/readyz` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::Draining => "draining",
+            NotReady::BackendsUnreachable => "backends unreachable",
+            NotReady::ReceiveFailing => "receive failing",
+            NotReady::ReceiveStalled => "receive stalled",
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            draining: AtomicBool::new(false),
+            backends_ok: AtomicBool::new(false),
+            receive_failing: AtomicBool::new(false),
+            receive_pending_since: AtomicU64::new(0),
+            stall_after_ms: AtomicU64::new((Duration::from_secs(20) + RECEIVE_STALL_GRACE).as_millis() as u64),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Health {
@@ -35,15 +87,40 @@ impl Health {
         Health::default()
     }
 
+    /// The long poll the receive loop uses: a receive pending longer than this plus
+    /// [`RECEIVE_STALL_GRACE`] makes the worker unready.
+    pub fn set_long_poll(&self, wait: Duration) {
+        self.stall_after_ms.store((wait + RECEIVE_STALL_GRACE).as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// The worker stopped taking work (SIGTERM): readiness fails from now on, for good.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        crate::telemetry::set_ready(self.is_ready());
+        self.refresh();
     }
 
     /// Whether the backends (queue, stores) answered the last check.
     pub fn set_backends_ok(&self, ok: bool) {
         self.backends_ok.store(ok, Ordering::SeqCst);
+        self.refresh();
+    }
+
+    /// The receive loop started a receive.
+    pub fn receive_started(&self) {
+        let since = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.receive_pending_since.store(since, Ordering::SeqCst);
+    }
+
+    /// The receive loop's receive returned, successfully or not.
+    pub fn receive_finished(&self, ok: bool) {
+        self.receive_pending_since.store(0, Ordering::SeqCst);
+        self.receive_failing.store(!ok, Ordering::SeqCst);
+        self.refresh();
+    }
+
+    /// Re-evaluates readiness (a receive may have stalled since the last change) and updates the
+    /// `atlas_worker_ready` gauge.
+    pub fn refresh(&self) {
         crate::telemetry::set_ready(self.is_ready());
     }
 
@@ -52,20 +129,32 @@ impl Health {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready: backends reachable and not draining.
+    /// Ready: see [`Health`].
     pub fn is_ready(&self) -> bool {
         self.not_ready_reason().is_none()
     }
 
     /// Why the worker is not ready, or `None` when it is.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<NotReady> {
+        let since = self.receive_pending_since.load(Ordering::SeqCst);
+        let stalled = since > 0
+            && (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(since) > self.stall_after_ms.load(Ordering::SeqCst);
         if self.is_draining() {
-            Some("draining")
+            Some(NotReady::Draining)
         } else if !self.backends_ok.load(Ordering::SeqCst) {
-            Some("backends unreachable")
+            Some(NotReady::BackendsUnreachable)
+        } else if self.receive_failing.load(Ordering::SeqCst) {
+            Some(NotReady::ReceiveFailing)
+        } else if stalled {
+            Some(NotReady::ReceiveStalled)
         } else {
             None
         }
+    }
+
+    /// Why the worker is not ready, as text, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        self.not_ready().map(NotReady::as_str)
     }
 }
 

@@ -3,8 +3,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::info;
+use tokio::sync::watch;
+
+use tracing::{info, warn};
 
 use crate::admin::{self, Health};
 use crate::backend::{self, Backends};
@@ -19,6 +22,83 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, BackendError> {
     match s.storage.backend {
         BackendKind::Sqlite => backend::local::open_backends(s),
         BackendKind::Aws => backend::aws::open_backends(s).await,
+    }
+}
+
+/// Longest pause between attempts to open unreachable backends at start.
+const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// [`open_backends`], waiting out an unreachable endpoint: transient failures are retried with
+/// exponential backoff (1 s doubling to [`OPEN_RETRY_MAX`]), one warning per attempt, until the
+/// backends answer or `shutdown` fires (`Ok(None)`). Anything else (no credentials, access
+/// denied, a missing queue, table or bucket) fails at once.
+pub async fn open_backends_patiently(s: &Settings, shutdown: &Shutdown) -> Result<Option<Backends>, BackendError> {
+    let mut pause = Duration::from_secs(1);
+    for attempt in 1u32.. {
+        match open_backends(s).await {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) if e.is_retryable() => {
+                warn!(attempt, retry_in_secs = pause.as_secs(), error = %e, "backends unreachable; not ready, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait() => return Ok(None),
+                }
+                pause = (pause * 2).min(OPEN_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The process's shutdown: SIGTERM or SIGINT, watched by as many waiters as need it (opening the
+/// backends, the worker's receive loop).
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Fires on SIGTERM or SIGINT.
+    pub fn on_signal() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once shutdown was asked for.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// The admin server (`/metrics`, `/healthz`, `/readyz`), listening until [`AdminServer::stop`].
+pub struct AdminServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    /// Starts listening on `listen` (`None` when it is empty: no admin server).
+    pub async fn start(listen: &str, health: Arc<Health>) -> Result<Option<AdminServer>, String> {
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let listener = admin::bind(listen).await.map_err(|e| format!("admin server cannot listen on {listen}: {e}"))?;
+        info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin server listening");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(admin::serve(listener, health, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Some(AdminServer { stop, task }))
+    }
+
+    /// Stops listening and waits for the server to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
     }
 }
 
@@ -67,6 +147,12 @@ impl App {
         Ok(App { settings, backends, processor, health: Arc::new(Health::new()), provider })
     }
 
+    /// The same app reporting readiness through `health` (one the admin server already serves).
+    pub fn with_health(mut self, health: Arc<Health>) -> App {
+        self.health = health;
+        self
+    }
+
     /// Builds everything from settings alone.
     pub async fn from_settings(settings: Settings) -> Result<App, String> {
         let backends = open_backends(&settings).await.map_err(|e| e.to_string())?;
@@ -76,26 +162,18 @@ impl App {
 
     /// Runs the worker (and the admin server when configured) until shutdown or idle.
     pub async fn run(&self, opts: RunOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<RunStats, String> {
-        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = if self.settings.admin.listen.is_empty() {
-            None
-        } else {
-            let listener = admin::bind(&self.settings.admin.listen)
-                .await
-                .map_err(|e| format!("admin server cannot listen on {}: {e}", self.settings.admin.listen))?;
-            info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin server listening");
-            let health = self.health.clone();
-            Some(tokio::spawn(admin::serve(listener, health, async move {
-                let _ = admin_stop_rx.await;
-            })))
-        };
-        let worker = Worker::new(self.settings.clone(), self.backends.clone(), self.processor.clone(), self.health.clone());
-        let stats = worker.run(opts, shutdown).await;
-        let _ = admin_stop_tx.send(());
-        if let Some(t) = admin_task {
-            let _ = t.await;
+        let admin = AdminServer::start(&self.settings.admin.listen, self.health.clone()).await?;
+        let stats = self.work(opts, shutdown).await;
+        if let Some(a) = admin {
+            a.stop().await;
         }
         Ok(stats)
+    }
+
+    /// Runs the worker alone (its admin server, if any, is the caller's) until shutdown or idle.
+    pub async fn work(&self, opts: RunOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> RunStats {
+        let worker = Worker::new(self.settings.clone(), self.backends.clone(), self.processor.clone(), self.health.clone());
+        worker.run(opts, shutdown).await
     }
 }
 

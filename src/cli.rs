@@ -169,11 +169,34 @@ async fn worker(settings: Settings, exit_when_idle: bool) -> Result<(), CliError
         return Err(CliError::new(EXIT_USAGE, p));
     }
     crate::telemetry::install_metrics(&settings.metrics_namespace());
-    let app = App::from_settings(settings).await.map_err(fail)?;
-    tracing::info!(provider = %app.provider, "starting");
-    let stats = app.run(RunOptions { exit_when_idle }, app::shutdown_signal()).await.map_err(fail)?;
-    tracing::info!(received = stats.received, completed = stats.completed, failed = stats.failed, "done");
-    Ok(())
+    let (llm, provider) = app::build_llm(&settings).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    // Listening first: while the backends are unreachable the pod is alive and visibly unready.
+    let health = std::sync::Arc::new(crate::admin::Health::new());
+    let admin = app::AdminServer::start(&settings.admin.listen, health.clone()).await.map_err(fail)?;
+    let shutdown = app::Shutdown::on_signal();
+    let opened = app::open_backends_patiently(&settings, &shutdown).await;
+    let result = match opened {
+        Ok(Some(backends)) => match App::new(std::sync::Arc::new(settings), backends, llm, provider) {
+            Ok(app) => {
+                let app = app.with_health(health);
+                tracing::info!(provider = %app.provider, "starting");
+                let stop = shutdown.clone();
+                let stats = app.work(RunOptions { exit_when_idle }, async move { stop.wait().await }).await;
+                tracing::info!(received = stats.received, completed = stats.completed, failed = stats.failed, "done");
+                Ok(())
+            }
+            Err(e) => Err(fail(e)),
+        },
+        Ok(None) => {
+            tracing::info!("shutdown before the backends answered");
+            Ok(())
+        }
+        Err(e) => Err(fail(e)),
+    };
+    if let Some(a) = admin {
+        a.stop().await;
+    }
+    result
 }
 
 /// Turns one input line into a message body ready to send, uploading large inline inputs.

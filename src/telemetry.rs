@@ -102,10 +102,14 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest label value kept; longer ones are cut (bounds memory and series size).
 const MAX_LABEL_LEN: usize = 64;
 
+/// Log directives added to `telemetry.log_level` unless it names an `aws` target itself.
+const QUIET_SDK_TARGETS: &[&str] = &["aws_config=error", "aws_smithy_runtime=error", "aws_smithy_runtime_api=error", "aws_sdk_sqs=error", "aws_sdk_dynamodb=error", "aws_sdk_s3=error"];
+
 /// Sets up structured logging on stderr: JSON or human-readable per `t.log_format`.
 ///
-/// The filter is `RUST_LOG` when it is set and valid, else `t.log_level`, else `info`. Safe to call
-/// more than once (later calls do nothing): tests and the binary may both call it.
+/// The filter is `RUST_LOG` when it is set and valid, else `t.log_level` (with the AWS SDK's
+/// targets at `error`), else `info`. Safe to call more than once (later calls do nothing): tests
+/// and the binary may both call it.
 pub fn init_tracing(t: &TelemetrySettings) {
     use tracing_subscriber::EnvFilter;
     let mut problem = None;
@@ -122,6 +126,9 @@ pub fn init_tracing(t: &TelemetrySettings) {
     let filter = match filter {
         Some(f) => f,
         None => match EnvFilter::try_new(&t.log_level) {
+            // The AWS SDK logs every failed credentials provider and retry at WARN, kilobytes of
+            // debug output around one error the worker reports in a line of its own.
+            Ok(f) if !t.log_level.contains("aws") => QUIET_SDK_TARGETS.iter().filter_map(|d| d.parse().ok()).fold(f, |f, d| f.add_directive(d)),
             Ok(f) => f,
             Err(e) => {
                 problem = Some(format!("telemetry.log_level is not a valid filter ({e}); using info"));

@@ -91,6 +91,7 @@ impl Worker {
             let _ = stop_tx.send(true);
         });
         let deleter = Deleter::spawn(self.backends.clone(), Duration::from_millis(s.worker.delete_flush_ms));
+        self.health.set_long_poll(Duration::from_secs(s.queue.wait_time_secs));
         let monitor = spawn_monitor(self.backends.clone(), s.clone(), self.health.clone());
         let mut tasks: JoinSet<()> = JoinSet::new();
         let wait = Duration::from_secs(s.queue.wait_time_secs);
@@ -116,7 +117,10 @@ impl Worker {
                 }
             }
             // The receive is not cancelled by shutdown: what it returns is started or given back.
-            let messages = match self.backends.queue.receive(permits.len(), wait).await {
+            self.health.receive_started();
+            let received = self.backends.queue.receive(permits.len(), wait).await;
+            self.health.receive_finished(received.is_ok());
+            let messages = match received {
                 Ok(m) => {
                     receive_errors = 0;
                     m
@@ -493,22 +497,33 @@ async fn flush_deletes(b: &Backends, pending: &mut Vec<String>) {
     }
 }
 
+/// How often the monitor checks the backends (and re-evaluates readiness).
+const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a monitor check may take: a backend slower than this counts as unreachable, so a
+/// frozen endpoint turns readiness off within seconds rather than after the SDK's timeouts.
+const MONITOR_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Publishes queue depth and budget gauges, and backend reachability for `/readyz`.
 fn spawn_monitor(b: Backends, s: Arc<Settings>, health: Arc<Health>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut tick = tokio::time::interval(MONITOR_INTERVAL);
         loop {
             tick.tick().await;
+            health.refresh();
             let now = chrono::Utc::now();
-            let depth = b.queue.depth().await;
-            if let Ok(d) = &depth {
-                telemetry::queue_depth(d);
-            }
-            let snap = b.ledger.snapshot(&crate::budget::period(now), now).await;
-            if let Ok(sn) = &snap {
-                telemetry::budget_snapshot(s.budget_limit_micros(), sn.spent_micros, sn.reserved_micros);
-            }
-            health.set_backends_ok(depth.is_ok() && snap.is_ok());
+            let check = async {
+                let depth = b.queue.depth().await;
+                if let Ok(d) = &depth {
+                    telemetry::queue_depth(d);
+                }
+                let snap = b.ledger.snapshot(&crate::budget::period(now), now).await;
+                if let Ok(sn) = &snap {
+                    telemetry::budget_snapshot(s.budget_limit_micros(), sn.spent_micros, sn.reserved_micros);
+                }
+                depth.is_ok() && snap.is_ok()
+            };
+            let ok = tokio::time::timeout(MONITOR_CHECK_TIMEOUT, check).await.unwrap_or(false);
+            health.set_backends_ok(ok);
         }
     })
 }

@@ -123,6 +123,35 @@ async fn readyz_follows_backends_and_draining() {
 
 #[tokio::test]
 #[allow(clippy::await_holding_lock)] // one runtime per test; the lock only orders tests
+async fn readyz_fails_while_receives_fail_or_one_hangs_past_the_long_poll() {
+    let _g = shared();
+    let health = Arc::new(Health::new());
+    health.set_long_poll(Duration::ZERO); // stalled after the grace alone
+    let srv = start(health.clone()).await;
+    health.set_backends_ok(true);
+    health.receive_started();
+    health.receive_finished(false);
+    let (status, _, body) = srv.get("/readyz").await;
+    assert_eq!((status, body.trim()), (503, "not ready: receive failing"));
+    assert_eq!(metric_value(&telemetry::render_metrics(), names::WORKER_READY, &[]), 0.0);
+    health.receive_started();
+    health.receive_finished(true);
+    assert_eq!(srv.get("/readyz").await.0, 200);
+    // A receive that does not come back: ready within the grace, then not.
+    health.receive_started();
+    assert!(health.is_ready());
+    tokio::time::sleep(atlas_codex::admin::RECEIVE_STALL_GRACE + Duration::from_millis(300)).await;
+    let (status, _, body) = srv.get("/readyz").await;
+    assert_eq!((status, body.trim()), (503, "not ready: receive stalled"));
+    health.refresh();
+    assert_eq!(metric_value(&telemetry::render_metrics(), names::WORKER_READY, &[]), 0.0, "the monitor's refresh updates the gauge");
+    health.receive_finished(true);
+    assert!(health.is_ready());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+#[allow(clippy::await_holding_lock)] // one runtime per test; the lock only orders tests
 async fn metrics_endpoint_serves_prometheus_text() {
     let _g = shared();
     let srv = start(Arc::new(Health::new())).await;

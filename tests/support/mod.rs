@@ -6,3 +6,4 @@ pub mod app;
 pub mod moto;
 pub mod pages;
 pub mod procs;
+pub mod proxy;

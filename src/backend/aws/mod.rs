@@ -64,11 +64,97 @@ pub async fn sdk_config(settings: &Settings) -> SdkConfig {
     config_loader(settings).load().await
 }
 
-/// The stage's AWS backends, built from the default SDK config (queue URLs resolved by name, so
-/// the queues must exist: run `atlas-codex provision` first).
+/// How long finding credentials may take at start (IMDS and web identity are network calls).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stage's AWS backends, built from the default SDK config, after checking what a worker
+/// needs before its first message: credentials, the queues (URLs resolved by name), both tables
+/// and the bucket. Each failure is one line that says what to do (see [`explain_open_error`]);
+/// an unreachable endpoint stays [`BackendError::Transient`] so the caller may wait for it.
 pub async fn open_backends(settings: &Settings) -> Result<Backends, BackendError> {
     let sdk = sdk_config(settings).await;
-    open_backends_with(settings, &sdk).await
+    check_credentials(&sdk).await?;
+    let explain = |e| explain_open_error(e, settings);
+    let backends = open_backends_with(settings, &sdk).await.map_err(explain)?;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    for table in [settings.jobs_table(), settings.budget_table()] {
+        dynamo
+            .describe_table()
+            .table_name(&table)
+            .send()
+            .await
+            .map_err(|e| explain(with_context(classify(&e), &format!("table {table}"))))?;
+    }
+    let bucket = settings.bucket();
+    s3::client(&sdk)
+        .head_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .map_err(|e| explain(with_context(classify(&e), &format!("bucket {bucket}"))))?;
+    Ok(backends)
+}
+
+/// Fails with one clear line when no credentials provider in the default chain has any.
+async fn check_credentials(sdk: &SdkConfig) -> Result<(), BackendError> {
+    use aws_sdk_sqs::config::ProvideCredentials;
+    let Some(provider) = sdk.credentials_provider() else {
+        return Err(BackendError::Other(NO_CREDENTIALS.into()));
+    };
+    match tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(BackendError::Other(NO_CREDENTIALS.into())),
+    }
+}
+
+const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with the stage's IAM role (IRSA: the chart's serviceAccount.annotations eks.amazonaws.com/role-arn)";
+
+/// Error codes that mean the credentials were refused or the role may not do this.
+const DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AWS.SimpleQueueService.AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidAccessKeyId",
+    "AuthorizationError",
+    "Forbidden",
+];
+
+fn with_context(e: BackendError, what: &str) -> BackendError {
+    match e {
+        BackendError::Transient(m) => BackendError::Transient(format!("{what}: {m}")),
+        BackendError::Conflict(m) => BackendError::Conflict(format!("{what}: {m}")),
+        BackendError::NotFound(m) => BackendError::NotFound(format!("{what}: {m}")),
+        BackendError::Other(m) => BackendError::Other(format!("{what}: {m}")),
+    }
+}
+
+/// Turns an error met while opening the stage into what to do about it: an unreachable endpoint
+/// (kept transient), a missing queue, table or bucket, refused credentials or a missing
+/// permission. Anything else passes unchanged.
+pub fn explain_open_error(e: BackendError, settings: &Settings) -> BackendError {
+    let endpoint = if settings.aws.endpoint_url.trim().is_empty() {
+        format!("the AWS endpoints of region `{}`", settings.aws.region.trim())
+    } else {
+        settings.aws.endpoint_url.trim().to_string()
+    };
+    match e {
+        BackendError::Transient(m) if m.contains("could not be sent") || m.contains("timed out") => BackendError::Transient(format!(
+            "cannot reach {endpoint} ({m}); check aws.endpoint_url (AWS_ENDPOINT_URL), aws.region and the network"
+        )),
+        BackendError::NotFound(m) => BackendError::NotFound(format!(
+            "{m}; create the stage's resources with `atlas-codex --stage {} provision` or deploy deploy/cloudformation/atlas-codex-stage.yaml",
+            settings.stage
+        )),
+        BackendError::Other(m) if m.contains("(HTTP 403)") || DENIED_CODES.iter().any(|c| m.contains(c)) => BackendError::Other(format!(
+            "access denied: {m}; check the credentials, and that the role has the stage's worker policy (deploy/cloudformation/atlas-codex-stage.yaml)"
+        )),
+        other => other,
+    }
 }
 
 /// [`open_backends`] with a given SDK config (tests pass one with static credentials).
