@@ -46,7 +46,7 @@ ENV ATLAS_CONFIG_DIR=/etc/atlas-codex
 WORKDIR /var/lib/atlas-codex
 USER 10001:10001
 
-# Admin server: /metrics, /healthz, /readyz (admin.listen, default 0.0.0.0:9090).
-EXPOSE 9090
+# Admin server: /metrics, /healthz, /readyz (admin.listen, default 0.0.0.0:10090).
+EXPOSE 10090
 ENTRYPOINT ["/usr/local/bin/atlas-codex"]
 CMD ["worker"]

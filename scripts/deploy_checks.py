@@ -1352,7 +1352,7 @@ def group_docker() -> None:
         assert rt["EXPOSE"] == [str(chart["admin"]["port"])], rt["EXPOSE"]
         assert json.loads(rt["ENTRYPOINT"][-1]) == ["/usr/local/bin/atlas-codex"]
         assert json.loads(rt["CMD"][-1]) == ["worker"]
-    R.run("docker: runtime is non-root uid 10001 (= chart), config in /etc/atlas-codex (= ATLAS_CONFIG_DIR), EXPOSE 9090, CMD worker", runtime)
+    R.run("docker: runtime is non-root uid 10001 (= chart), config in /etc/atlas-codex (= ATLAS_CONFIG_DIR), EXPOSE 10090, CMD worker", runtime)
 
 
 GROUPS = {

@@ -158,7 +158,7 @@ impl Health {
     }
 }
 
-/// Binds the admin listener (e.g. `0.0.0.0:9090`, or `127.0.0.1:0` in tests for a free port).
+/// Binds the admin listener (e.g. `0.0.0.0:10090`, or `127.0.0.1:0` in tests for a free port).
 pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }

@@ -258,24 +258,24 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(d);
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"startup": startup, "levels": results, "latency_ms": args.latency_ms, "llm": args.llm, "limiter": limiter})).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&json!({"startup": startup, "levels": results, "latency_ms": args.latency_ms, "llm": args.llm, "limiter": limiter})).map_err(|e| e.to_string())?);
     } else {
         if let Some(s) = &startup {
-            println!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
+            outln!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
         }
         for l in &limiter {
-            println!(
+            outln!(
                 "fleet rate limiter on {}: {} calls, {:.1} store writes per 1,000 calls, {:.0} µs added per call (p99 {} µs)",
                 l.store, l.calls, l.writes_per_1000_calls, l.mean_added_us, l.p99_added_us
             );
         }
-        println!("model latency {} ms, llm {}, {} cores", args.latency_ms, args.llm, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        println!(
+        outln!("model latency {} ms, llm {}, {} cores", args.latency_ms, args.llm, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        outln!(
             "{:>11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8} {:>12} {:>8} {:>8} {:>10}",
             "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "STEADY/S", "STEADY%", "CPU s/1000", "P50 ms", "P99 ms", "PEAK MiB"
         );
         for r in &results {
-            println!(
+            outln!(
                 "{:>11} {:>7} {:>8.2} {:>9.1} {:>6.1}% {:>9.1} {:>7.1}% {:>12.3} {:>8} {:>8} {:>10.1}",
                 r.concurrency,
                 r.jobs,

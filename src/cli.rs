@@ -137,6 +137,20 @@ fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::new(1, e.to_string())
 }
 
+/// Writes one line of command output (see `outln!`): a closed stdout ends the process with
+/// exit 0, any other write error with exit 1 and one line on stderr.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Loads settings for the CLI's stage, mapping problems to exit code 2.
 pub fn load_settings(cli: &Cli) -> Result<Settings, CliError> {
     Settings::load(&Sources::from_env(cli.stage.clone(), cli.config.clone())).map_err(|e| CliError::new(EXIT_USAGE, e.to_string()))
@@ -270,8 +284,8 @@ async fn submit(cli: &Cli, settings: Settings, file: Option<&str>) -> Result<(),
     }
     bar.finish_and_clear();
     match cli.output {
-        Output::Json => println!("{}", json!(ids)),
-        Output::Table => ids.iter().for_each(|i| println!("{i}")),
+        Output::Json => outln!("{}", json!(ids)),
+        Output::Table => ids.iter().for_each(|i| outln!("{i}")),
     }
     Ok(())
 }
@@ -294,30 +308,30 @@ async fn status(cli: &Cli, settings: Settings, job_id: &str) -> Result<(), CliEr
     let backends = app::open_backends(&settings).await.map_err(fail)?;
     let rec = backends.jobs.get(job_id).await.map_err(fail)?.ok_or_else(|| CliError::new(EXIT_NOT_FOUND, format!("no job `{job_id}` in stage `{}`", settings.stage)))?;
     match cli.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rec).map_err(fail)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&rec).map_err(fail)?),
         Output::Table => {
-            println!("job        {}", rec.id);
-            println!("status     {}", rec.status.as_str());
+            outln!("job        {}", rec.id);
+            outln!("status     {}", rec.status.as_str());
             if let Some(r) = &rec.pending_reason {
-                println!("waiting    {r}");
+                outln!("waiting    {r}");
             }
-            println!("attempts   {}", rec.attempts);
+            outln!("attempts   {}", rec.attempts);
             if let Some(m) = &rec.model {
-                println!("model      {m}");
+                outln!("model      {m}");
             }
             if let Some(r) = &rec.route {
-                println!("route      {} ({}, score {}): {}", r.model, r.tier, r.score, r.reason);
+                outln!("route      {} ({}, score {}): {}", r.model, r.tier, r.score, r.reason);
             }
-            println!("tokens     in {} (cached {}), out {} (reasoning {})", rec.usage.input_tokens, rec.usage.cached_input_tokens, rec.usage.output_tokens, rec.usage.reasoning_tokens);
-            println!("cost       ${:.6}", rec.cost_usd());
+            outln!("tokens     in {} (cached {}), out {} (reasoning {})", rec.usage.input_tokens, rec.usage.cached_input_tokens, rec.usage.output_tokens, rec.usage.reasoning_tokens);
+            outln!("cost       ${:.6}", rec.cost_usd());
             if let Some(k) = &rec.result_key {
-                println!("result     {}", backends.artifacts.location(k));
+                outln!("result     {}", backends.artifacts.location(k));
             }
             if let Some(e) = &rec.error {
-                println!("error      {}: {}", e.kind, e.message);
+                outln!("error      {}: {}", e.kind, e.message);
             }
             if rec.simulated {
-                println!("simulated  true");
+                outln!("simulated  true");
             }
         }
     }
@@ -362,13 +376,13 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
                 .iter()
                 .map(|s| json!({"stage": s.stage, "resources": s.resource_names().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>()}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})).map_err(fail)?);
+            outln!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})).map_err(fail)?);
         }
         Output::Table => {
             for s in &loaded {
-                println!("stage {}: ok", s.stage);
+                outln!("stage {}: ok", s.stage);
                 for (k, v) in s.resource_names() {
-                    println!("  {k:<18} {v}");
+                    outln!("  {k:<18} {v}");
                 }
             }
             for w in &warnings {
@@ -395,7 +409,7 @@ async fn budget(cli: &Cli, settings: Settings) -> Result<(), CliError> {
     let remaining = (limit - snap.spent_micros - snap.reserved_micros).max(0);
     let by = |m: &std::collections::BTreeMap<String, i64>| m.iter().map(|(k, v)| (k.clone(), json!(micros_to_usd(*v)))).collect::<serde_json::Map<_, _>>();
     match cli.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "stage": settings.stage, "period": period,
@@ -406,18 +420,18 @@ async fn budget(cli: &Cli, settings: Settings) -> Result<(), CliError> {
             .map_err(fail)?
         ),
         Output::Table => {
-            println!("stage {}  period {period}", settings.stage);
-            println!("  limit      ${:>12.6}", micros_to_usd(limit));
-            println!("  spent      ${:>12.6}", micros_to_usd(snap.spent_micros));
-            println!("  reserved   ${:>12.6}", micros_to_usd(snap.reserved_micros));
-            println!("  remaining  ${:>12.6}", micros_to_usd(remaining));
-            println!("by model:");
+            outln!("stage {}  period {period}", settings.stage);
+            outln!("  limit      ${:>12.6}", micros_to_usd(limit));
+            outln!("  spent      ${:>12.6}", micros_to_usd(snap.spent_micros));
+            outln!("  reserved   ${:>12.6}", micros_to_usd(snap.reserved_micros));
+            outln!("  remaining  ${:>12.6}", micros_to_usd(remaining));
+            outln!("by model:");
             for (m, v) in &snap.by_model {
-                println!("  {m:<20} ${:>12.6}", micros_to_usd(*v));
+                outln!("  {m:<20} ${:>12.6}", micros_to_usd(*v));
             }
-            println!("by tenant:");
+            outln!("by tenant:");
             for (t, v) in &snap.by_tenant {
-                println!("  {t:<20} ${:>12.6}", micros_to_usd(*v));
+                outln!("  {t:<20} ${:>12.6}", micros_to_usd(*v));
             }
         }
     }
@@ -430,14 +444,14 @@ async fn dlq(cli: &Cli, settings: Settings, action: &DlqAction) -> Result<(), Cl
         DlqAction::List { max } => {
             let items = backends.queue.dlq_peek(*max).await.map_err(fail)?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&items).map_err(fail)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&items).map_err(fail)?),
                 Output::Table => {
                     if items.is_empty() {
-                        println!("the DLQ {} is empty", settings.dlq_name());
+                        outln!("the DLQ {} is empty", settings.dlq_name());
                     }
                     for d in &items {
                         let id = job::salvage_job_id(&d.body).map(|j| j.to_string()).unwrap_or_else(|| "-".into());
-                        println!("{:<36} job {:<24} receives {:<3} {}", d.message_id, id, d.receive_count, d.reason.as_deref().unwrap_or("(redrive policy)"));
+                        outln!("{:<36} job {:<24} receives {:<3} {}", d.message_id, id, d.receive_count, d.reason.as_deref().unwrap_or("(redrive policy)"));
                     }
                 }
             }
@@ -471,7 +485,7 @@ async fn dlq(cli: &Cli, settings: Settings, action: &DlqAction) -> Result<(), Cl
 fn print_redrive(output: Output, settings: &Settings, report: &RedriveReport, dry_run: bool) {
     let by_kind = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({"dry_run": dry_run, "moved": report.moved_total(), "examined": report.examined(), "moved_by_kind": report.moved, "left_by_kind": report.left})
         ),
@@ -479,10 +493,10 @@ fn print_redrive(output: Output, settings: &Settings, report: &RedriveReport, dr
             let verb = if dry_run { "would move" } else { "moved" };
             let n = report.moved_total();
             let detail = if n > 0 { format!(" ({})", by_kind(&report.moved)) } else { String::new() };
-            println!("{verb} {n} message(s) from {} back to {}{detail}", settings.dlq_name(), settings.queue_name());
+            outln!("{verb} {n} message(s) from {} back to {}{detail}", settings.dlq_name(), settings.queue_name());
             if !report.left.is_empty() {
                 let left: u64 = report.left.values().sum();
-                println!("left {left} in the DLQ ({}); name a kind with --reason KIND, or --all, to move them", by_kind(&report.left));
+                outln!("left {left} in the DLQ ({}); name a kind with --reason KIND, or --all, to move them", by_kind(&report.left));
             }
         }
     }
@@ -491,13 +505,13 @@ fn print_redrive(output: Output, settings: &Settings, report: &RedriveReport, dr
 async fn provision(cli: &Cli, settings: Settings) -> Result<(), CliError> {
     if settings.storage.backend == crate::settings::BackendKind::Sqlite {
         let _ = app::open_backends(&settings).await.map_err(fail)?;
-        println!("stage {} uses the embedded backend under {}; nothing to provision", settings.stage, settings.storage.data_dir.display());
+        outln!("stage {} uses the embedded backend under {}; nothing to provision", settings.stage, settings.storage.data_dir.display());
         return Ok(());
     }
     let report = crate::backend::aws::provision::provision(&settings).await.map_err(fail)?;
     match cli.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(fail)?),
-        Output::Table => println!("{report}"),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&report).map_err(fail)?),
+        Output::Table => outln!("{report}"),
     }
     Ok(())
 }

@@ -95,11 +95,11 @@ pub async fn run(json_out: bool) -> Result<(), String> {
                 "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
             }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
-        println!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", "COST USD", "TIME");
+        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", "COST USD", "TIME");
         for r in &rows {
-            println!(
+            outln!(
                 "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
                 r.id,
                 r.status.as_str(),
@@ -110,17 +110,17 @@ pub async fn run(json_out: bool) -> Result<(), String> {
                 r.duration_ms.unwrap_or(0)
             );
             if let Some(e) = &r.error {
-                println!("    error: {}: {}", e.kind, e.message);
+                outln!("    error: {}: {}", e.kind, e.message);
             }
         }
-        println!();
+        outln!();
         if let Some(k) = rows.iter().find_map(|r| r.result_key.as_ref()) {
             let loc = app.backends.artifacts.location(k);
             let dir = loc.rsplit_once("/jobs/").map(|(d, _)| format!("{d}/jobs/")).unwrap_or(loc);
-            println!("Results: {dir}<job_id>/result.json");
+            outln!("Results: {dir}<job_id>/result.json");
         }
-        println!("Status of one job: cargo run --release -- status {}", ids[0]);
-        println!("Budget this month: cargo run --release -- budget");
+        outln!("Status of one job: cargo run --release -- status {}", ids[0]);
+        outln!("Budget this month: cargo run --release -- budget");
     }
     let completed = rows.iter().filter(|r| r.status == JobStatus::Completed).count();
     if completed != ids.len() {

@@ -29,6 +29,13 @@
 //! | [`app`] | wiring: settings → backends, provider, processor, worker, admin server |
 //! | [`cli`], [`demo`], [`bench`] | the `atlas-codex` commands |
 
+/// `println!` for command output that ends the process quietly (exit 0) when stdout is closed
+/// (`atlas-codex ... | head`), where `println!` would panic.
+macro_rules! outln {
+    () => { $crate::cli::write_line(format_args!("")) };
+    ($($t:tt)*) => { $crate::cli::write_line(format_args!($($t)*)) };
+}
+
 pub mod admin;
 pub mod app;
 pub mod backend;

@@ -492,7 +492,7 @@ impl Default for Settings {
                 allow_cookies: false,
             },
             crawl: CrawlSettings { politeness_delay_ms: 500, respect_robots: true },
-            admin: AdminSettings { listen: "0.0.0.0:9090".into() },
+            admin: AdminSettings { listen: "0.0.0.0:10090".into() },
             telemetry: TelemetrySettings {
                 log_format: LogFormat::Pretty,
                 log_level: "info".into(),

@@ -283,15 +283,22 @@ async fn handle_message(mut ctx: TaskCtx, message: Message, permit: OwnedSemapho
         _ = wait_true(&mut ctx.abort) => None,
     };
     heartbeat.abort();
-    let _enter = span.enter();
-    let c = &ctx.counters;
     let elapsed = started.elapsed();
+    // Instrumented, not entered: an entered span held across `.await` would tag whatever other
+    // task runs on this thread meanwhile with this job's id.
+    settle(&ctx, &message, verdict, &job_slot, elapsed).instrument(span).await;
+}
+
+/// Carries out a verdict on the message (delete, dead-letter, back off, defer) and reports the
+/// outcome; `None` is the drain timeout.
+async fn settle(ctx: &TaskCtx, message: &Message, verdict: Option<Verdict>, job_slot: &OnceLock<String>, elapsed: Duration) {
+    let c = &ctx.counters;
     let Some(verdict) = verdict else {
         // Drain timeout: give the job and the message back for another worker.
         if let Some(id) = job_slot.get() {
             ctx.processor.abandon(id, "worker shutting down").await;
         }
-        give_back(&ctx.backends, std::slice::from_ref(&message)).await;
+        give_back(&ctx.backends, std::slice::from_ref(message)).await;
         c.abandoned.fetch_add(1, Ordering::Relaxed);
         telemetry::job_outcome(job_slot.get().map(String::as_str).unwrap_or("-"), Outcome::Retried, "shutdown", elapsed, None);
         telemetry::job_finished();
@@ -313,7 +320,7 @@ async fn handle_message(mut ctx: TaskCtx, message: Message, permit: OwnedSemapho
         }
         Verdict::DeadLetter { job_id, error } => {
             let reason = format!("{}: {}", error.kind(), error.message());
-            if let Err(e) = q.dead_letter(&message, &reason).await {
+            if let Err(e) = q.dead_letter(message, &reason).await {
                 // Not lost: it stays on the queue and the redrive policy catches it.
                 error!(error = %e, "dead-lettering failed; the message will be redelivered");
             }

@@ -229,3 +229,47 @@ fn large_inputs_go_by_claim_check() {
     let st = json(&c.run(&["--output", "json", "status", "big-1"]));
     assert_eq!(st["status"], "completed", "{st}");
 }
+
+#[test]
+fn every_job_outcome_line_carries_its_own_jobs_span() {
+    let c = Cli::new();
+    // Good jobs and jobs that are dead-lettered (a store call, so the task yields while settling).
+    let jobs: String = (0..80)
+        .map(|i| {
+            let model = if i % 2 == 0 { r#","model":"gpt-9""# } else { "" };
+            format!(r#"{{"job_id":"span-{i}","text":"Price: ${i}","instructions":"Extract the price"{model}}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(c.run_stdin(&["submit", "-"], &jobs).status.success());
+    let o = c
+        .cmd(&["worker", "--exit-when-idle"])
+        .env("ATLAS__TELEMETRY__LOG_FORMAT", "json")
+        .env("ATLAS__WORKER__CONCURRENCY", "32")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut outcomes = 0;
+    for line in String::from_utf8_lossy(&o.stderr).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        if v["message"] != "job outcome" {
+            continue;
+        }
+        outcomes += 1;
+        assert_eq!(v["span"]["job_id"], v["job_id"], "a job outcome logged in another job's span: {line}");
+    }
+    assert_eq!(outcomes, 80);
+}
+
+#[test]
+fn a_closed_stdout_ends_a_command_quietly_instead_of_panicking() {
+    let c = Cli::new();
+    for args in [vec!["validate", "--all-stages"], vec!["demo"], vec!["--output", "json", "budget"]] {
+        let mut child = c.cmd(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take()); // `| true`: the reader is gone before the first line
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -81,7 +81,7 @@ fn local_stage_is_embedded_and_may_reach_localhost() {
     assert_eq!(s.storage.data_dir, PathBuf::from("./atlas-data"));
     assert!(s.fetch.allow_private_networks);
     assert_eq!(s.telemetry.log_format, LogFormat::Pretty);
-    assert_eq!(s.admin.listen, "127.0.0.1:9090");
+    assert_eq!(s.admin.listen, "127.0.0.1:10090");
     assert_eq!(s.budget.monthly_usd, 50.0);
     assert_eq!(s.queue.wait_time_secs, 1);
     assert_eq!(s.queue_name(), "atlas-codex-queue-local");
@@ -695,10 +695,10 @@ fn llm_rules() {
 #[test]
 fn admin_and_telemetry_rules() {
     let mut s = valid("preview");
-    s.admin.listen = "localhost:9090".into();
+    s.admin.listen = "localhost:10090".into();
     s.telemetry.log_level = "info,[".into();
     let p = s.problems();
-    has(&p, &["admin.listen `localhost:9090` is not a socket address"]);
+    has(&p, &["admin.listen `localhost:10090` is not a socket address"]);
     has(&p, &["telemetry.log_level"]);
     s.admin.listen = String::new();
     s.telemetry.log_level = "warn,atlas_codex=debug".into();
