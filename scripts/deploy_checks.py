@@ -882,14 +882,14 @@ def group_cfn() -> None:
 
 
 # ----------------------------------------------------------------------------- names
-RESOURCE_KINDS = ("queue", "dlq", "jobs table", "budget table", "bucket")
+RESOURCE_KINDS = ("queue", "dlq", "jobs_table", "budget_table", "bucket")
 # Where the template creates each resource the binary names, and the property holding its name.
 CFN_NAMED = {"queue": ("Queue", "QueueName"), "dlq": ("DeadLetterQueue", "QueueName"),
-             "jobs table": ("JobsTable", "TableName"), "budget table": ("BudgetTable", "TableName"),
+             "jobs_table": ("JobsTable", "TableName"), "budget_table": ("BudgetTable", "TableName"),
              "bucket": ("ArtifactsBucket", "BucketName")}
 # Env variables that would rename a resource in a pod (ATLAS__SECTION__KEY overrides).
 RESOURCE_ENV = {"ATLAS__QUEUE__NAME": "queue", "ATLAS__QUEUE__DLQ_NAME": "dlq",
-                "ATLAS__STORAGE__JOBS_TABLE": "jobs table", "ATLAS__STORAGE__BUDGET_TABLE": "budget table",
+                "ATLAS__STORAGE__JOBS_TABLE": "jobs_table", "ATLAS__STORAGE__BUDGET_TABLE": "budget_table",
                 "ATLAS__STORAGE__BUCKET": "bucket"}
 
 
@@ -1072,8 +1072,8 @@ def group_names() -> None:
             arn = r.one("ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
             am = re.fullmatch(r"arn:aws:iam::([0-9]{12}):role/(.+)", arn)
             assert am and am.group(1) == account, f"role {arn} is not in the queue's account {account}"
-            assert want["metrics namespace"] == stage == dep_stage_label(r), \
-                f"metrics namespace {want['metrics namespace']} / pod label {dep_stage_label(r)} != {stage}"
+            assert want["metrics_namespace"] == stage == dep_stage_label(r), \
+                f"metrics namespace {want['metrics_namespace']} / pod label {dep_stage_label(r)} != {stage}"
         R.run(f"names {stage}: the chart's KEDA queue URL names the worker's queue; region, account, role and "
               f"stage label agree", chart_refs)
 

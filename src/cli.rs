@@ -87,6 +87,13 @@ pub enum Command {
     Demo,
     /// Measure throughput, CPU, latency and memory on the embedded backend with a mock LLM.
     Bench(crate::bench::BenchArgs),
+    /// Print a shell completion script (e.g. `atlas-codex completions bash > /etc/bash_completion.d/atlas-codex`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `atlas-codex man > atlas-codex.1`.
+    Man,
 }
 
 /// DLQ actions.
@@ -162,6 +169,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Validate { all_stages } => validate(&cli, *all_stages),
         Command::Demo => crate::demo::run(cli.output == Output::Json).await.map_err(fail),
         Command::Bench(args) => crate::bench::run(args.clone(), cli.output == Output::Json).await.map_err(fail),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "atlas-codex", &mut out);
+            outln!("{}", String::from_utf8_lossy(&out).trim_end());
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out).map_err(fail)?;
+            outln!("{}", String::from_utf8_lossy(&out).trim_end());
+            Ok(())
+        }
         _ => {
             let settings = load_settings(&cli)?;
             crate::telemetry::init_tracing(&settings.telemetry);
@@ -374,7 +393,7 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
         Output::Json => {
             let resources: Vec<Value> = loaded
                 .iter()
-                .map(|s| json!({"stage": s.stage, "resources": s.resource_names().into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect::<serde_json::Map<_, _>>()}))
+                .map(|s| json!({"stage": s.stage, "resources": s.resource_names().into_iter().map(|(k, v)| (k.replace(' ', "_"), Value::String(v))).collect::<serde_json::Map<_, _>>()}))
                 .collect();
             outln!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})).map_err(fail)?);
         }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::job::{JobRecord, JobStatus};
-use crate::settings::{Settings, Sources};
+use crate::settings::{ProviderKind, Settings, Sources};
 use crate::worker::RunOptions;
 
 /// The sample site, compiled in so the demo works from any directory.
@@ -50,7 +50,13 @@ pub async fn run(json_out: bool) -> Result<(), String> {
     src.env.insert("ATLAS__ADMIN__LISTEN".into(), String::new());
     src.env.insert("ATLAS__QUEUE__WAIT_TIME_SECS".into(), "1".into());
     src.env.insert("ATLAS__CRAWL__POLITENESS_DELAY_MS".into(), "100".into());
-    let settings = Settings::load(&src).map_err(|e| e.to_string())?;
+    let mut settings = Settings::load(&src).map_err(|e| e.to_string())?;
+    // Simulated costs are not money: they go to a scratch ledger beside the stage's data, never
+    // into the budget a real local worker spends from.
+    let simulated = settings.llm.provider == ProviderKind::Simulated || (settings.llm.provider == ProviderKind::Auto && settings.llm.api_key.is_none());
+    if simulated {
+        settings.storage.data_dir = settings.storage.data_dir.join("demo-simulated");
+    }
     crate::telemetry::init_tracing(&crate::settings::TelemetrySettings {
         log_level: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         ..settings.telemetry.clone()
@@ -84,20 +90,26 @@ pub async fn run(json_out: bool) -> Result<(), String> {
             rows.push(r);
         }
     }
+    let total_in: u64 = rows.iter().map(|r| r.usage.input_tokens).sum();
+    let total_out: u64 = rows.iter().map(|r| r.usage.output_tokens).sum();
+    let total_cost: f64 = rows.iter().map(|r| r.cost_usd()).sum();
+    let total_ms: u64 = rows.iter().filter_map(|r| r.duration_ms).sum();
     if json_out {
         let v: Vec<_> = rows
             .iter()
             .map(|r| json!({
                 "job_id": r.id, "status": r.status.as_str(), "model": r.model,
                 "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-                "cost_usd": r.cost_usd(), "duration_ms": r.duration_ms,
+                "cost_usd": r.cost_usd(), "simulated": r.simulated, "duration_ms": r.duration_ms,
                 "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
                 "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
             }))
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        let total = json!({"jobs": rows.len(), "input_tokens": total_in, "output_tokens": total_out, "cost_usd": total_cost, "simulated": simulated, "duration_ms": total_ms});
+        outln!("{}", serde_json::to_string_pretty(&json!({"jobs": v, "total": total})).map_err(|e| e.to_string())?);
     } else {
-        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", "COST USD", "TIME");
+        let cost_head = if simulated { "SIM. USD" } else { "COST USD" };
+        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", cost_head, "TIME");
         for r in &rows {
             outln!(
                 "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
@@ -113,14 +125,21 @@ pub async fn run(json_out: bool) -> Result<(), String> {
                 outln!("    error: {}: {}", e.kind, e.message);
             }
         }
+        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms", "TOTAL", format!("{} jobs", rows.len()), "", total_in, total_out, total_cost, total_ms);
+        if simulated {
+            outln!("Costs are simulated (no OPENAI_API_KEY): nothing was spent and the stage's budget is untouched.");
+        }
         outln!();
         if let Some(k) = rows.iter().find_map(|r| r.result_key.as_ref()) {
             let loc = app.backends.artifacts.location(k);
             let dir = loc.rsplit_once("/jobs/").map(|(d, _)| format!("{d}/jobs/")).unwrap_or(loc);
             outln!("Results: {dir}<job_id>/result.json");
         }
-        outln!("Status of one job: cargo run --release -- status {}", ids[0]);
-        outln!("Budget this month: cargo run --release -- budget");
+        let env = if simulated { format!("ATLAS__STORAGE__DATA_DIR={} ", s.storage.data_dir.display()) } else { String::new() };
+        outln!("Status of one job: {env}cargo run --release -- status {}", ids[0]);
+        if !simulated {
+            outln!("Budget this month: cargo run --release -- budget");
+        }
     }
     let completed = rows.iter().filter(|r| r.status == JobStatus::Completed).count();
     if completed != ids.len() {

@@ -17,6 +17,37 @@ use serde_json::Value;
 /// The stages this project ships config for.
 pub const KNOWN_STAGES: &[&str] = &["local", "preview", "production"];
 
+/// The known stage a mistyped or shortened name most likely meant (`prod` → `production`,
+/// `preveiw` → `preview`), or `None` when nothing is close.
+pub fn suggest_stage(stage: &str) -> Option<&'static str> {
+    let s = stage.trim().to_ascii_lowercase();
+    if s.is_empty() {
+        return None;
+    }
+    const ALIASES: &[(&str, &str)] = &[("prod", "production"), ("prd", "production"), ("dev", "local"), ("stg", "preview"), ("staging", "preview")];
+    if let Some((_, k)) = ALIASES.iter().find(|(a, _)| *a == s) {
+        return Some(k);
+    }
+    if let Some(k) = KNOWN_STAGES.iter().find(|k| k.starts_with(s.as_str()) && s.len() >= 3) {
+        return Some(k);
+    }
+    KNOWN_STAGES.iter().map(|k| (edit_distance(&s, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
+}
+
+/// Levenshtein distance, for [`suggest_stage`].
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// The whole settings tree. Every field has a default so a partial file is enough.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -558,7 +589,8 @@ impl Settings {
         let fail = |problems: Vec<String>| ConfigError { stage: stage.clone(), problems };
         let mut problems = Vec::new();
         if !valid_stage_name(&stage) {
-            return Err(fail(vec![format!("stage `{stage}` must match [a-z0-9-]{{1,32}}")]));
+            let hint = suggest_stage(&stage).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+            return Err(fail(vec![format!("stage `{stage}` must match [a-z0-9-]{{1,32}}{hint}")]));
         }
         // The built-in defaults are merged in after `config` has layered the files and the
         // environment (see `deep_merge`): fed to `config` as a source, their keys are split on
@@ -572,7 +604,8 @@ impl Settings {
         if stage_file.exists() {
             b = b.add_source(config::File::from(stage_file.clone()));
         } else if !KNOWN_STAGES.contains(&stage.as_str()) {
-            problems.push(format!("no config file for stage `{stage}` ({})", stage_file.display()));
+            let hint = suggest_stage(&stage).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+            problems.push(format!("no config file for stage `{stage}` ({}){hint}", stage_file.display()));
         }
         if let Some(f) = &src.extra_file {
             if !f.exists() {

@@ -48,7 +48,7 @@ fn json(o: &Output) -> Value {
 #[test]
 fn every_command_has_help() {
     let c = Cli::new();
-    for cmd in [vec![], vec!["worker"], vec!["submit"], vec!["status"], vec!["validate"], vec!["budget"], vec!["dlq"], vec!["dlq", "list"], vec!["dlq", "redrive"], vec!["provision"], vec!["demo"], vec!["bench"]] {
+    for cmd in [vec![], vec!["worker"], vec!["submit"], vec!["status"], vec!["validate"], vec!["budget"], vec!["dlq"], vec!["dlq", "list"], vec!["dlq", "redrive"], vec!["provision"], vec!["demo"], vec!["bench"], vec!["completions"], vec!["man"]] {
         let mut args = cmd.clone();
         args.push("--help");
         let o = c.run(&args);
@@ -67,6 +67,8 @@ fn validate_all_stages_passes_for_the_shipped_configs_and_names_a_shared_resourc
     assert_eq!(v["ok"], true);
     let names: Vec<String> = v["resources"].as_array().unwrap().iter().map(|r| r["resources"]["queue"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["atlas-codex-queue-local", "atlas-codex-queue-preview", "atlas-codex-queue-production"]);
+    let keys: Vec<&String> = v["resources"][0]["resources"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["bucket", "budget_table", "dlq", "jobs_table", "metrics_namespace", "queue"], "JSON keys are snake_case");
 
     // One extra file layered over every stage makes them share a queue.
     let shared = c.dir.path().join("shared.toml");
@@ -272,4 +274,60 @@ fn a_closed_stdout_ends_a_command_quietly_instead_of_panicking() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_mistyped_stage_is_refused_with_the_stage_it_most_likely_meant() {
+    let c = Cli::new();
+    for (given, meant) in [("prod", "production"), ("preveiw", "preview"), ("Production2", "production"), ("loca", "local")] {
+        let o = c.run(&["--stage", given, "status", "x"]);
+        assert_eq!(o.status.code(), Some(2), "{given}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("did you mean `{meant}`?")), "{given}: {err}");
+    }
+    let o = c.run(&["--stage", "zzzzzz", "status", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("did you mean"), "nothing close, nothing suggested");
+}
+
+#[test]
+fn the_demo_prints_a_total_and_never_charges_the_stages_budget_with_simulated_costs() {
+    let c = Cli::new();
+    let o = c.run(&["--output", "json", "demo"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&o);
+    let jobs = v["jobs"].as_array().unwrap();
+    assert!(jobs.len() >= 3);
+    let sum: f64 = jobs.iter().map(|j| j["cost_usd"].as_f64().unwrap()).sum();
+    assert!(sum > 0.0);
+    assert!((v["total"]["cost_usd"].as_f64().unwrap() - sum).abs() < 1e-9, "{v}");
+    assert_eq!(v["total"]["jobs"], jobs.len());
+    assert_eq!(v["total"]["simulated"], true);
+    assert!(jobs.iter().filter(|j| j["model"].is_string()).all(|j| j["simulated"] == true), "{v}");
+    let b = json(&c.run(&["--output", "json", "budget"]));
+    assert_eq!(b["spent_usd"].as_f64(), Some(0.0), "simulated demo costs reached the stage's ledger: {b}");
+    let table = String::from_utf8_lossy(&c.run(&["demo"]).stdout).to_string();
+    assert!(table.contains("SIM. USD") && table.lines().any(|l| l.starts_with("TOTAL")), "{table}");
+}
+
+#[test]
+fn shell_completions_and_a_man_page_are_generated_from_the_command_line_itself() {
+    let c = Cli::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = c.run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(script.contains("redrive") && script.contains("exit-when-idle"), "{shell}: every subcommand and flag");
+        if shell == "bash" {
+            let path = c.dir.path().join("atlas-codex.bash");
+            std::fs::write(&path, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+            assert!(check.status.success(), "bash -n: {}", String::from_utf8_lossy(&check.stderr));
+        }
+    }
+    assert_eq!(c.run(&["completions", "cmd.exe"]).status.code(), Some(2));
+    let o = c.run(&["man"]);
+    assert!(o.status.success());
+    let man = String::from_utf8_lossy(&o.stdout);
+    assert!(man.contains(".TH atlas-codex 1") && man.contains("dlq") && man.contains("worker"), "{man}");
 }

@@ -150,6 +150,29 @@ async fn readyz_fails_while_receives_fail_or_one_hangs_past_the_long_poll() {
     srv.shutdown().await;
 }
 
+#[test]
+fn metrics_carry_the_processs_cpu_memory_and_file_descriptors_in_the_standard_names() {
+    let _g = shared();
+    telemetry::install_metrics(STAGE);
+    let before = telemetry::process::read().expect("/proc is readable on Linux");
+    let burn: u64 = (0..30_000_000u64).fold(0, |a, i| a.wrapping_add(i * i));
+    assert!(burn > 0);
+    let files: Vec<std::fs::File> = (0..20).map(|_| std::fs::File::open("/proc/self/stat").unwrap()).collect();
+    let text = telemetry::render_metrics();
+    let after = telemetry::process::read().unwrap();
+    assert!(after.cpu_seconds >= before.cpu_seconds);
+    assert!(after.open_fds >= before.open_fds + 20, "{before:?} → {after:?}");
+    drop(files);
+    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds", "process_max_fds", "process_threads", "process_start_time_seconds"] {
+        assert!(text.contains(&format!("# HELP {name} ")) && text.contains(&format!("# TYPE {name} ")), "{name} described");
+    }
+    assert!(metric_value(&text, "process_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert!(metric_value(&text, "process_open_fds", &[]) >= 20.0);
+    let started = metric_value(&text, "process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started <= now + 1.0 && started > now - 3600.0, "started {started}, now {now}");
+}
+
 #[tokio::test]
 #[allow(clippy::await_holding_lock)] // one runtime per test; the lock only orders tests
 async fn metrics_endpoint_serves_prometheus_text() {

@@ -37,8 +37,8 @@ pub enum ResponseFormat {
 /// Per-call parameters, from the model's tier settings in config.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CallParams {
-    /// gpt-5 style (`max_completion_tokens`, `reasoning_effort`, `verbosity`, no temperature)
-    /// rather than GPT-4 style (`max_tokens`, `temperature`).
+    /// gpt-5 style (`reasoning_effort`, `verbosity`, no temperature) rather than GPT-4 style
+    /// (`temperature`). Both send their cap as `max_completion_tokens`.
     pub reasoning_model: bool,
     /// Upper bound on output tokens (also the budget reservation's output size).
     pub max_output_tokens: u32,

@@ -92,9 +92,9 @@ impl OpenAiClient {
 /// Builds the chat-completion request body for `request` (exposed so its wire shape can be tested
 /// and inspected without a server).
 ///
-/// Reasoning (gpt-5 style) models get `max_completion_tokens`, `reasoning_effort` and `verbosity`
-/// and never `temperature`; GPT-4-class models get `max_tokens` and `temperature`.
-#[allow(deprecated)] // `max_tokens` is deprecated upstream but is what GPT-4-class models take.
+/// Every model gets its output cap as `max_completion_tokens` (`max_tokens` is deprecated and
+/// refused by reasoning models). Reasoning (gpt-5 style) models also get `reasoning_effort` and
+/// `verbosity` and never `temperature`; GPT-4-class models get `temperature`.
 pub fn build_request(request: &LlmRequest) -> Result<CreateChatCompletionRequest, LlmError> {
     let mut messages: Vec<ChatCompletionRequestMessage> = Vec::with_capacity(2);
     if !request.system.is_empty() {
@@ -121,12 +121,11 @@ pub fn build_request(request: &LlmRequest) -> Result<CreateChatCompletionRequest
         response_format,
         ..Default::default()
     };
+    body.max_completion_tokens = max;
     if p.reasoning_model {
-        body.max_completion_tokens = max;
         body.reasoning_effort = p.reasoning_effort.as_deref().map(parse_effort).transpose()?;
         body.verbosity = p.verbosity.as_deref().map(parse_verbosity).transpose()?;
     } else {
-        body.max_tokens = max;
         body.temperature = p.temperature;
     }
     Ok(body)

@@ -26,6 +26,8 @@ use crate::backend::QueueDepth;
 use crate::job::Usage;
 use crate::settings::{LogFormat, TelemetrySettings};
 
+pub mod process;
+
 /// Metric names, public so that tests and dashboards checks refer to one spelling.
 pub mod names {
     /// Counter: job attempts by `outcome` and `reason`.
@@ -289,6 +291,11 @@ pub fn render_metrics() -> String {
         }
         out.push('\n');
     }
+    drop(map);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&process::render(&escape(&t.stage)));
     out
 }
 
