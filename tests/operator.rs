@@ -128,3 +128,44 @@ async fn start_up_failures_are_one_line_that_names_the_cause() {
     let line = one_line("unreachable", &o.stderr);
     assert!(line.contains(&format!("cannot reach {closed}")) && line.contains("aws.endpoint_url"), "{line}");
 }
+
+/// The fenced block between `<!-- walkthrough:begin -->` and `<!-- walkthrough:end -->` in the README.
+fn readme_walkthrough() -> String {
+    let readme = std::fs::read_to_string(support::procs::crate_dir().join("README.md")).expect("README.md");
+    let begin = readme.find("<!-- walkthrough:begin -->").expect("walkthrough marker in README.md");
+    let end = readme[begin..].find("<!-- walkthrough:end -->").expect("walkthrough end marker") + begin;
+    let block = &readme[begin..end];
+    let code_start = block.find("```sh\n").expect("a ```sh block") + "```sh\n".len();
+    let code_end = block[code_start..].find("```").expect("closing fence") + code_start;
+    block[code_start..code_end].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_runs_as_written_against_moto() {
+    let endpoint = moto::endpoint();
+    let script = readme_walkthrough();
+    assert!(script.contains("atlas-codex provision") && script.contains("dlq redrive"), "{script}");
+    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    // As a reader's shell would run it, with three additions that change no command: resources
+    // private to this run (other tests share the moto server), a short long poll, no admin port.
+    let env = ProcEnv::new()
+        .private_resources("preview", &format!("readme{run}"))
+        .set("ATLAS_TEST_MOTO_ENDPOINT", &endpoint)
+        .set("ATLAS__QUEUE__WAIT_TIME_SECS", "1")
+        .set("ATLAS__ADMIN__LISTEN", "")
+        .set("AWS_EC2_METADATA_DISABLED", "true");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-euo").arg("pipefail").arg("-c").arg(&script);
+    cmd.env_clear().envs(&env.vars).env("TMPDIR", tmp.path()).current_dir(support::procs::crate_dir());
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output()).await.expect("walkthrough within 10 min").expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the README walkthrough failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stdout.contains("status     completed"), "try-1 completed:\n{stdout}");
+    assert!(stdout.contains("model_forbidden"), "dlq list shows try-2:\n{stdout}");
+    assert!(stdout.contains("moved 1 message(s)"), "redrive moved it:\n{stdout}");
+    let rendered = std::fs::read_to_string(tmp.path().join("atlas-codex-preview.yaml")).expect("helm rendered the chart");
+    assert!(rendered.contains("name: atlas-codex-worker-preview"), "the trusted ServiceAccount and the release's objects");
+}
