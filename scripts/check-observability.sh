@@ -7,7 +7,7 @@
 #     a `stage` variable from label_values(atlas_worker_ready, stage), every atlas_ selector
 #     filtered by that variable;
 #   - every metric used by the dashboard or the alerts, and every metric defined in
-#     src/telemetry.rs, is in the docs/metrics.md catalogue, and the catalogue lists nothing the
+#     src/telemetry/mod.rs, is in the docs/metrics.md catalogue, and the catalogue lists nothing the
 #     code does not define; the documented histogram buckets equal the code's.
 # Needs promtool (Debian package `prometheus`, installed by scripts/install-tools.sh) and python3.
 # Prints `observability checks: N passed, M failed` and exits non-zero when M > 0.
@@ -23,7 +23,7 @@ ALERTS=deploy/prometheus/alerts.yaml
 ALERT_TESTS=deploy/prometheus/alerts.test.yaml
 DASHBOARD=deploy/grafana/atlas-codex.json
 DOCS=docs/metrics.md
-CODE=src/telemetry.rs
+CODE=src/telemetry/mod.rs
 
 for f in "$ALERTS" "$ALERT_TESTS" "$DASHBOARD" "$DOCS" "$CODE"; do
   if [ -f "$f" ]; then ok "$f exists"; else fail "$f is missing"; fi

@@ -164,18 +164,11 @@ fn classify_v6(ip: Ipv6Addr) -> Option<BlockReason> {
     if ip.is_loopback() {
         return Some(BlockReason::Loopback);
     }
-    let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
-    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (deprecated compatible): judge the IPv4 address.
-    if s[0..5] == [0, 0, 0, 0, 0] && (s[5] == 0xffff || s[5] == 0) {
-        return classify_v4(embedded(s[6], s[7])).or(if s[5] == 0 { Some(BlockReason::Reserved) } else { None });
-    }
-    // NAT64 well-known prefix 64:ff9b::/96 carries an IPv4 address.
-    if s[0..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return classify_v4(embedded(s[6], s[7]));
-    }
-    // 6to4 2002::/16 carries an IPv4 address in bits 16..48.
-    if s[0] == 0x2002 {
-        return classify_v4(embedded(s[1], s[2]));
+    // Every form that carries an IPv4 address is judged by that address (the one a translator
+    // or tunnel would end up connecting to), and never does better than `fallback`.
+    if let Some((candidates, fallback)) = embedded_v4(ip) {
+        let worst = candidates.iter().filter_map(|v4| classify_v4(*v4)).min_by_key(|r| severity(*r));
+        return worst.or(fallback);
     }
     if s[0] & 0xff00 == 0xff00 {
         return Some(BlockReason::Multicast);
@@ -192,14 +185,67 @@ fn classify_v6(ip: Ipv6Addr) -> Option<BlockReason> {
     if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] & 0xfff0) == 0x3ff0 {
         return Some(BlockReason::Documentation);
     }
-    // 64:ff9b:1::/48 local-use NAT64, 100::/64 discard, 2001::/23 IETF assignments (Teredo ...).
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])
-        || (s[0] == 0x2001 && s[1] < 0x0200)
-    {
+    // 100::/64 discard, 2001::/23 IETF protocol assignments.
+    if (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) || (s[0] == 0x2001 && s[1] < 0x0200) {
+        return Some(BlockReason::Reserved);
+    }
+    // Only 2000::/3 is global unicast; everything else is unassigned or special.
+    if s[0] & 0xe000 != 0x2000 {
         return Some(BlockReason::Reserved);
     }
     None
+}
+
+/// The IPv4 addresses an IPv6 address embeds, and the verdict when they are all public:
+/// IPv4-mapped `::ffff:a.b.c.d` and IPv4-translated `::ffff:0:a.b.c.d` (public: fine), the
+/// deprecated IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` (fine) and the local-use
+/// `64:ff9b:1::/48` (RFC 6052 places the address by prefix length, so both the /48 and the /96
+/// positions are judged), 6to4 `2002:V4ADDR::/48` (fine) and Teredo `2001:0::/32` (server and,
+/// de-obfuscated, client address). `None` for an address that embeds none.
+fn embedded_v4(ip: Ipv6Addr) -> Option<(Vec<Ipv4Addr>, Option<BlockReason>)> {
+    let s = ip.segments();
+    let b = ip.octets();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    if s[0..5] == [0, 0, 0, 0, 0] && s[5] == 0xffff {
+        return Some((vec![v4(s[6], s[7])], None));
+    }
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return Some((vec![v4(s[6], s[7])], None));
+    }
+    if s[0..6] == [0, 0, 0, 0, 0, 0] {
+        return Some((vec![v4(s[6], s[7])], Some(BlockReason::Reserved)));
+    }
+    if s[0..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some((vec![v4(s[6], s[7])], None));
+    }
+    if s[0..3] == [0x64, 0xff9b, 1] {
+        // /48: octets 6-7, then (after the u octet 8) 9-10. /96: the last four.
+        // A position left all-zero is the other layout's padding, not an address.
+        let at48 = Ipv4Addr::new(b[6], b[7], b[9], b[10]);
+        let at96 = v4(s[6], s[7]);
+        let mut both: Vec<Ipv4Addr> = [at48, at96].into_iter().filter(|a| !a.is_unspecified()).collect();
+        if both.is_empty() {
+            both.push(Ipv4Addr::UNSPECIFIED);
+        }
+        return Some((both, Some(BlockReason::Reserved)));
+    }
+    if s[0] == 0x2002 {
+        return Some((vec![v4(s[1], s[2])], None));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some((vec![v4(s[2], s[3]), v4(!s[6], !s[7])], Some(BlockReason::Reserved)));
+    }
+    None
+}
+
+/// Which block wins when several embedded addresses are blocked: the metadata address first,
+/// then what `allow_private_networks` cannot lift, then the rest.
+fn severity(r: BlockReason) -> u8 {
+    match r {
+        BlockReason::CloudMetadata => 0,
+        r if !r.lifted_by_allow_private() => 1,
+        _ => 2,
+    }
 }
 
 /// The policy decision for one address: `Ok` when it may be connected to.
@@ -850,6 +896,44 @@ mod tests {
             assert_eq!(classify_ip(v4(ip)), Some(r), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert_eq!(classify_ip(v4(ip)), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn every_ipv6_form_that_embeds_an_ipv4_address_is_judged_by_that_address() {
+        use BlockReason::*;
+        for (ip, r) in [
+            // IPv4-translated (RFC 2765), the form a red team used for the metadata address.
+            ("::ffff:0:169.254.169.254", CloudMetadata),
+            ("::ffff:0:127.0.0.1", Loopback),
+            ("::ffff:0:10.0.0.1", Private),
+            // IPv4-compatible (deprecated): never better than reserved.
+            ("::169.254.169.254", CloudMetadata),
+            ("::8.8.8.8", Reserved),
+            // NAT64 well-known and local-use prefixes (both RFC 6052 positions for /48).
+            ("64:ff9b::127.0.0.1", Loopback),
+            ("64:ff9b:1::a9fe:a9fe", CloudMetadata),
+            ("64:ff9b:1:a9fe:a9:fe00::", CloudMetadata),
+            ("64:ff9b:1::8.8.8.8", Reserved),
+            // 6to4.
+            ("2002:a9fe:a9fe::1", CloudMetadata),
+            ("2002:c0a8:0101::1", Private),
+            // Teredo: server address, and the client address (stored inverted).
+            ("2001:0:a9fe:a9fe::1", CloudMetadata),
+            ("2001:0:0808:0808::5601:5601", CloudMetadata),
+            ("2001:0:0808:0808::f7f7:f7f7", Reserved),
+            // Not in 2000::/3: not global unicast.
+            ("4000::1", Reserved),
+            ("1234::5", Reserved),
+        ] {
+            assert_eq!(classify_ip(v4(ip)), Some(r), "{ip}");
+        }
+        // Allowing private networks never lifts the metadata address in any of its forms.
+        for ip in ["::ffff:0:169.254.169.254", "64:ff9b:1::a9fe:a9fe", "2001:0:0808:0808::5601:5601", "2002:a9fe:a9fe::"] {
+            assert_eq!(address_allowed(v4(ip), true), Err(CloudMetadata), "{ip}");
+        }
+        for ip in ["::ffff:0:8.8.8.8", "64:ff9b::8.8.8.8", "2002:0808:0808::1", "2a00:1450:4001:81c::200e"] {
             assert_eq!(classify_ip(v4(ip)), None, "{ip}");
         }
     }

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 /// The message version this worker writes and understands.
 pub const MESSAGE_VERSION: u32 = 1;
+/// The prefix every claim-checked input lives under; an `input_key` outside it is refused.
+pub const INPUT_KEY_PREFIX: &str = "inputs/";
+
 /// Largest accepted message body in bytes (SQS's own limit is 256 KiB; larger inputs go by `input_key`).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Hard limits for crawls, whatever a message asks for.
@@ -243,12 +246,20 @@ pub enum MessageError {
     /// No input, or more than one.
     #[error("exactly one of url, html, text, input_key is required (found {0})")]
     Source(String),
+    /// `schema` is a JSON Schema document the validator cannot compile (an invalid `pattern`
+    /// regex, an unresolvable `$ref`): every answer would fail it, so no model is ever called.
+    #[error("schema cannot be compiled: {0}")]
+    InvalidSchema(String),
 }
 
 impl MessageError {
-    /// Stable reason for the job record and the DLQ attributes.
+    /// Stable reason for the job record and the DLQ attributes: `invalid_schema` for a schema
+    /// that cannot be compiled, `invalid_message` for everything else.
     pub fn kind(&self) -> &'static str {
-        "invalid_message"
+        match self {
+            MessageError::InvalidSchema(_) => "invalid_schema",
+            _ => "invalid_message",
+        }
     }
 }
 
@@ -440,6 +451,11 @@ fn finish(job: Job) -> Result<Job, MessageError> {
         if k.is_empty() || k.contains("..") || k.starts_with('/') {
             return Err(invalid("input_key", "must be a relative key without `..`"));
         }
+        // Claim-checked inputs live under their own prefix: a key elsewhere (another job's
+        // result, any object in the bucket) would hand that object to the model and the result.
+        if !k.starts_with(INPUT_KEY_PREFIX) || k.len() == INPUT_KEY_PREFIX.len() || k.contains('\\') || k.contains("//") {
+            return Err(invalid("input_key", &format!("must name an object under `{INPUT_KEY_PREFIX}` (e.g. `{INPUT_KEY_PREFIX}<job_id>`)")));
+        }
     }
     if job.instructions.as_ref().is_some_and(|i| i.len() > MAX_INSTRUCTIONS_BYTES) {
         return Err(invalid("instructions", &format!("longer than {MAX_INSTRUCTIONS_BYTES} bytes")));
@@ -453,6 +469,11 @@ fn finish(job: Job) -> Result<Job, MessageError> {
         }
         if json_depth(schema) > 32 {
             return Err(invalid("schema", "nested deeper than 32 levels"));
+        }
+        // Compiled now, exactly as the answer will be validated (formats and regexes included),
+        // so a schema nothing can satisfy is refused before anything is paid for.
+        if let Err(e) = crate::llm::schema::check_compiles(schema) {
+            return Err(MessageError::InvalidSchema(e));
         }
     }
     if let Some(t) = &job.tenant {

@@ -462,12 +462,20 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
         remove.extend(el.select(&s.remove_body).map(|e| e.id()));
     }
     let mut rewrite = Vec::new();
-    if let Some(base) = base {
-        for e in el.select(&s.rewrite) {
-            let attr = if e.value().name() == "a" { "href" } else { "src" };
-            if let Some(abs) = e.value().attr(attr).and_then(|v| absolute_url_any(v, base)) {
-                rewrite.push((e.id(), attr, abs));
+    for e in el.select(&s.rewrite) {
+        let is_link = e.value().name() == "a";
+        let attr = if is_link { "href" } else { "src" };
+        let Some(v) = e.value().attr(attr) else { continue };
+        if !safe_target(v, is_link) {
+            // `javascript:`, `vbscript:`, `data:` and other schemes never reach the Markdown: a
+            // link keeps its text, an image goes.
+            if is_link {
+                rewrite.push((e.id(), attr, None));
+            } else {
+                remove.push(e.id());
             }
+        } else if let Some(abs) = base.and_then(|b| absolute_url_any(v, b)) {
+            rewrite.push((e.id(), attr, Some(abs)));
         }
     }
     for id in remove {
@@ -478,14 +486,36 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
     for (id, attr, abs) in rewrite {
         if let Some(mut n) = doc.tree.get_mut(id) {
             if let Node::Element(e) = n.value() {
-                for (name, value) in e.attrs.iter_mut() {
-                    if &*name.local == attr {
-                        *value = abs.as_str().into();
+                match abs {
+                    Some(abs) => {
+                        for (name, value) in e.attrs.iter_mut() {
+                            if &*name.local == attr {
+                                *value = abs.as_str().into();
+                            }
+                        }
                     }
+                    None => e.attrs.retain(|(name, _)| &*name.local != attr),
                 }
             }
         }
     }
+}
+
+/// Whether a link or image target may appear in the Markdown: relative, or an absolute URL of a
+/// scheme that cannot run code (`http`, `https`, and for links `mailto` and `tel`). The scheme is
+/// read the way a browser reads it: ASCII whitespace and control characters inside it ignored,
+/// case folded (`JaVa\tScRiPt:` is `javascript:`).
+pub fn safe_target(v: &str, is_link: bool) -> bool {
+    let cleaned: String = v.chars().filter(|c| !c.is_ascii_whitespace() && !c.is_ascii_control()).collect::<String>().to_ascii_lowercase();
+    let Some(colon) = cleaned.find(':') else { return true };
+    let scheme = &cleaned[..colon];
+    let looks_like_scheme = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    // A colon after a path, query or fragment character is not a scheme (`a/b:c`, `?x=y:z`).
+    if !looks_like_scheme {
+        return true;
+    }
+    matches!(scheme, "http" | "https") || (is_link && matches!(scheme, "mailto" | "tel"))
 }
 
 /// Like [`absolute_http`] but keeps fragments (in-page anchors stay meaningful in Markdown).

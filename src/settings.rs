@@ -669,13 +669,16 @@ impl Settings {
             match serde_json::from_value::<Settings>(merged.clone()) {
                 Ok(s) => settings = Some(s),
                 Err(_) => {
-                    // Report each bad section rather than the first error only.
+                    // Report each bad section rather than the first error only, naming the key
+                    // (and the seed variable that set it, if one did).
                     if let Value::Object(m) = &merged {
                         for (section, v) in m {
                             let mut probe = serde_json::Map::new();
                             probe.insert(section.clone(), v.clone());
-                            if let Err(e) = serde_json::from_value::<Settings>(Value::Object(probe)) {
-                                problems.push(format!("{section}: {e}"));
+                            if let Err(e) = serde_path_to_error::deserialize::<_, Settings>(Value::Object(probe)) {
+                                let path = e.path().to_string();
+                                let via = seed.iter().find(|(_, k)| *k == path).filter(|(var, _)| src.env.contains_key(*var)).map(|(var, _)| format!(" (from {var})")).unwrap_or_default();
+                                problems.push(format!("{path}{via}: {}", e.inner()));
                             }
                         }
                     }
@@ -812,6 +815,20 @@ impl Settings {
         }
         if self.fetch.max_body_bytes == 0 {
             p.push("fetch.max_body_bytes must be positive".into());
+        }
+        if self.llm.max_calls_per_job == 0 {
+            p.push("llm.max_calls_per_job must be at least 1 (0 would fail every job without calling a model)".into());
+        }
+        if self.llm.request_timeout_secs == 0 {
+            p.push("llm.request_timeout_secs must be at least 1 (0 times out every call)".into());
+        }
+        if self.llm.max_input_tokens == 0 {
+            p.push("llm.max_input_tokens must be at least 1 (0 sends the model no page content)".into());
+        }
+        if let Some(key) = &self.llm.api_key {
+            if key.expose().chars().any(|c| c.is_control() || c.is_whitespace()) {
+                p.push("OPENAI_API_KEY contains whitespace or a control character (a trailing newline from a file or a paste?); the key itself is not shown".into());
+            }
         }
         if url::Url::parse(&self.llm.base_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
             p.push(format!("llm.base_url `{}` is not an http(s) URL", self.llm.base_url));

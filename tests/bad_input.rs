@@ -116,6 +116,13 @@ async fn hostile_and_broken_messages() {
         case("missing claim-check object", Some("b-inputkey"), "input_missing", json!({"job_id": "b-inputkey", "input_key": "inputs/nothing-here", "instructions": "y"}).to_string()),
         case("SSRF metadata IP", Some("b-ssrf-meta"), "ssrf_blocked", json!({"job_id": "b-ssrf-meta", "url": "http://169.254.169.254/latest/meta-data/"}).to_string()),
         case("SSRF ECS metadata IPv6", Some("b-ssrf-ec2v6"), "ssrf_blocked", json!({"job_id": "b-ssrf-ec2v6", "url": "http://[fd00:ec2::254]/"}).to_string()),
+        case("SSRF metadata as IPv4-translated IPv6", Some("b-ssrf-xlat"), "ssrf_blocked", json!({"job_id": "b-ssrf-xlat", "url": "http://[::ffff:0:169.254.169.254]/latest/meta-data/"}).to_string()),
+        case("SSRF metadata through local-use NAT64", Some("b-ssrf-nat64"), "ssrf_blocked", json!({"job_id": "b-ssrf-nat64", "url": "http://[64:ff9b:1::a9fe:a9fe]/"}).to_string()),
+        case("SSRF metadata through Teredo", Some("b-ssrf-teredo"), "ssrf_blocked", json!({"job_id": "b-ssrf-teredo", "url": "http://[2001:0:808:808::5601:5601]/"}).to_string()),
+        case("input_key naming another job's result", Some("b-inputkey-other"), "invalid_message", json!({"job_id": "b-inputkey-other", "input_key": "jobs/someone-else/result.json", "instructions": "y"}).to_string()),
+        case("input_key outside inputs/", Some("b-inputkey-root"), "invalid_message", json!({"job_id": "b-inputkey-root", "input_key": "config.json", "instructions": "y"}).to_string()),
+        case("schema with an invalid regex", Some("b-schema-regex"), "invalid_schema", json!({"job_id": "b-schema-regex", "text": "x", "instructions": "y", "schema": {"type": "object", "properties": {"sku": {"type": "string", "pattern": "([unclosed"}}}}).to_string()),
+        case("schema with a dangling $ref", Some("b-schema-ref"), "invalid_schema", json!({"job_id": "b-schema-ref", "text": "x", "instructions": "y", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}}}).to_string()),
     ];
     assert!(cases.len() >= 30, "the catalogue has {} message cases", cases.len());
     run_catalogue(&t, &cases).await;

@@ -92,6 +92,8 @@ async fn refuses_loopback_by_name_and_literal() {
     assert_blocked(f.fetch(&format!("http://2130706433:{port}/")).await, "127.0.0.1", BlockReason::Loopback);
     assert_blocked(f.fetch(&format!("http://0x7f.0.0.1:{port}/")).await, "127.0.0.1", BlockReason::Loopback);
     assert_blocked(f.fetch(&format!("http://[::ffff:127.0.0.1]:{port}/")).await, "::ffff:127.0.0.1", BlockReason::Loopback);
+    assert_blocked(f.fetch(&format!("http://[::ffff:0:127.0.0.1]:{port}/")).await, "::ffff:0:7f00:1", BlockReason::Loopback);
+    assert_blocked(f.fetch(&format!("http://[64:ff9b::7f00:1]:{port}/")).await, "64:ff9b::7f00:1", BlockReason::Loopback);
     assert!(srv.requests().is_empty(), "a refused fetch reached the server: {:?}", srv.requests());
 }
 
@@ -656,4 +658,34 @@ fn ordinary_nesting_and_svg_keep_the_full_conversion() {
     );
     let page = process_on_small_stack(html);
     assert!(page.markdown.starts_with("# Icons"), "{}", &page.markdown[..page.markdown.len().min(200)]);
+}
+
+#[test]
+fn script_carrying_link_and_image_targets_never_reach_the_markdown_or_the_links() {
+    let html = r#"<html><body><article><h1>Offer</h1>
+      <p>Read <a href="javascript:alert(document.cookie)">the terms</a> and
+      <a href=" JaVa&#x09;ScRiPt:alert(1)">the fine print</a>, or
+      <a href="vbscript:msgbox(1)">this</a>, <a href="data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;">that</a>,
+      <a href="livescript:x">old</a>. Mail <a href="mailto:sales@example.com">sales</a>;
+      see <a href="/pricing">pricing</a> and <a href="https://example.org/about">about</a>.</p>
+      <img src="data:image/svg+xml;base64,PHN2Zy8+" alt="pixel"><img src="javascript:alert(2)" alt="bad">
+      <img src="/img/product.png" alt="product">
+    </article></body></html>"#;
+    for base in [None, Some(url::Url::parse("https://shop.example.com/offer").unwrap())] {
+        let page = process(html, base.as_ref());
+        let md = page.markdown.to_ascii_lowercase();
+        for bad in ["javascript", "vbscript", "livescript", "data:"] {
+            assert!(!md.contains(bad), "{bad} reached the markdown (base {base:?}):\n{}", page.markdown);
+            assert!(page.links.iter().all(|l| !l.to_ascii_lowercase().contains(bad)), "{bad} in links: {:?}", page.links);
+        }
+        for text in ["the terms", "the fine print", "this", "that", "old"] {
+            assert!(page.markdown.contains(text), "link text `{text}` kept:\n{}", page.markdown);
+        }
+        assert!(page.markdown.contains("mailto:sales@example.com"), "{}", page.markdown);
+        assert!(page.markdown.contains("product"), "{}", page.markdown);
+        if base.is_some() {
+            assert!(page.markdown.contains("(https://shop.example.com/pricing)"), "{}", page.markdown);
+            assert!(page.markdown.contains("https://shop.example.com/img/product.png"), "{}", page.markdown);
+        }
+    }
 }

@@ -67,6 +67,7 @@ fn tag(e: &MessageError) -> String {
         MessageError::InvalidField { field, .. } => format!("InvalidField:{field}"),
         MessageError::UnknownField(f) => format!("UnknownField:{f}"),
         MessageError::Source(n) => format!("Source:{n}"),
+        MessageError::InvalidSchema(_) => "InvalidSchema".into(),
     }
 }
 
@@ -121,7 +122,8 @@ fn every_invalid_fixture_fails_as_the_manifest_says_and_the_schema_agrees() {
             Err(e) => e,
         };
         assert_eq!(tag(&e), case["error"].as_str().expect("error"), "{name}: {e}");
-        assert_eq!(e.kind(), "invalid_message");
+        let kind = if tag(&e) == "InvalidSchema" { "invalid_schema" } else { "invalid_message" };
+        assert_eq!(e.kind(), kind, "{name}");
         match serde_json::from_str::<Value>(&body) {
             Err(_) => assert_eq!(case["schema_detectable"], false, "{name} is not JSON"),
             Ok(value) => {
@@ -398,7 +400,8 @@ fn source_errors_count_what_was_found() {
 }
 
 #[test]
-fn every_error_kind_is_invalid_message() {
+fn every_error_kind_is_invalid_message_but_an_uncompilable_schema() {
+    assert_eq!(MessageError::InvalidSchema("bad regex".into()).kind(), "invalid_schema");
     let all = [
         MessageError::NotJson("x".into()),
         MessageError::NotObject,
@@ -453,10 +456,10 @@ fn urls_must_be_absolute_http_or_https() {
 }
 
 #[test]
-fn input_keys_are_relative_and_cannot_climb() {
+fn input_keys_live_under_inputs_and_cannot_climb_or_reach_other_objects() {
     ok(json!({"job_id": "k", "input_key": "inputs/k"}));
     ok(json!({"job_id": "k", "input_key": "inputs/a.b/c"}));
-    for k in ["", "/inputs/k", "../k", "inputs/../../etc", "inputs/..", ".."] {
+    for k in ["", "/inputs/k", "../k", "inputs/../../etc", "inputs/..", "..", "jobs/other/result.json", "inputs/", "inputsX/k", "k", "inputs//jobs/x", "inputs/\\..\\x", "INPUTS/k"] {
         assert_eq!(tag(&err(json!({"job_id": "k", "input_key": k}))), "InvalidField:input_key", "{k:?}");
     }
 }

@@ -804,3 +804,27 @@ fn same_name_in_different_services_is_not_a_clash() {
     b.storage.jobs_table = "atlas-x".into();
     assert_eq!(check_isolation(&[a, b]), vec![]);
 }
+
+#[test]
+fn settings_no_worker_could_succeed_with_are_refused_at_start_naming_the_key() {
+    for (var, value, key) in [
+        ("ATLAS__LLM__MAX_CALLS_PER_JOB", "0", "llm.max_calls_per_job"),
+        ("ATLAS__LLM__REQUEST_TIMEOUT_SECS", "0", "llm.request_timeout_secs"),
+        ("ATLAS__LLM__MAX_INPUT_TOKENS", "0", "llm.max_input_tokens"),
+    ] {
+        let e = load_err(&shipped("preview", &[(var, value)]));
+        has(&e.problems, &[key, "at least 1"]);
+    }
+    // A budget given as text names the key and the variable that set it.
+    let e = load_err(&shipped("preview", &[("MONTHLY_BUDGET", "fifty dollars")]));
+    has(&e.problems, &["budget.monthly_usd", "MONTHLY_BUDGET", "invalid type"]);
+    let e = load_err(&shipped("preview", &[("ATLAS__WORKER__CONCURRENCY", "many")]));
+    has(&e.problems, &["worker.concurrency", "invalid type"]);
+    // A key with a newline (pasted, or read from a file) is refused without being shown.
+    for bad in ["sk-test-key-1234567890\n", " sk-test-key-1234567890", "sk-test\tkey"] {
+        let e = load_err(&shipped("preview", &[("OPENAI_API_KEY", bad)]));
+        has(&e.problems, &["OPENAI_API_KEY", "whitespace or a control character"]);
+        assert!(!e.to_string().contains("sk-test"), "the key is never printed: {e}");
+    }
+    assert!(Settings::load(&shipped("preview", &[("OPENAI_API_KEY", "sk-test-key-1234567890")])).is_ok());
+}

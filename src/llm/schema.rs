@@ -428,6 +428,11 @@ fn cache() -> &'static Cache {
     CACHE.get_or_init(|| Mutex::new((HashMap::new(), VecDeque::new())))
 }
 
+/// Whether `schema` compiles as the answer validator will compile it (the error says why not).
+pub fn check_compiles(schema: &Value) -> Result<(), String> {
+    compiled(schema).map(|_| ())
+}
+
 /// Compiles `schema` (cached by its serialised text). Formats are asserted, not just annotated:
 /// a job asking for `format: email` gets an email or a validation error.
 fn compiled(schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
