@@ -53,6 +53,7 @@ pub mod page;
 pub mod pricing;
 pub mod process;
 pub mod ratelimit;
+pub mod redact;
 pub mod route;
 pub mod settings;
 pub mod telemetry;

@@ -4,6 +4,10 @@ use clap::Parser;
 
 fn main() {
     let cli = atlas_codex::cli::Cli::parse();
+    // Known before anything can echo it: redacted from every error, record and log line.
+    if let Ok(key) = std::env::var("OPENAI_API_KEY") {
+        atlas_codex::redact::register(&key);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -14,7 +18,7 @@ fn main() {
     let code = match runtime.block_on(atlas_codex::cli::run(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}", atlas_codex::redact::text(&e.message));
             e.code
         }
     };

@@ -128,6 +128,8 @@ pub struct MockConfig {
     /// refuse (an object without `additionalProperties: false` or with a property missing from
     /// `required`), as the real API does.
     pub enforce_strict_schema: bool,
+    /// A hostile provider: a 401 quotes the whole key it was given in its message.
+    pub echo_key_on_401: bool,
 }
 
 impl Default for MockConfig {
@@ -139,6 +141,7 @@ impl Default for MockConfig {
             expected_api_key: None,
             max_recorded: 1_000,
             enforce_strict_schema: true,
+            echo_key_on_401: false,
         }
     }
 }
@@ -491,12 +494,16 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, b
             let _ = rx.changed().await;
             error_response(StatusCode::SERVICE_UNAVAILABLE, "released by the mock", "server_error", None)
         }
-        Decision::Unauthorized => error_response(
-            StatusCode::UNAUTHORIZED,
-            "Incorrect API key provided.",
-            "invalid_request_error",
-            Some("invalid_api_key"),
-        ),
+        Decision::Unauthorized => {
+            let given = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .filter(|_| inner.config.echo_key_on_401)
+                .map(|k| format!("Incorrect API key provided: {k}. You can find your API key at https://platform.openai.com/account/api-keys."))
+                .unwrap_or_else(|| "Incorrect API key provided.".to_string());
+            error_response(StatusCode::UNAUTHORIZED, &given, "invalid_request_error", Some("invalid_api_key"))
+        }
         Decision::Invalid(msg) => error_response(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None),
         Decision::RateLimited { retry_after, hint } => rate_limited(&model, retry_after, &hint),
         Decision::ServerError => error_response(

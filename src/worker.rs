@@ -188,6 +188,9 @@ impl Worker {
         deleter.close().await;
         // Give unused budget back to the fleet (a lease not returned lapses and counts in full).
         self.processor.return_budget().await;
+        if let Err(e) = self.backends.queue.flush().await {
+            warn!(error = %e, "could not flush the queue's deleted messages at rest");
+        }
         monitor.abort();
         let c = &counters;
         let stats = RunStats {
@@ -319,8 +322,10 @@ async fn settle(ctx: &TaskCtx, message: &Message, verdict: Option<Verdict>, job_
             telemetry::job_outcome(&job_id, Outcome::Failed, error.kind(), elapsed, Some(error.message()));
         }
         Verdict::DeadLetter { job_id, error } => {
-            let reason = format!("{}: {}", error.kind(), error.message());
-            if let Err(e) = q.dead_letter(message, &reason).await {
+            // What the DLQ keeps: no key, no caller header values, nothing that looks like one.
+            let reason = crate::redact::text(&format!("{}: {}", error.kind(), error.message()));
+            let kept = Message { body: crate::redact::message_body(&message.body), ..message.clone() };
+            if let Err(e) = q.dead_letter(&kept, &reason).await {
                 // Not lost: it stays on the queue and the redrive policy catches it.
                 error!(error = %e, "dead-lettering failed; the message will be redelivered");
             }

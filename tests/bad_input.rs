@@ -220,3 +220,29 @@ async fn model_answers_that_are_not_json_or_break_the_schema() {
     t.run_until_idle().await;
     assert_eq!(t.record("m-good").await.status, JobStatus::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_dlq_or_the_job_record_even_when_a_provider_echoes_them() {
+    const KEY: &str = "wrong-key-Zx81Qp0aLm7"; // not `sk-` shaped: only the known value can catch it
+    let mock = MockOpenAi::start(MockConfig { expected_api_key: Some("sk-the-right-key".into()), echo_key_on_401: true, ..MockConfig::default() }).await;
+    let llm: Arc<dyn LlmClient> = Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new(KEY), Duration::from_secs(10)).unwrap());
+    let t = support::app::spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1")], llm).await;
+    let secrets = [KEY, "sk-caller-key-0123456789abcd", "caller-token-5Kd93LxQ", "legacy-key-77aa88bb99"];
+    let bodies = vec![
+        json!({"job_id": "s-401", "text": "x", "instructions": "y", "schema": schema()}).to_string(),
+        json!({"job_id": "s-hdr", "url": "http://169.254.169.254/", "apiKey": secrets[1], "headers": {"Authorization": format!("Bearer {}", secrets[2])}}).to_string(),
+        json!({"jobId": "s-legacy", "type": "scrape", "params": {"url": "http://169.254.169.254/", "apiKey": secrets[3]}}).to_string(),
+    ];
+    t.send(&bodies).await;
+    t.run_until_idle().await;
+    let dlq = t.backends.queue.dlq_peek(10).await.unwrap();
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    let r401 = t.record("s-401").await;
+    assert!(r401.error.as_ref().is_some_and(|e| e.message.contains("Incorrect API key provided: [redacted]")), "the provider's echo, redacted: {:?}", r401.error);
+    let everything = format!("{:?}{:?}", dlq, t.backends.jobs.list(None, 10).await.unwrap());
+    for s in secrets {
+        assert!(!everything.contains(s), "`{s}` reached the DLQ or a record:\n{everything}");
+    }
+    let hdr = dlq.iter().find(|d| d.body.contains("s-hdr")).expect("s-hdr dead-lettered");
+    assert!(hdr.body.contains(r#""Authorization":"[redacted]""#), "header names stay, values go: {}", hdr.body);
+}

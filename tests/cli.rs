@@ -331,3 +331,27 @@ fn shell_completions_and_a_man_page_are_generated_from_the_command_line_itself()
     let man = String::from_utf8_lossy(&o.stdout);
     assert!(man.contains(".TH atlas-codex 1") && man.contains("dlq") && man.contains("worker"), "{man}");
 }
+
+#[test]
+fn caller_secrets_are_not_left_readable_in_the_local_database_file() {
+    let c = Cli::new();
+    let secret = "caller-token-Qm47Zr19Lx";
+    let jobs = [
+        format!(r#"{{"job_id":"f-1","url":"http://169.254.169.254/latest/","headers":{{"Authorization":"Bearer {secret}"}}}}"#),
+        format!(r#"{{"job_id":"f-2","url":"http://[fd00:ec2::254]/","headers":{{"X-Api-Key":"{secret}"}}}}"#),
+    ]
+    .join("\n");
+    assert!(c.run_stdin(&["submit", "-"], &jobs).status.success());
+    assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
+    assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 2);
+    let mut files = 0;
+    for e in std::fs::read_dir(c.dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        if path.to_string_lossy().contains(".sqlite") {
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the caller's secret", path.display());
+        }
+    }
+    assert!(files >= 1);
+}

@@ -160,7 +160,10 @@ impl QueueDepth {
 ///   heartbeats, backoff and giving back unstarted work. A stale receipt is an error.
 /// - `delete_batch` deletes by receipt and returns the receipts it could not delete (never fails
 ///   the whole batch for one bad entry).
-/// - `dead_letter` moves one message to the DLQ with a reason, at once, whatever its receive count.
+/// - `dead_letter` moves one message to the DLQ with a reason, at once, whatever its receive count;
+///   the DLQ keeps `message.body` as given (the worker passes a copy with secrets redacted).
+/// - `flush` leaves nothing deleted recoverable at rest (SQLite: the write-ahead log is
+///   checkpointed and truncated); a no-op where the service handles it (SQS).
 /// - `send` with a delay keeps the message invisible for that long (≤ 15 minutes); a new message
 ///   starts with receive count 0.
 /// - `dlq_redrive(plan)` looks at no more than `plan.examine` DLQ messages, moves at most
@@ -186,6 +189,10 @@ pub trait Queue: Send + Sync + 'static {
     async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport>;
     /// Approximate counts.
     async fn depth(&self) -> BResult<QueueDepth>;
+    /// Makes deleted messages unrecoverable at rest (called when the worker stops).
+    async fn flush(&self) -> BResult<()> {
+        Ok(())
+    }
 }
 
 /// The outcome of [`JobStore::claim`].

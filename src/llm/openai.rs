@@ -59,6 +59,8 @@ impl OpenAiClient {
     /// Fails with [`LlmError::Transport`] when the base URL is not an http(s) URL or the key cannot
     /// be put in a header (the message never contains the key).
     pub fn new(base_url: &str, api_key: &Secret, timeout: Duration) -> Result<Self, LlmError> {
+        // The key is redacted from everything this process writes from now on.
+        crate::redact::register(api_key.expose());
         let parsed = url::Url::parse(base_url.trim())
             .map_err(|e| LlmError::Transport(format!("invalid LLM base URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -264,7 +266,8 @@ fn error_message(body: &[u8]) -> String {
     });
     let msg = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
     let msg = if msg.is_empty() { "(no message)".to_string() } else { msg };
-    cut(&msg)
+    // A provider's 401 may echo the key it was given.
+    cut(&crate::redact::text(&msg))
 }
 
 fn cut(s: &str) -> String {

@@ -231,7 +231,7 @@ impl Processor {
         match self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now).await {
             Ok(Claim::Claimed(mut rec)) => {
                 rec.status = JobStatus::Failed;
-                rec.error = Some(ErrorInfo { kind: error.kind().into(), message: error.message().into(), permanent: true });
+                rec.error = Some(ErrorInfo { kind: error.kind().into(), message: crate::redact::text(error.message()), permanent: true });
                 rec.updated_at = now;
                 clear_lease(&mut rec);
                 if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
@@ -346,7 +346,7 @@ impl Processor {
         };
         rec.error = Some(ErrorInfo {
             kind: error.kind().into(),
-            message: error.message().into(),
+            message: crate::redact::text(error.message()),
             permanent: rec.status == JobStatus::Failed,
         });
         rec.updated_at = Utc::now();

@@ -354,26 +354,10 @@ fn known(v: &str, allowed: &'static [&'static str]) -> &'static str {
 pub const MAX_ERROR_LOG_CHARS: usize = 1024;
 
 /// Defence in depth for the `error` field of outcome logs: errors are built never to hold secrets,
-/// but an upstream body echoed into one might. Masks API-key-like tokens (`sk-…`, and whatever
-/// follows `Bearer `) and bounds the length.
+/// but an upstream body echoed into one might. Redacts ([`crate::redact::text`]: the registered
+/// key, `sk-…` tokens, whatever follows `Bearer `) and bounds the length.
 fn sanitize_error(e: &str) -> String {
-    let mut out = String::with_capacity(e.len().min(MAX_ERROR_LOG_CHARS + 8));
-    let mut mask_next_word = false;
-    for (i, word) in e.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let trimmed = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_');
-        let key_like = trimmed.len() >= 20
-            && (trimmed.starts_with("sk-") || trimmed.starts_with("sk_"))
-            && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if (mask_next_word && !word.is_empty()) || key_like {
-            out.push_str(&word.replace(trimmed, "[redacted]"));
-        } else {
-            out.push_str(word);
-        }
-        mask_next_word = word.eq_ignore_ascii_case("bearer");
-    }
+    let mut out = crate::redact::text(e);
     if out.chars().count() > MAX_ERROR_LOG_CHARS {
         out = out.chars().take(MAX_ERROR_LOG_CHARS).collect::<String>() + "…";
     }

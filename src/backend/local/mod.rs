@@ -248,6 +248,9 @@ impl Db {
 
 fn init_connection(conn: &mut Connection) -> BResult<()> {
     conn.busy_timeout(BUSY_TIMEOUT).db()?;
+    // Deleted rows (messages that carried caller headers) are overwritten, not left readable in
+    // free pages of the file.
+    conn.execute_batch("PRAGMA secure_delete = ON").db()?;
     // journal_mode answers with a row, so it is read rather than executed.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).db()?;
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
@@ -472,7 +475,7 @@ impl SqliteQueue {
                                  VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
                             )
                             .db()?
-                            .execute(params![opts.dlq_name, id, body, sent_at, count, now])
+                            .execute(params![opts.dlq_name, id, crate::redact::message_body(&body), sent_at, count, now])
                             .db()?;
                             tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
                                 .db()?
@@ -667,6 +670,7 @@ impl Queue for SqliteQueue {
         let opts = self.opts.clone();
         let receipt = message.receipt.clone();
         let reason = reason.to_string();
+        let kept = message.body.clone();
         self.db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
@@ -681,7 +685,7 @@ impl Queue for SqliteQueue {
                     })
                     .optional()
                     .db()?;
-                let Some((seq, id, body, sent_at, count)) = row else {
+                let Some((seq, id, _stored, sent_at, count)) = row else {
                     return Err(BackendError::Conflict(
                         "receipt is stale: the message was deleted, dead-lettered or received again".into(),
                     ));
@@ -691,7 +695,7 @@ impl Queue for SqliteQueue {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .db()?
-                .execute(params![opts.dlq_name, id, body, sent_at, reason, count, wall_ms()])
+                .execute(params![opts.dlq_name, id, kept, sent_at, reason, count, wall_ms()])
                 .db()?;
                 tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1").db()?.execute(params![seq]).db()?;
                 tx.commit().db()
@@ -766,6 +770,12 @@ impl Queue for SqliteQueue {
             self.notify.notify_waiters();
         }
         Ok(report)
+    }
+
+    async fn flush(&self) -> BResult<()> {
+        // Deleted rows are zeroed in the database (secure_delete); their old versions in the
+        // write-ahead log go with it here.
+        self.db.call(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").db()).await
     }
 
     async fn depth(&self) -> BResult<QueueDepth> {
