@@ -672,6 +672,11 @@ pub struct Attempt {
     /// billed in full.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub estimated: bool,
+    /// What the provider reported when it was more than the request could use (more input than
+    /// twice the counted prompt, more output than the cap): `usage` and `cost_micros` are then
+    /// the bound, and this is the claim, kept for the dispute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_usage: Option<Usage>,
 }
 
 fn settled_default() -> bool {

@@ -97,6 +97,9 @@ pub struct Behavior {
     pub bad_output_probability: f64,
     /// Answer the next N requests with a refusal (`content: null`, `refusal: "..."`).
     pub refuse_next: u32,
+    /// A broken or hostile provider: the next N answers report absurd usage (4 billion prompt
+    /// tokens, 1 million completion tokens) whatever the request was.
+    pub inflate_usage_next: u32,
     /// Accepted requests per minute per model; above it, 429 with the exact `Retry-After`.
     pub rpm_limit: Option<u32>,
     /// Accepted tokens per minute per model (always a sliding minute), counted as OpenAI counts
@@ -436,7 +439,7 @@ enum Decision {
     Invalid(String),
     RateLimited { retry_after: Option<Duration>, hint: RetryHint },
     ServerError,
-    Answer { latency: Duration, bad: bool, refuse: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
+    Answer { latency: Duration, bad: bool, refuse: bool, inflate: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
 }
 
 fn draw(rng: &mut StdRng, p: f64) -> bool {
@@ -512,12 +515,12 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, b
             "server_error",
             None,
         ),
-        Decision::Answer { latency, bad, refuse, cached, reasoning, limits } => {
+        Decision::Answer { latency, bad, refuse, inflate, cached, reasoning, limits } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
             let body = parsed.unwrap_or(Value::Null);
-            let mut resp = axum::Json(completion_body(&model, &body, bad, refuse, cached, reasoning)).into_response();
+            let mut resp = axum::Json(completion_body(&model, &body, bad, refuse, inflate, cached, reasoning)).into_response();
             for (name, value) in limits {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     resp.headers_mut().insert(name, v);
@@ -612,6 +615,8 @@ fn decide(
     } else {
         draw(rng, b.bad_output_probability)
     };
+    let inflate = b.inflate_usage_next > 0;
+    b.inflate_usage_next = b.inflate_usage_next.saturating_sub(1);
     // The request is accepted: it counts towards the RPM and TPM windows, and the answer says
     // what is left (`x-ratelimit-*`, as OpenAI's answers do).
     let mut limits = Vec::new();
@@ -642,7 +647,7 @@ fn decide(
             limits.push(("x-ratelimit-reset-tokens", go_duration((oldest + MINUTE).saturating_duration_since(now))));
         }
     }
-    Decision::Answer { latency: b.latency, bad, refuse, cached: b.cached_tokens, reasoning: b.reasoning_tokens, limits }
+    Decision::Answer { latency: b.latency, bad, refuse, inflate, cached: b.cached_tokens, reasoning: b.reasoning_tokens, limits }
 }
 
 /// A duration as OpenAI writes it in `x-ratelimit-reset-*` (`20ms`, `1.5s`, `6m0s`).
@@ -850,8 +855,8 @@ fn break_instance(schema: &Value, instance: Value) -> Value {
     instance
 }
 
-fn completion_body(model: &str, body: &Value, bad: bool, refuse: bool, cached: Option<u32>, reasoning: Option<u32>) -> Value {
-    let prompt = prompt_tokens(body);
+fn completion_body(model: &str, body: &Value, bad: bool, refuse: bool, inflate: bool, cached: Option<u32>, reasoning: Option<u32>) -> Value {
+    let prompt = if inflate { 4_000_000_000 } else { prompt_tokens(body) };
     let cached = cached.unwrap_or(if prompt >= 1024 { (prompt / 2) / 128 * 128 } else { 0 }).min(prompt);
     let reasoning = reasoning.unwrap_or_else(|| default_reasoning(body));
     let (message, visible_len, finish) = if refuse {
@@ -862,7 +867,7 @@ fn completion_body(model: &str, body: &Value, bad: bool, refuse: bool, cached: O
         let len = content.len();
         (json!({"role": "assistant", "content": content, "refusal": null}), len, "stop")
     };
-    let completion = (visible_len.div_ceil(4) as u32).max(1).saturating_add(reasoning);
+    let completion = if inflate { 1_000_000 } else { (visible_len.div_ceil(4) as u32).max(1).saturating_add(reasoning) };
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     json!({
         "id": format!("chatcmpl-mock{}", uuid::Uuid::new_v4().simple()),

@@ -45,9 +45,48 @@ pub fn worst_case_micros(input_tokens: u64, price: &ModelSettings) -> i64 {
     )
 }
 
+/// How far a provider's input count may exceed the worker's own before it is implausible: its
+/// tokenizer, message framing and the schema's encoding differ from the worker's count by a few
+/// percent, never by this much.
+pub const INPUT_CLAIM_FACTOR: u64 = 2;
+/// Tokens allowed above `INPUT_CLAIM_FACTOR ×` the counted input (short prompts' framing).
+pub const INPUT_CLAIM_SLACK: u64 = 1024;
+
+/// A provider's usage, bounded by what the request could have used: input at most
+/// `INPUT_CLAIM_FACTOR × counted + INPUT_CLAIM_SLACK`, output at most the request's cap (the
+/// provider stops there), cached and reasoning parts at most their wholes. Returns the usage to
+/// charge and whether the claim had to be cut (an implausible claim, recorded and alerted on,
+/// never charged in full).
+pub fn bounded_usage(claimed: &Usage, counted_input: u64, max_output_tokens: u32) -> (Usage, bool) {
+    let max_in = counted_input.saturating_mul(INPUT_CLAIM_FACTOR).saturating_add(INPUT_CLAIM_SLACK);
+    let max_out = max_output_tokens as u64;
+    let input_tokens = claimed.input_tokens.min(max_in);
+    let output_tokens = claimed.output_tokens.min(max_out);
+    let bounded = Usage {
+        input_tokens,
+        cached_input_tokens: claimed.cached_input_tokens.min(input_tokens),
+        output_tokens,
+        reasoning_tokens: claimed.reasoning_tokens.min(output_tokens),
+    };
+    let cut = bounded != *claimed;
+    (bounded, cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_usage_is_bounded_by_what_the_request_could_use() {
+        let fine = Usage { input_tokens: 1100, cached_input_tokens: 0, output_tokens: 4096, reasoning_tokens: 1000 };
+        assert_eq!(bounded_usage(&fine, 1000, 4096), (fine, false), "a few percent off the count is the provider's count");
+        let absurd = Usage { input_tokens: 4_000_000_000, cached_input_tokens: 0, output_tokens: 1_000_000, reasoning_tokens: 2_000_000 };
+        let (b, cut) = bounded_usage(&absurd, 1000, 1000);
+        assert!(cut);
+        assert_eq!(b, Usage { input_tokens: 3024, cached_input_tokens: 0, output_tokens: 1000, reasoning_tokens: 1000 });
+        let p = price(1.25, 0.125, 10.0); // max_output_tokens 1000, as above
+        assert!(cost_micros(&b, &p) < 3 * worst_case_micros(1000, &p), "never more than a small multiple of the worst case");
+    }
 
     fn price(i: f64, c: f64, o: f64) -> ModelSettings {
         ModelSettings {

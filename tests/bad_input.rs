@@ -246,3 +246,32 @@ async fn secrets_never_reach_the_dlq_or_the_job_record_even_when_a_provider_echo
     let hdr = dlq.iter().find(|d| d.body.contains("s-hdr")).expect("s-hdr dead-lettered");
     assert!(hdr.body.contains(r#""Authorization":"[redacted]""#), "header names stay, values go: {}", hdr.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_usage_from_a_provider_is_charged_at_what_the_request_could_cost_and_kept_as_its_claim() {
+    let mock = MockOpenAi::start(MockConfig { behavior: Behavior { inflate_usage_next: 2, ..Behavior::default() }, ..MockConfig::default() }).await;
+    let llm: Arc<dyn LlmClient> = Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-test-key-for-usage"), Duration::from_secs(10)).unwrap());
+    let t = support::app::spawn_app(&[("ATLAS__BUDGET__MONTHLY_USD", "50")], llm).await;
+    t.send(&[text_job("u-absurd-1"), text_job("u-absurd-2")]).await;
+    t.run_until_idle().await;
+    let mut charged = 0;
+    for id in ["u-absurd-1", "u-absurd-2"] {
+        let r = t.record(id).await;
+        assert_eq!(r.status, JobStatus::Completed, "{id}: {:?}", r.error);
+        let call = &r.calls[0];
+        let claim = call.claimed_usage.expect("the provider's claim is kept on the call");
+        assert_eq!((claim.input_tokens, claim.output_tokens), (4_000_000_000, 1_000_000));
+        assert!(call.usage.input_tokens < 10_000 && call.usage.output_tokens <= 16_384, "charged at the bound: {:?}", call.usage);
+        assert!(r.cost_micros < 100_000, "{id} cost ${}: a bounded charge, not $1,933", r.cost_micros as f64 / 1e6);
+        charged += r.cost_micros;
+    }
+    // The ledger holds the bounded charges, and the budget still serves the next job.
+    let period = atlas_codex::budget::period(chrono::Utc::now());
+    let spent = t.backends.ledger.snapshot(&period, chrono::Utc::now()).await.unwrap().spent_micros;
+    assert!(spent >= charged && spent < 1_000_000, "ledger {spent} vs records {charged}");
+    t.send(&[text_job("u-after")]).await;
+    t.run_until_idle().await;
+    let after = t.record("u-after").await;
+    assert_eq!(after.status, JobStatus::Completed);
+    assert!(after.calls[0].claimed_usage.is_none(), "a plausible answer is charged as reported");
+}

@@ -199,6 +199,7 @@ async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_cl
         period: Some(period.clone()),
         settled: false,
         estimated: false,
+        claimed_usage: None,
     });
     rec.cost_micros = 90;
     t.backends.jobs.finish(&rec, "dead-worker").await.unwrap();

@@ -8,7 +8,8 @@
 //!
 //! After the call, by outcome:
 //! - an answer, a refusal, a `length` or content-filtered answer: charged the provider's usage
-//!   (all are billed);
+//!   (all are billed), bounded by what the request could use (an absurd claim is charged at the
+//!   bound, kept as `claimed_usage` and counted in `atlas_llm_usage_implausible_total`);
 //! - a timeout or broken connection: charged the worst case, marked estimated (the provider may
 //!   have generated and billed it after the worker stopped waiting);
 //! - 429, 5xx, 4xx: not billed; the hold goes back.
@@ -86,6 +87,7 @@ impl Processor {
             period: Some(hold.period.clone()),
             settled: true,
             estimated: true,
+            claimed_usage: None,
         });
         rec.cost_micros += worst;
         if let Err(e) = self.checkpoint(rec).await {
@@ -117,12 +119,25 @@ impl Processor {
             self.limits.observe(model, seen).await;
         }
         let tenant = job.tenant.as_deref();
-        // What the call is charged: the provider's usage, the worst case, or nothing.
-        let (charged, usage, estimated) = match &outcome {
-            Ok(resp) => (Some(pricing::cost_micros(&resp.usage, price)), resp.usage, false),
-            Err(LlmError::Unfinished { usage, .. }) => (Some(pricing::cost_micros(usage, price)), *usage, false),
-            Err(LlmError::Timeout | LlmError::Transport(_)) => (Some(worst), Usage::default(), true),
-            Err(_) => (None, Usage::default(), false),
+        // What the call is charged: the provider's usage (bounded by what the request could
+        // use), the worst case, or nothing.
+        let reported = match &outcome {
+            Ok(resp) => Some(resp.usage),
+            Err(LlmError::Unfinished { usage, .. }) => Some(*usage),
+            Err(_) => None,
+        };
+        let mut claimed = None;
+        let (charged, usage, estimated) = match (&outcome, reported) {
+            (_, Some(u)) => {
+                let (bounded, cut) = pricing::bounded_usage(&u, prompt.input_tokens, price.max_output_tokens);
+                if cut {
+                    telemetry::llm_usage_implausible(&rec.id, model, &u, &bounded);
+                    claimed = Some(u);
+                }
+                (Some(pricing::cost_micros(&bounded, price)), bounded, false)
+            }
+            (Err(LlmError::Timeout | LlmError::Transport(_)), None) => (Some(worst), Usage::default(), true),
+            _ => (None, Usage::default(), false),
         };
         let cost = charged.unwrap_or(0);
         let settled = match charged {
@@ -145,9 +160,10 @@ impl Processor {
             last.cost_micros = cost;
             last.latency_ms = latency.as_millis() as u64;
             last.estimated = estimated;
+            last.claimed_usage = claimed;
         }
         Ok(match outcome {
-            Ok(resp) => Ok(Answer { content: resp.content, usage: resp.usage, latency }),
+            Ok(resp) => Ok(Answer { content: resp.content, usage, latency }),
             Err(error) => Err(Failure { error, latency, cost_micros: cost }),
         })
     }

@@ -80,6 +80,8 @@ pub mod names {
     pub const LLM_ESCALATIONS_TOTAL: &str = "atlas_llm_escalations_total";
     /// Counter: fallbacks to another model after a model error.
     pub const LLM_FALLBACKS_TOTAL: &str = "atlas_llm_fallbacks_total";
+    /// Counter: answers whose reported usage exceeded what the request could use (charged bounded).
+    pub const LLM_USAGE_IMPLAUSIBLE_TOTAL: &str = "atlas_llm_usage_implausible_total";
     /// Gauge: approximate queue counts by `state`.
     pub const QUEUE_MESSAGES: &str = "atlas_queue_messages";
     /// Gauge: 1 when the worker is ready (backends reachable, not draining), else 0.
@@ -246,6 +248,7 @@ fn describe_all() {
     describe_counter!(ROUTE_DECISIONS_TOTAL, Unit::Count, "Routing decisions by tier and reason (score, override, cheaper, forced).");
     describe_counter!(LLM_ESCALATIONS_TOTAL, Unit::Count, "Escalations to a stronger model after invalid output, by from_model and to_model.");
     describe_counter!(LLM_FALLBACKS_TOTAL, Unit::Count, "Fallbacks to another model after a model error, by from_model and to_model.");
+    describe_counter!(LLM_USAGE_IMPLAUSIBLE_TOTAL, Unit::Count, "Model answers whose reported usage exceeded what the request could use; charged at the bound, by model.");
     describe_gauge!(QUEUE_MESSAGES, Unit::Count, "Approximate messages in the stage's queues by state (visible, in_flight, delayed, dead_letter).");
     describe_gauge!(WORKER_READY, "1 when this worker is ready (backends reachable, not draining), else 0.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
@@ -530,6 +533,18 @@ pub fn escalation(from_model: &str, to_model: &str) {
 pub fn fallback(from_model: &str, to_model: &str) {
     counter!(LLM_FALLBACKS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model))
         .increment(1);
+}
+
+/// A provider reported more usage than the request could use: logged with both counts and
+/// counted; the call was charged `charged`, not the claim.
+pub fn llm_usage_implausible(job_id: &str, model: &str, claimed: &Usage, charged: &Usage) {
+    tracing::warn!(
+        job_id, model,
+        claimed_input = claimed.input_tokens, claimed_output = claimed.output_tokens,
+        charged_input = charged.input_tokens, charged_output = charged.output_tokens,
+        "provider usage exceeds what the request could use; charged at the bound"
+    );
+    counter!(LLM_USAGE_IMPLAUSIBLE_TOTAL, "model" => label(model)).increment(1);
 }
 
 /// A call waited `waited` for `model`'s rate limiter; counted only when `waited > 0`.

@@ -590,6 +590,7 @@ pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
         period: Some("2026-11".into()),
         settled: true,
         estimated: false,
+        claimed_usage: None,
     });
     r.cost_micros = 77;
     s.finish(&r, "w1").await.expect("finish pending");
