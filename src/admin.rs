@@ -173,13 +173,57 @@ pub fn router(health: Arc<Health>) -> Router {
         .with_state(health)
 }
 
+/// Most admin connections served at once; more are closed on accept. Scrapers and probes need a
+/// handful; the cap keeps a flood of idle connections from taking the worker's file descriptors.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers (a half-sent request is cut here).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin connection lives, keep-alive included: no client holds a slot for good.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves the admin routes on `listener` until `shutdown` completes.
+///
+/// Guarantees: at most [`MAX_ADMIN_CONNECTIONS`] connections at once (more are closed at
+/// accept); a request's headers must arrive within [`HEADER_READ_TIMEOUT`]; a connection lives
+/// at most [`CONNECTION_LIFETIME`]; on shutdown the open connections are dropped rather than
+/// waited for, so an admin client can never hold up the worker's exit.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await
+    let app = router(health);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while conns.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of file descriptors or a reset before accept: pause rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let _slot = slot;
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = b.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+        });
+    }
+    conns.abort_all();
+    Ok(())
 }
 
 async fn metrics() -> Response {

@@ -465,3 +465,40 @@ fn rust_log_overrides_the_configured_level_and_pretty_is_human() {
     assert!(serde_json::from_str::<serde_json::Value>(line).is_err(), "pretty line is JSON: {line}");
     assert!(line.contains("INFO") && line.contains("outcome"), "{line}");
 }
+
+#[tokio::test]
+async fn the_admin_server_cuts_half_sent_requests_caps_connections_and_never_holds_up_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = start(Arc::new(Health::new())).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    // A half-sent request is closed after the header timeout.
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(admin::HEADER_READ_TIMEOUT + Duration::from_secs(3), half.read(&mut buf)).await;
+    assert!(closed.is_ok(), "a half-sent request held its connection past the header timeout");
+    println!("half-sent request closed after {:?}", t0.elapsed());
+    // More connections than the cap: the extra ones are closed at once, the server keeps serving
+    // once the holders go.
+    let mut held = Vec::new();
+    for _ in 0..admin::MAX_ADMIN_CONNECTIONS {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("over the cap: closed, not left hanging");
+    assert!(matches!(n, Ok(0) | Err(_)), "over the cap a connection is closed: {n:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(srv.get("/healthz").await.0, 200);
+    // Shutdown with a client holding a connection open does not wait for it.
+    let mut holder = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    holder.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t0 = Instant::now();
+    srv.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "shutdown waited {:?} for an admin client", t0.elapsed());
+}
