@@ -287,6 +287,7 @@ fn shallow_page(scan: Scan, base: Option<&Url>) -> Page {
         .iter()
         .filter_map(|h| absolute_http(h, base))
         .filter(|u| seen.insert(u.clone()))
+        .take(MAX_LINKS)
         .collect();
     let title = non_empty(collapse_ws(&scan.title));
     Page { markdown, metadata: Metadata { title, ..Metadata::default() }, links }
@@ -298,6 +299,9 @@ pub fn text_page(text: &str) -> Page {
     let mut seen = HashSet::new();
     let mut links = Vec::new();
     for word in text.split_whitespace() {
+        if links.len() >= MAX_LINKS {
+            break;
+        }
         let Some(start) = word.find("http://").or_else(|| word.find("https://")) else { continue };
         let candidate = word[start..].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '}', '>', '"', '\'']);
         if let Some(u) = absolute_http(candidate, None) {
@@ -416,6 +420,9 @@ fn extract_links(doc: &Html, s: &Selectors, base: Option<&Url>) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for a in doc.select(&s.links) {
+        if out.len() >= MAX_LINKS {
+            break;
+        }
         if let Some(u) = a.value().attr("href").and_then(|h| absolute_http(h, base)) {
             if seen.insert(u.clone()) {
                 out.push(u);
@@ -424,6 +431,10 @@ fn extract_links(doc: &Html, s: &Selectors, base: Option<&Url>) -> Vec<String> {
     }
     out
 }
+
+/// Most links kept from one page (document order, duplicates dropped): a page of a million
+/// links must not hold a million URLs in the job's memory and result.
+pub const MAX_LINKS: usize = 1_000;
 
 /// The node(s) holding the main content, and whether that is the `<body>` fallback.
 fn main_roots(doc: &Html, s: &Selectors) -> (Vec<ego_tree::NodeId>, bool) {

@@ -275,3 +275,20 @@ async fn absurd_usage_from_a_provider_is_charged_at_what_the_request_could_cost_
     assert_eq!(after.status, JobStatus::Completed);
     assert!(after.calls[0].claimed_usage.is_none(), "a plausible answer is charged as reported");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_checked_input_larger_than_one_jobs_bound_is_refused_before_it_is_parsed() {
+    let llm = ScriptedLlm::new(Duration::from_millis(1), 0, false);
+    let t = spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1"), ("ATLAS__FETCH__MAX_BODY_BYTES", "65536")], llm.clone()).await;
+    let links: String = (0..20_000).map(|i| format!("<a href=\"https://e.com/{i}\">{i}</a>")).collect();
+    t.backends.artifacts.put("inputs/huge-1", format!("<html><body>{links}</body></html>").into_bytes(), "text/html").await.unwrap();
+    t.backends.artifacts.put("inputs/fits-1", b"<p>Price: $5</p>".to_vec(), "text/html").await.unwrap();
+    let cases = vec![case("claim-checked input over the bound", Some("c-huge"), "input_too_large", json!({"job_id": "c-huge", "input_key": "inputs/huge-1", "instructions": "y"}).to_string())];
+    run_catalogue(&t, &cases).await;
+    let r = t.record("c-huge").await;
+    assert!(r.error.unwrap().message.contains("fetch.max_body_bytes"));
+    assert_eq!(llm.calls(), 1, "only the good job reached the model");
+    t.send(&[json!({"job_id": "c-fits", "input_key": "inputs/fits-1", "instructions": "Extract the price", "schema": schema()}).to_string()]).await;
+    t.run_until_idle().await;
+    assert_eq!(t.record("c-fits").await.status, JobStatus::Completed);
+}

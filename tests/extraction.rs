@@ -689,3 +689,13 @@ fn script_carrying_link_and_image_targets_never_reach_the_markdown_or_the_links(
         }
     }
 }
+
+#[test]
+fn a_page_of_many_links_keeps_at_most_max_links_of_them() {
+    let many: String = (0..5_000).map(|i| format!("<a href=\"https://e.com/p/{i}\">p{i}</a> ")).collect();
+    let page = process(&format!("<html><body><p>{many}</p></body></html>"), None);
+    assert_eq!(page.links.len(), atlas_codex::page::MAX_LINKS);
+    assert_eq!(page.links[0], "https://e.com/p/0", "document order");
+    let text: String = (0..5_000).map(|i| format!("see https://e.com/t/{i} ")).collect();
+    assert_eq!(text_page(&text).links.len(), atlas_codex::page::MAX_LINKS);
+}
