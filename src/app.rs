@@ -115,15 +115,15 @@ pub fn build_llm(s: &Settings) -> Result<(Arc<dyn LlmClient>, String), String> {
     if let Some(p) = s.worker_problems().into_iter().next() {
         return Err(p);
     }
-    match (s.llm.provider, &s.llm.api_key) {
-        (ProviderKind::Simulated, _) => Ok(simulated("llm.provider = \"simulated\"")),
-        (ProviderKind::Auto, None) => Ok(simulated("no OPENAI_API_KEY on the local stage")),
-        (ProviderKind::Openai, None) => Err("llm.provider is `openai` but OPENAI_API_KEY is not set".into()),
-        (ProviderKind::Openai | ProviderKind::Auto, Some(key)) => {
-            let c = OpenAiClient::new(&s.llm.base_url, key, timeout).map_err(|e| e.to_string())?;
-            Ok((Arc::new(c), format!("openai at {}", s.llm.base_url)))
-        }
+    if s.uses_simulated_model() {
+        let why = if s.llm.provider == ProviderKind::Simulated { "llm.provider = \"simulated\"" } else { "no OPENAI_API_KEY on the local stage" };
+        return Ok(simulated(why));
     }
+    let Some(key) = &s.llm.api_key else {
+        return Err("llm.provider is `openai` but OPENAI_API_KEY is not set".into());
+    };
+    let c = OpenAiClient::new(&s.llm.base_url, key, timeout).map_err(|e| e.to_string())?;
+    Ok((Arc::new(c), format!("openai at {}", s.llm.base_url)))
 }
 
 /// A fully built worker process: what `worker`, `demo`, `bench` and tests run.

@@ -198,11 +198,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn worker(settings: Settings, exit_when_idle: bool) -> Result<(), CliError> {
-    if let Some(p) = settings.worker_problems().into_iter().next() {
-        return Err(CliError::new(EXIT_USAGE, p));
-    }
-    crate::telemetry::install_metrics(&settings.metrics_namespace());
+    // Refuses a preview/production worker without a key (`worker_problems`): exit 2, one line.
     let (llm, provider) = app::build_llm(&settings).map_err(|e| CliError::new(EXIT_USAGE, e))?;
+    crate::telemetry::install_metrics(&settings.metrics_namespace());
     // Listening first: while the backends are unreachable the pod is alive and visibly unready.
     let health = std::sync::Arc::new(crate::admin::Health::new());
     let admin = app::AdminServer::start(&settings.admin.listen, health.clone()).await.map_err(fail)?;
@@ -488,7 +486,7 @@ async fn dlq(cli: &Cli, settings: Settings, action: &DlqAction) -> Result<(), Cl
             let report = if *dry_run {
                 let mut r = RedriveReport::default();
                 for d in backends.queue.dlq_peek(usize::try_from(held).unwrap_or(usize::MAX)).await.map_err(fail)? {
-                    let take = r.moved_total() < plan.max_moved && plan.select.accepts(d.kind());
+                    let take = plan.admits(r.moved_total(), d.kind());
                     r.count(d.kind(), take);
                 }
                 r

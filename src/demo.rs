@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::job::{JobRecord, JobStatus};
-use crate::settings::{ProviderKind, Settings, Sources};
+use crate::settings::{Settings, Sources};
 use crate::worker::RunOptions;
 
 /// The sample site, compiled in so the demo works from any directory.
@@ -53,7 +53,7 @@ pub async fn run(json_out: bool) -> Result<(), String> {
     let mut settings = Settings::load(&src).map_err(|e| e.to_string())?;
     // Simulated costs are not money: they go to a scratch ledger beside the stage's data, never
     // into the budget a real local worker spends from.
-    let simulated = settings.llm.provider == ProviderKind::Simulated || (settings.llm.provider == ProviderKind::Auto && settings.llm.api_key.is_none());
+    let simulated = settings.uses_simulated_model();
     if simulated {
         settings.storage.data_dir = settings.storage.data_dir.join("demo-simulated");
     }

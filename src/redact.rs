@@ -55,7 +55,9 @@ fn by_pattern(e: &str) -> String {
         let key_like = trimmed.len() >= 20
             && (trimmed.starts_with("sk-") || trimmed.starts_with("sk_"))
             && trimmed.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if (mask_next_word && !trimmed.is_empty() && trimmed != REDACTED.trim_matches(['[', ']'])) || key_like {
+        // After `Bearer`/`Basic` the next word is masked, unless the value pass masked it already.
+        let already = word.contains(REDACTED);
+        if (mask_next_word && !trimmed.is_empty() && !already) || key_like {
             out.push_str(&word.replace(trimmed, REDACTED));
         } else {
             out.push_str(word);

@@ -861,6 +861,12 @@ impl Settings {
         p
     }
 
+    /// Whether these settings run the simulated model: chosen (`llm.provider = "simulated"`), or
+    /// `auto` without a key (which [`Settings::worker_problems`] refuses outside `local`).
+    pub fn uses_simulated_model(&self) -> bool {
+        self.llm.provider == ProviderKind::Simulated || (self.llm.provider == ProviderKind::Auto && self.llm.api_key.is_none())
+    }
+
     /// Whether this stage's policy lets any gpt-5 model be called.
     pub fn gpt5_allowed(&self) -> bool {
         self.routing.gpt5_enabled && !self.routing.force_gpt4

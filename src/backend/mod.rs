@@ -103,6 +103,14 @@ pub struct RedrivePlan {
     pub select: RedriveSelect,
 }
 
+impl RedrivePlan {
+    /// Whether a dead letter of `kind` moves when `moved` have moved already: its kind is
+    /// selected and the plan's `max_moved` is not reached.
+    pub fn admits(&self, moved: u64, kind: &str) -> bool {
+        moved < self.max_moved && self.select.accepts(kind)
+    }
+}
+
 /// What a redrive did, by dead-letter kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RedriveReport {

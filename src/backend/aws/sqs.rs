@@ -541,8 +541,7 @@ impl Queue for SqsQueue {
                 }
                 new += 1;
                 let Some(r) = m.receipt_handle else { continue };
-                let take = report.moved_total() + (bodies.len() as u64) < plan.max_moved
-                    && plan.select.accepts(d.kind());
+                let take = plan.admits(report.moved_total() + bodies.len() as u64, d.kind());
                 if take {
                     kinds.push(d.kind().to_string());
                     bodies.push(d.body);

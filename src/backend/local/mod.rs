@@ -749,7 +749,7 @@ impl Queue for SqliteQueue {
                 for (seq, reason) in rows {
                     let d = DeadLetter { message_id: String::new(), body: String::new(), reason, receive_count: 0 };
                     let kind = d.kind();
-                    let take = report.moved_total() < plan.max_moved && plan.select.accepts(kind);
+                    let take = plan.admits(report.moved_total(), kind);
                     if take {
                         tx.prepare_cached(
                             "INSERT INTO queue_messages (queue, id, body, sent_at, visible_at, receive_count)
