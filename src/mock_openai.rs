@@ -11,8 +11,16 @@
 //! (next N / probability), hanging, schema-breaking output (next N / probability), refusals, an
 //! RPM limit per model (sliding or fixed one-minute window), a TPM limit per model (sliding,
 //! counted at admission as prompt + requested output cap, as OpenAI counts), `x-ratelimit-*`
-//! headers on accepted answers, and per-model overrides of all of these. Every request is recorded (model, full JSON body, headers with the `Authorization`
-//! value redacted, time, status) and counted per model and status.
+//! headers on accepted answers, refusals / `length` stops / slow answers by probability, and
+//! per-model overrides of all of these. Every request is recorded (model, full JSON body, headers
+//! with the `Authorization` value redacted, time, status) and counted per model and status.
+//!
+//! It bills as OpenAI bills and reports its own bill ([`MockHandle::bill`], `GET /mock/bill`):
+//! prompt tokens counted with the o200k tokenizer over every message plus the `json_schema` of
+//! `response_format` (the schema is billed input) and a few tokens of framing per message; every
+//! 200 carries usage and is billed, refusals and `length` stops included; an answer is generated
+//! and billed even when the client stopped waiting for it (the answer runs in a task of its own
+//! that the client's disconnect does not cancel).
 //!
 //! It is built for load: no blocking, latency is a `tokio::time::sleep` (so paused-time tests
 //! work), state sits behind one short-held mutex, and probabilities come from a seeded RNG when
@@ -35,6 +43,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::llm::schema;
+use crate::page;
 use crate::llm::simulated::generate_instance;
 
 /// How an RPM limit counts requests.
@@ -97,6 +106,18 @@ pub struct Behavior {
     pub bad_output_probability: f64,
     /// Answer the next N requests with a refusal (`content: null`, `refusal: "..."`).
     pub refuse_next: u32,
+    /// Refuse each request with this probability (0..=1). Refusals are billed.
+    pub refuse_probability: f64,
+    /// Stop each answer at the request's output cap with this probability (0..=1):
+    /// `finish_reason: "length"`, cut-off content, the whole cap billed as output.
+    pub length_probability: f64,
+    /// Answer the next N requests with a `length` stop.
+    pub length_next: u32,
+    /// Take [`Behavior::slow_latency`] instead of `latency` with this probability (0..=1): an
+    /// answer slower than the client's timeout is still generated and billed.
+    pub slow_probability: f64,
+    /// The latency of a slow answer.
+    pub slow_latency: Duration,
     /// A broken or hostile provider: the next N answers report absurd usage (4 billion prompt
     /// tokens, 1 million completion tokens) whatever the request was.
     pub inflate_usage_next: u32,
@@ -133,6 +154,76 @@ pub struct MockConfig {
     pub enforce_strict_schema: bool,
     /// A hostile provider: a 401 quotes the whole key it was given in its message.
     pub echo_key_on_401: bool,
+    /// Prices per model for the bill; a model without one is billed tokens but $0 (and listed
+    /// in [`MockBill::unpriced_models`]).
+    pub prices: BTreeMap<String, MockPrice>,
+}
+
+/// What the mock charges for one model, USD per 1M tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct MockPrice {
+    /// Uncached prompt tokens.
+    pub input_usd_per_mtok: f64,
+    /// Cached prompt tokens.
+    pub cached_input_usd_per_mtok: f64,
+    /// Completion tokens (reasoning included).
+    pub output_usd_per_mtok: f64,
+}
+
+impl MockPrice {
+    /// The mock's price list from a stage's model table (the prices the provider would charge).
+    pub fn table(models: &BTreeMap<String, crate::settings::ModelSettings>) -> BTreeMap<String, MockPrice> {
+        models
+            .iter()
+            .map(|(id, m)| {
+                let price = MockPrice {
+                    input_usd_per_mtok: m.input_usd_per_mtok,
+                    cached_input_usd_per_mtok: m.cached_input_usd_per_mtok,
+                    output_usd_per_mtok: m.output_usd_per_mtok,
+                };
+                (id.clone(), price)
+            })
+            .collect()
+    }
+}
+
+/// What the mock billed one model.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct BilledModel {
+    /// Answers billed (every 200).
+    pub answers: u64,
+    /// Of those: refusals, `length` stops, and answers finished after the client had left.
+    pub refusals: u64,
+    /// `finish_reason: "length"` answers.
+    pub length_stops: u64,
+    /// Answers finished after the client stopped waiting (billed all the same).
+    pub after_client_left: u64,
+    /// Prompt tokens billed (cached included).
+    pub prompt_tokens: u64,
+    /// Of those, cached.
+    pub cached_tokens: u64,
+    /// Completion tokens billed (reasoning included).
+    pub completion_tokens: u64,
+    /// What those cost at the model's [`MockPrice`].
+    pub usd: f64,
+}
+
+/// The mock's own bill since it started: what a provider's invoice would show.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct MockBill {
+    /// By model id.
+    pub by_model: BTreeMap<String, BilledModel>,
+    /// Sum over the models.
+    pub total_usd: f64,
+    /// Models billed without a configured price (billed $0).
+    pub unpriced_models: Vec<String>,
+}
+
+impl MockBill {
+    /// Answers billed over all models.
+    pub fn answers(&self) -> u64 {
+        self.by_model.values().map(|m| m.answers).sum()
+    }
 }
 
 impl Default for MockConfig {
@@ -145,6 +236,7 @@ impl Default for MockConfig {
             max_recorded: 1_000,
             enforce_strict_schema: true,
             echo_key_on_401: false,
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -206,6 +298,7 @@ struct State_ {
     log: VecDeque<RecordedRequest>,
     counts: BTreeMap<(String, u16), u64>,
     total: u64,
+    bill: MockBill,
 }
 
 struct Inner {
@@ -273,6 +366,7 @@ impl MockOpenAi {
                 log: VecDeque::new(),
                 counts: BTreeMap::new(),
                 total: 0,
+                bill: MockBill::default(),
             }),
             config,
             started: Instant::now(),
@@ -282,6 +376,7 @@ impl MockOpenAi {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/chat/completions", post(chat_completions))
             .route("/v1/models", get(models))
+            .route("/mock/bill", get(bill_route))
             .with_state(inner.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -383,6 +478,24 @@ impl MockHandle {
         self.update(|b| b.bad_output_probability = p);
     }
 
+    /// Refuses each request with probability `p` (refusals are billed).
+    pub fn set_refuse_probability(&self, p: f64) {
+        self.update(|b| b.refuse_probability = p);
+    }
+
+    /// Stops each answer at its output cap (`finish_reason: "length"`) with probability `p`.
+    pub fn set_length_probability(&self, p: f64) {
+        self.update(|b| b.length_probability = p);
+    }
+
+    /// Makes each answer take `latency` instead of the usual one with probability `p`.
+    pub fn set_slow(&self, p: f64, latency: Duration) {
+        self.update(|b| {
+            b.slow_probability = p;
+            b.slow_latency = latency;
+        });
+    }
+
     /// The next `n` answers are refusals.
     pub fn refuse_next(&self, n: u32) {
         self.update(|b| b.refuse_next = n);
@@ -430,6 +543,69 @@ impl MockHandle {
         st.counts.clear();
         st.total = 0;
     }
+
+    /// What the mock has billed since it started (kept across [`MockHandle::clear_records`]).
+    pub fn bill(&self) -> MockBill {
+        self.state().bill.clone()
+    }
+}
+
+/// Adds one billed answer to the bill.
+fn add_to_bill(bill: &mut MockBill, prices: &BTreeMap<String, MockPrice>, model: &str, usage: &Value, finish: Finish, client_left: bool) {
+    let n = |p: &str| usage.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let (prompt, cached, completion) = (n("/prompt_tokens"), n("/prompt_tokens_details/cached_tokens"), n("/completion_tokens"));
+    let usd = match prices.get(model) {
+        Some(p) => {
+            (prompt.saturating_sub(cached) as f64 * p.input_usd_per_mtok
+                + cached as f64 * p.cached_input_usd_per_mtok
+                + completion as f64 * p.output_usd_per_mtok)
+                / 1e6
+        }
+        None => {
+            if !bill.unpriced_models.iter().any(|m| m == model) {
+                bill.unpriced_models.push(model.to_string());
+            }
+            0.0
+        }
+    };
+    let line = bill.by_model.entry(model.to_string()).or_default();
+    line.answers += 1;
+    line.refusals += u64::from(finish == Finish::Refusal);
+    line.length_stops += u64::from(finish == Finish::Length);
+    line.after_client_left += u64::from(client_left);
+    line.prompt_tokens += prompt;
+    line.cached_tokens += cached;
+    line.completion_tokens += completion;
+    line.usd += usd;
+    bill.total_usd += usd;
+}
+
+async fn bill_route(State(inner): State<Arc<Inner>>) -> Response {
+    let bill = inner.state.lock().unwrap_or_else(|p| p.into_inner()).bill.clone();
+    axum::Json(bill).into_response()
+}
+
+/// How an accepted answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// A normal answer (`stop`), valid for the requested format.
+    Stop,
+    /// A normal stop whose content breaks the requested format.
+    Broken,
+    /// `content: null`, `refusal: "..."`.
+    Refusal,
+    /// Cut at the output cap: `finish_reason: "length"`.
+    Length,
+}
+
+/// Clears a flag when dropped: the handler holds one while the answer's task runs, so the task
+/// can tell that the client left (the handler's future was dropped) before the answer was done.
+struct Waiting(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What the mock decided to do with one request.
@@ -439,7 +615,7 @@ enum Decision {
     Invalid(String),
     RateLimited { retry_after: Option<Duration>, hint: RetryHint },
     ServerError,
-    Answer { latency: Duration, bad: bool, refuse: bool, inflate: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
+    Answer { latency: Duration, finish: Finish, inflate: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
 }
 
 fn draw(rng: &mut StdRng, p: f64) -> bool {
@@ -515,12 +691,29 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, b
             "server_error",
             None,
         ),
-        Decision::Answer { latency, bad, refuse, inflate, cached, reasoning, limits } => {
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            let body = parsed.unwrap_or(Value::Null);
-            let mut resp = axum::Json(completion_body(&model, &body, bad, refuse, inflate, cached, reasoning)).into_response();
+        Decision::Answer { latency, finish, inflate, cached, reasoning, limits } => {
+            // The answer is generated and billed in a task of its own: a client that stops
+            // waiting (a timeout, a drained worker) is billed all the same, as by OpenAI.
+            let waiting = Waiting(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+            let still_waiting = waiting.0.clone();
+            let task_inner = inner.clone();
+            let task = tokio::spawn(async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                let body = parsed.unwrap_or(Value::Null);
+                let answer = completion_body(&model, &body, finish, inflate, cached, reasoning);
+                let left = !still_waiting.load(std::sync::atomic::Ordering::SeqCst);
+                let mut st = task_inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                add_to_bill(&mut st.bill, &task_inner.config.prices, &model, &answer["usage"], finish, left);
+                answer
+            });
+            let answer = match task.await {
+                Ok(a) => a,
+                Err(_) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, "mock answer task failed", "server_error", None),
+            };
+            drop(waiting);
+            let mut resp = axum::Json(answer).into_response();
             for (name, value) in limits {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     resp.headers_mut().insert(name, v);
@@ -603,18 +796,25 @@ fn decide(
     if draw(rng, b.server_error_probability) {
         return Decision::ServerError;
     }
-    let refuse = if b.refuse_next > 0 {
+    let finish = if b.refuse_next > 0 {
         b.refuse_next -= 1;
-        true
-    } else {
-        false
-    };
-    let bad = if b.bad_output_next > 0 {
+        Finish::Refusal
+    } else if b.length_next > 0 {
+        b.length_next -= 1;
+        Finish::Length
+    } else if b.bad_output_next > 0 {
         b.bad_output_next -= 1;
-        true
+        Finish::Broken
+    } else if draw(rng, b.refuse_probability) {
+        Finish::Refusal
+    } else if draw(rng, b.length_probability) {
+        Finish::Length
+    } else if draw(rng, b.bad_output_probability) {
+        Finish::Broken
     } else {
-        draw(rng, b.bad_output_probability)
+        Finish::Stop
     };
+    let latency = if draw(rng, b.slow_probability) { b.slow_latency } else { b.latency };
     let inflate = b.inflate_usage_next > 0;
     b.inflate_usage_next = b.inflate_usage_next.saturating_sub(1);
     // The request is accepted: it counts towards the RPM and TPM windows, and the answer says
@@ -647,7 +847,7 @@ fn decide(
             limits.push(("x-ratelimit-reset-tokens", go_duration((oldest + MINUTE).saturating_duration_since(now))));
         }
     }
-    Decision::Answer { latency: b.latency, bad, refuse, inflate, cached: b.cached_tokens, reasoning: b.reasoning_tokens, limits }
+    Decision::Answer { latency, finish, inflate, cached: b.cached_tokens, reasoning: b.reasoning_tokens, limits }
 }
 
 /// A duration as OpenAI writes it in `x-ratelimit-reset-*` (`20ms`, `1.5s`, `6m0s`).
@@ -780,26 +980,32 @@ fn rate_limited(model: &str, retry_after: Option<Duration>, hint: &RetryHint) ->
     resp
 }
 
-/// Roughly four characters per token, plus a few per message, like OpenAI's accounting.
+/// Prompt tokens as OpenAI bills them: every message's text under o200k_base plus 3 tokens of
+/// framing per message and 3 to prime the answer; a `json_schema` response format's schema (and
+/// its name) is billed input too.
 fn prompt_tokens(body: &Value) -> u32 {
-    let mut chars = 0usize;
-    let mut messages = 0usize;
+    let mut tokens = 3usize;
     if let Some(ms) = body.get("messages").and_then(Value::as_array) {
         for m in ms {
-            messages += 1;
+            tokens += 3;
             match m.get("content") {
-                Some(Value::String(s)) => chars += s.len(),
+                Some(Value::String(s)) => tokens += page::count_tokens(s),
                 Some(Value::Array(parts)) => {
-                    chars += parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(str::len).sum::<usize>()
+                    tokens += parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(page::count_tokens).sum::<usize>()
                 }
                 _ => {}
             }
         }
     }
-    if let Some(schema) = body.pointer("/response_format/json_schema/schema") {
-        chars += schema.to_string().len();
+    if let Some(js) = body.pointer("/response_format/json_schema") {
+        if let Some(schema) = js.get("schema") {
+            tokens += page::count_tokens(&schema.to_string());
+        }
+        if let Some(name) = js.get("name").and_then(Value::as_str) {
+            tokens += page::count_tokens(name);
+        }
     }
-    (chars.div_ceil(4) + 3 * messages + 3).min(u32::MAX as usize) as u32
+    tokens.min(u32::MAX as usize) as u32
 }
 
 fn default_reasoning(body: &Value) -> u32 {
@@ -855,19 +1061,41 @@ fn break_instance(schema: &Value, instance: Value) -> Value {
     instance
 }
 
-fn completion_body(model: &str, body: &Value, bad: bool, refuse: bool, inflate: bool, cached: Option<u32>, reasoning: Option<u32>) -> Value {
+fn completion_body(model: &str, body: &Value, finish: Finish, inflate: bool, cached: Option<u32>, reasoning: Option<u32>) -> Value {
     let prompt = if inflate { 4_000_000_000 } else { prompt_tokens(body) };
     let cached = cached.unwrap_or(if prompt >= 1024 { (prompt / 2) / 128 * 128 } else { 0 }).min(prompt);
     let reasoning = reasoning.unwrap_or_else(|| default_reasoning(body));
-    let (message, visible_len, finish) = if refuse {
-        let text = "I'm sorry, but I can't help with that request.";
-        (json!({"role": "assistant", "content": null, "refusal": text}), text.len(), "stop")
-    } else {
-        let content = answer_content(body, bad);
-        let len = content.len();
-        (json!({"role": "assistant", "content": content, "refusal": null}), len, "stop")
+    let (message, visible_len, finish_reason) = match finish {
+        Finish::Refusal => {
+            let text = "I'm sorry, but I can't help with that request.";
+            (json!({"role": "assistant", "content": null, "refusal": text}), text.len(), "stop")
+        }
+        Finish::Length => {
+            // Cut mid-answer: what was generated before the cap (not valid JSON).
+            let content = answer_content(body, false);
+            let cut: String = content.chars().take(content.chars().count() / 2).collect();
+            let len = cut.len();
+            (json!({"role": "assistant", "content": cut, "refusal": null}), len, "length")
+        }
+        Finish::Stop | Finish::Broken => {
+            let content = answer_content(body, finish == Finish::Broken);
+            let len = content.len();
+            (json!({"role": "assistant", "content": content, "refusal": null}), len, "stop")
+        }
     };
-    let completion = if inflate { 1_000_000 } else { (visible_len.div_ceil(4) as u32).max(1).saturating_add(reasoning) };
+    let cap = match requested_output_cap(body) {
+        0 => 4096,
+        c => c.min(u64::from(u32::MAX)) as u32,
+    };
+    let completion = if inflate {
+        1_000_000
+    } else if finish == Finish::Length {
+        // The whole cap was generated (reasoning included) and is billed.
+        cap
+    } else {
+        (visible_len.div_ceil(4) as u32).max(1).saturating_add(reasoning)
+    };
+    let reasoning = reasoning.min(completion);
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     json!({
         "id": format!("chatcmpl-mock{}", uuid::Uuid::new_v4().simple()),
@@ -875,7 +1103,7 @@ fn completion_body(model: &str, body: &Value, bad: bool, refuse: bool, inflate: 
         "created": created,
         "model": model,
         "system_fingerprint": "fp_mock",
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason}],
         "usage": {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

@@ -8,7 +8,7 @@ use atlas_codex::llm::openai::OpenAiClient;
 use atlas_codex::llm::schema::{self, strip_added_nulls, to_strict, to_strict_with, validate, StrictLimits};
 use atlas_codex::llm::simulated::{generate_instance, SimulatedClient};
 use atlas_codex::llm::{CallParams, LlmClient, LlmError, LlmRequest, ResponseFormat};
-use atlas_codex::mock_openai::{AuthSeen, MockConfig, MockOpenAi, RetryHint, RpmWindow};
+use atlas_codex::mock_openai::{AuthSeen, MockConfig, MockOpenAi, MockPrice, RetryHint, RpmWindow};
 use atlas_codex::settings::Secret;
 use serde_json::{json, Value};
 
@@ -197,12 +197,12 @@ async fn usage_is_parsed_including_cached_and_reasoning_tokens() {
     });
     let c = client(&mock, Duration::from_secs(10));
     let mut r = request("gpt-5-nano", strict_format(&product_schema()), gpt5_params());
-    r.user = "word ".repeat(1000); // ~1,250 prompt tokens
+    r.user = "word ".repeat(1000); // 1,000 o200k tokens, plus the system prompt, schema and framing
     let resp = c.complete(&r).await.expect("answer");
     let u = resp.usage;
     assert_eq!(u.cached_input_tokens, 384);
     assert_eq!(u.reasoning_tokens, 77);
-    assert!(u.input_tokens >= 1250 && u.input_tokens < 2000, "{u:?}");
+    assert!(u.input_tokens >= 1000 && u.input_tokens < 2000, "{u:?}");
     // completion = visible answer + reasoning
     assert!(u.output_tokens > 77, "{u:?}");
     assert!(u.output_tokens >= 77 + (resp.content.len() as u64) / 4, "{u:?}");
@@ -695,4 +695,60 @@ async fn mock_serves_concurrent_requests_without_serialising_latency() {
     assert_eq!(mock.total_requests(), 300);
     assert!(mock.requests().is_empty(), "max_recorded = 0 keeps no log");
     assert_eq!(mock.count("gpt-5-nano", 200) + mock.count("gpt-4o", 200), 300);
+}
+
+#[tokio::test]
+async fn the_mock_bills_every_answer_refusals_and_length_stops_included_at_its_prices() {
+    let mut prices = std::collections::BTreeMap::new();
+    prices.insert(
+        "gpt-5-nano".to_string(),
+        MockPrice { input_usd_per_mtok: 1.0, cached_input_usd_per_mtok: 0.1, output_usd_per_mtok: 10.0 },
+    );
+    let mock = MockOpenAi::start(MockConfig { expected_api_key: Some(KEY.into()), prices, ..MockConfig::default() }).await;
+    let c = client(&mock, Duration::from_secs(10));
+    let r = request("gpt-5-nano", strict_format(&product_schema()), gpt5_params());
+    let ok = c.complete(&r).await.expect("answer");
+    mock.refuse_next(1);
+    let refused = c.complete(&r).await.unwrap_err();
+    mock.update(|b| b.length_next = 1);
+    let cut = c.complete(&r).await.unwrap_err();
+    let usage_of = |e: &LlmError| match e {
+        LlmError::Unfinished { usage, .. } => *usage,
+        other => panic!("expected an unfinished answer, got {other:?}"),
+    };
+    let (refusal_usage, length_usage) = (usage_of(&refused), usage_of(&cut));
+    // A `length` stop bills the whole output cap.
+    assert_eq!(length_usage.output_tokens, u64::from(r.params.max_output_tokens), "{length_usage:?}");
+    let bill = mock.bill();
+    let line = &bill.by_model["gpt-5-nano"];
+    assert_eq!((line.answers, line.refusals, line.length_stops), (3, 1, 1), "{bill:?}");
+    let prompt: u64 = [ok.usage, refusal_usage, length_usage].iter().map(|u| u.input_tokens).sum();
+    let completion: u64 = [ok.usage, refusal_usage, length_usage].iter().map(|u| u.output_tokens).sum();
+    assert_eq!((line.prompt_tokens, line.completion_tokens), (prompt, completion));
+    let want = (prompt as f64 * 1.0 + completion as f64 * 10.0) / 1e6;
+    assert!((bill.total_usd - want).abs() < 1e-12, "billed {} want {want}", bill.total_usd);
+    // The schema is billed input: the same request without it costs fewer prompt tokens.
+    let plain = c.complete(&request("gpt-5-nano", ResponseFormat::JsonObject, gpt5_params())).await.expect("answer");
+    assert!(plain.usage.input_tokens + 20 < ok.usage.input_tokens, "{:?} vs {:?}", plain.usage, ok.usage);
+    // The same bill over HTTP.
+    let url = format!("{}/mock/bill", mock.base_url().trim_end_matches("/v1"));
+    let text = reqwest::get(&url).await.expect("GET /mock/bill").text().await.expect("body");
+    let served: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(served["by_model"]["gpt-5-nano"]["answers"], 4);
+}
+
+#[tokio::test]
+async fn an_answer_the_client_stopped_waiting_for_is_still_billed() {
+    let mock = mock_with_key().await;
+    mock.set_latency(Duration::from_millis(600));
+    let c = client(&mock, Duration::from_millis(150));
+    let r = request("gpt-5-nano", strict_format(&product_schema()), gpt5_params());
+    let err = c.complete(&r).await.unwrap_err();
+    assert!(matches!(err, LlmError::Timeout), "{err:?}");
+    assert_eq!(mock.bill().answers(), 0, "not generated yet");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let bill = mock.bill();
+    let line = &bill.by_model["gpt-5-nano"];
+    assert_eq!((line.answers, line.after_client_left), (1, 1), "{bill:?}");
+    assert!(line.prompt_tokens > 0 && line.completion_tokens > 0);
 }
