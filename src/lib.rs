@@ -23,7 +23,8 @@
 //! | [`ratelimit`] | per-model RPM/TPM limits for the whole fleet: capacity leased in batches from shared windows (`ratelimit/fleet.rs`), a per-process GCRA share when the store is down, 429 and `x-ratelimit-*` corrections |
 //! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`): SQLite (`local`) and AWS |
 //! | [`llm`] | the `LlmClient` seam: OpenAI-compatible provider, simulated provider, strict-schema adaptation |
-//! | [`mock_openai`] | an OpenAI-compatible mock server (tests, benchmark) |
+//! | [`sweep`] | marks records a dead worker left `processing` at the queue's receive limit as `failed` (`receive_limit`) |
+//! | [`mock_openai`] | an OpenAI-compatible mock server that bills as OpenAI does and reports its bill (tests, benchmark) |
 //! | [`telemetry`] | logs and metrics; one function per outcome emits both |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`app`] | wiring: settings → backends, provider, processor, worker, admin server |
@@ -56,5 +57,6 @@ pub mod ratelimit;
 pub mod redact;
 pub mod route;
 pub mod settings;
+pub mod sweep;
 pub mod telemetry;
 pub mod worker;

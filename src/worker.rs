@@ -93,6 +93,7 @@ impl Worker {
         let deleter = Deleter::spawn(self.backends.clone(), Duration::from_millis(s.worker.delete_flush_ms));
         self.health.set_long_poll(Duration::from_secs(s.queue.wait_time_secs));
         let monitor = spawn_monitor(self.backends.clone(), s.clone(), self.health.clone());
+        let sweep = crate::sweep::spawn(self.backends.clone(), s.clone(), self.processor.worker_id().to_string());
         let mut tasks: JoinSet<()> = JoinSet::new();
         let wait = Duration::from_secs(s.queue.wait_time_secs);
         let batch = receive_batch(s);
@@ -192,6 +193,7 @@ impl Worker {
             warn!(error = %e, "could not flush the queue's deleted messages at rest");
         }
         monitor.abort();
+        sweep.abort();
         let c = &counters;
         let stats = RunStats {
             received: c.received.load(Ordering::Relaxed),

@@ -235,6 +235,8 @@ pub enum Claim {
 ///   lease fields are written as the record has them (the caller clears them when it lets go).
 /// - `put_if_absent(record)`: creates a record unless one exists; `Ok(false)` when it existed.
 /// - `list(status, limit)`: newest first.
+/// - `oldest(status, limit)`: up to `limit` records of `status`, oldest (`created_at`) first; on
+///   DynamoDB from the eventually consistent status index.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Takes the job's lease (see the contract).
@@ -256,6 +258,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn get(&self, id: &str) -> BResult<Option<JobRecord>>;
     /// Lists records, newest first, optionally by status.
     async fn list(&self, status: Option<JobStatus>, limit: usize) -> BResult<Vec<JobRecord>>;
+    /// Lists records of one status, oldest first.
+    async fn oldest(&self, status: JobStatus, limit: usize) -> BResult<Vec<JobRecord>>;
 }
 
 /// A hold on budget for one model call: its worst-case cost.

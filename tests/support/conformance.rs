@@ -663,6 +663,74 @@ pub async fn jobs_list(make: &MakeJobs) {
     assert_eq!(two, vec![ids[3].clone(), ids[2].clone()], "limit keeps the newest");
 }
 
+/// `oldest` lists one status oldest first, and its limit keeps the oldest.
+pub async fn jobs_oldest(make: &MakeJobs) {
+    let s = make().await;
+    let base = Utc::now() - ChronoDuration::hours(1);
+    let mut ids = Vec::new();
+    for (i, status) in [JobStatus::Pending, JobStatus::Completed, JobStatus::Pending, JobStatus::Pending].iter().enumerate() {
+        let id = uniq(&format!("old{i}"));
+        let mut r = JobRecord::new(&id, "st", t(base, i as i64 * 10));
+        r.status = *status;
+        assert!(s.put_if_absent(&r).await.expect("put"));
+        ids.push(id);
+    }
+    let pending: Vec<String> = s.oldest(JobStatus::Pending, 100).await.expect("oldest").into_iter().map(|r| r.id).collect();
+    assert_eq!(pending, vec![ids[0].clone(), ids[2].clone(), ids[3].clone()], "oldest first, one status");
+    let two: Vec<String> = s.oldest(JobStatus::Pending, 2).await.expect("oldest").into_iter().map(|r| r.id).collect();
+    assert_eq!(two, vec![ids[0].clone(), ids[2].clone()], "limit keeps the oldest");
+    assert!(s.oldest(JobStatus::Processing, 100).await.expect("oldest").is_empty());
+}
+
+/// The sweep (`atlas_codex::sweep`) marks a record a dead worker left `processing` at the
+/// queue's receive limit as `failed` / `receive_limit`, and nothing else: not a record claimed
+/// fewer times, not one whose lease is live or expired within the visibility timeout.
+pub async fn jobs_sweep_marks_only_records_left_at_the_receive_limit(make: &MakeJobs) {
+    let s = make().await;
+    let mut settings = atlas_codex::settings::Settings::default();
+    settings.queue.max_receive_count = 2;
+    settings.queue.visibility_timeout_secs = 30;
+    let now = Utc::now();
+    let t0 = now - ChronoDuration::hours(1);
+    let claim = |id: String, owner: &'static str, lease: DateTime<Utc>, at: DateTime<Utc>| {
+        let s = s.clone();
+        async move {
+            let c = s.claim(&id, "st", owner, lease, at).await.expect("claim");
+            assert!(matches!(c, Claim::Claimed(_)), "{c:?}");
+        }
+    };
+    // Claimed twice (the limit), both workers died; the last lease ran out long ago.
+    let dead = uniq("dead");
+    claim(dead.clone(), "w1", t(t0, 60), t0).await;
+    claim(dead.clone(), "w2", t(t0, 200), t(t0, 100)).await;
+    // Claimed once: the queue still delivers it.
+    let once = uniq("once");
+    claim(once.clone(), "w1", t(t0, 60), t0).await;
+    // At the limit, but the lease ran out 10 s ago (within the visibility timeout).
+    let recent = uniq("recent");
+    claim(recent.clone(), "w1", t(now, -100), t(now, -200)).await;
+    claim(recent.clone(), "w2", t(now, -10), t(now, -90)).await;
+    // At the limit with a live lease.
+    let live = uniq("live");
+    claim(live.clone(), "w1", t(now, -100), t(now, -200)).await;
+    claim(live.clone(), "w2", t(now, 60), t(now, -50)).await;
+
+    let marked = atlas_codex::sweep::sweep_once(s.as_ref(), &settings, "sweeper", now).await.expect("sweep");
+    assert_eq!(marked, 1);
+    let r = s.get(&dead).await.expect("get").expect("record");
+    assert_eq!(r.status, JobStatus::Failed);
+    let e = r.error.expect("error kept");
+    assert_eq!((e.kind.as_str(), e.permanent), ("receive_limit", true), "{e:?}");
+    assert_eq!(r.attempts, 2, "the sweep is not an attempt");
+    assert!(r.lease_owner.is_none() && r.lease_expires_at.is_none());
+    for id in [&once, &recent, &live] {
+        assert_eq!(s.get(id).await.expect("get").expect("record").status, JobStatus::Processing, "{id}");
+    }
+    assert_eq!(atlas_codex::sweep::sweep_once(s.as_ref(), &settings, "sweeper", now).await.expect("sweep"), 0, "nothing left");
+    // A later delivery (a redrive) claims the failed record again.
+    assert!(matches!(s.claim(&dead, "st", "w3", t(now, 60), now).await.expect("claim"), Claim::Claimed(_)));
+}
+
 /// Concurrent claims of one job: exactly one worker gets it.
 pub async fn jobs_concurrent_claim(make: &MakeJobs) {
     let s = make().await;
@@ -705,7 +773,7 @@ macro_rules! job_store_tests {
         $crate::support::conformance::__tests!(make_jobs_: $make; MakeJobs;
             jobs_claim_creates, jobs_busy_then_expired_takeover, jobs_renew,
             jobs_finish_and_already_completed, jobs_reclaim_pending_and_failed, jobs_put_if_absent,
-            jobs_list, jobs_concurrent_claim);
+            jobs_list, jobs_oldest, jobs_sweep_marks_only_records_left_at_the_receive_limit, jobs_concurrent_claim);
     };
 }
 pub(crate) use job_store_tests;

@@ -390,30 +390,7 @@ impl JobStore for DynamoJobStore {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         match status {
-            Some(st) => loop {
-                // The GSI returns newest first; it is eventually consistent.
-                let page = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(STATUS_INDEX)
-                    .key_condition_expression("#status = :s")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":s", s(st.as_str()))
-                    .scan_index_forward(false)
-                    .limit(limit.saturating_sub(out.len()).clamp(1, 1000) as i32)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
-                for item in page.items() {
-                    out.push(from_item(item)?);
-                }
-                match page.last_evaluated_key {
-                    Some(k) if out.len() < limit && !k.is_empty() => start = Some(k),
-                    _ => break,
-                }
-            },
+            Some(st) => out = self.query_status(st, limit, false).await?,
             None => loop {
                 // No status: a full Scan, sorted here. Fine for operator listings; the worker
                 // never lists.
@@ -441,6 +418,45 @@ impl JobStore for DynamoJobStore {
         });
         out.truncate(limit);
         Ok(out)
+    }
+
+    async fn oldest(&self, status: JobStatus, limit: usize) -> BResult<Vec<JobRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.query_status(status, limit, true).await
+    }
+}
+
+impl DynamoJobStore {
+    /// Up to `limit` records of one status from the status index, newest first or oldest
+    /// first (`ascending`). The index is eventually consistent.
+    async fn query_status(&self, st: JobStatus, limit: usize, ascending: bool) -> BResult<Vec<JobRecord>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(STATUS_INDEX)
+                .key_condition_expression("#status = :s")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":s", s(st.as_str()))
+                .scan_index_forward(ascending)
+                .limit(limit.saturating_sub(out.len()).clamp(1, 1000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            for item in page.items() {
+                out.push(from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if out.len() < limit && !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 

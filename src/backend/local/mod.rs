@@ -1054,6 +1054,21 @@ impl JobStore for SqliteJobStore {
             .await?;
         rows.iter().map(|(id, j)| parse_record(id, j)).collect()
     }
+
+    async fn oldest(&self, status: JobStatus, limit: usize) -> BResult<Vec<JobRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(String, String)> = self
+            .db
+            .call(move |conn| {
+                let mut st = conn
+                    .prepare_cached("SELECT id, record FROM jobs WHERE status = ?1 ORDER BY created_at ASC, rowid ASC LIMIT ?2")
+                    .db()?;
+                let it = st.query_map(params![status.as_str(), limit], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
+                it.collect::<rusqlite::Result<Vec<_>>>().db()
+            })
+            .await?;
+        rows.iter().map(|(id, j)| parse_record(id, j)).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
