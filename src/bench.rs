@@ -2,6 +2,7 @@
 //! with a fast mock model at a set latency. Prints numbers; asserts nothing (targets are in
 //! `docs/performance.md`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::app::App;
+use crate::backend::{BResult, BudgetLedger, Charge, LedgerSnapshot, Reservation, ReserveOutcome};
 use crate::job::JobStatus;
 use crate::llm::{simulated::SimulatedClient, LlmClient};
 use crate::settings::{Settings, Sources};
@@ -40,6 +42,30 @@ pub struct BenchArgs {
     /// A DynamoDB endpoint (e.g. moto's) for the limiter measurement; a scratch table is created.
     #[arg(long)]
     pub limiter_dynamodb_endpoint: Option<String>,
+    /// `local` (the embedded SQLite backend, a scratch directory per level) or `aws` (SQS,
+    /// DynamoDB and S3 at `--aws-endpoint`, e.g. moto; scratch resources provisioned per level).
+    #[arg(long, value_enum, default_value_t = BenchBackend::Local)]
+    pub backend: BenchBackend,
+    /// The AWS endpoint for `--backend aws`.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint: Option<String>,
+    /// A Python baseline worker (`scripts/bench_baseline.py`) run at each level after the worker,
+    /// on the same endpoint and mock model; its numbers are printed beside the worker's
+    /// (`--backend aws --llm http`).
+    #[arg(long)]
+    pub baseline: Option<std::path::PathBuf>,
+    /// The Python interpreter for `--baseline`.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// Where the benchmark's jobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBackend {
+    /// The embedded SQLite backend.
+    Local,
+    /// SQS, DynamoDB and S3 (an emulator such as moto).
+    Aws,
 }
 
 /// The fleet rate limiter's cost on one store.
@@ -114,7 +140,7 @@ async fn limiter_costs(args: &BenchArgs) -> Result<Vec<LimiterCost>, String> {
         };
         let sdk = crate::backend::aws::sdk_config(&s).await;
         crate::backend::aws::provision::provision_budget_table(&s, &sdk).await.map_err(|e| e.to_string())?;
-        let store = crate::backend::aws::DynamoRateStore::new(aws_sdk_dynamodb::Client::new(&sdk), s.budget_table());
+        let store = crate::backend::aws::DynamoRateStore::new(crate::backend::aws::calls::dynamodb(&sdk), s.budget_table());
         out.push(limiter_cost("dynamodb", Arc::new(store), run).await);
     }
     Ok(out)
@@ -148,107 +174,57 @@ pub struct LevelResult {
     pub p99_ms: u64,
     /// Peak resident memory during the level, MiB.
     pub peak_rss_mib: f64,
+    /// Budget-ledger writes (reserve, settle, release) per job.
+    pub ledger_writes_per_job: f64,
+    /// AWS requests per job (`--backend aws`).
+    pub aws_calls_per_job: Option<f64>,
 }
 
 /// Runs the benchmark and prints a table (or JSON).
 pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
+    let endpoint = match args.backend {
+        BenchBackend::Aws => Some(args.aws_endpoint.clone().filter(|e| !e.trim().is_empty()).ok_or(
+            "--backend aws needs an endpoint: --aws-endpoint URL or AWS_ENDPOINT_URL (e.g. a moto server), and credentials in the environment",
+        )?),
+        BenchBackend::Local => None,
+    };
+    if args.baseline.is_some() && args.llm != "http" {
+        return Err("--baseline needs --llm http: the baseline calls the mock model over HTTP".into());
+    }
     let mut startup = None;
     if args.startup {
         startup = Some(measure_startup().await?);
     }
     let limiter = if args.limiter { limiter_costs(&args).await? } else { Vec::new() };
-    let mock = if args.llm == "http" {
-        Some(
-            crate::mock_openai::MockOpenAi::try_start(crate::mock_openai::MockConfig {
-                behavior: crate::mock_openai::Behavior { latency: Duration::from_millis(args.latency_ms), ..Default::default() },
-                max_recorded: 0,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
-    };
+    // The mock model runs in a child process, so its CPU is not counted as the worker's.
+    let mock = if args.llm == "http" { Some(MockChild::start(args.latency_ms).await?) } else { None };
     let mut results = Vec::new();
+    let mut baselines = Vec::new();
     let mut dirs = Vec::new();
     // Metrics are recorded as in a real worker process (the recorder costs CPU per job too).
     let mut metrics_installed = false;
     for &c in &args.concurrency {
         let dir = tempdir()?;
-        let settings = bench_settings(&dir, c)?;
+        let settings = match &endpoint {
+            Some(e) => aws_settings(e, c)?,
+            None => bench_settings(&dir, c)?,
+        };
         if !metrics_installed {
             crate::telemetry::install_metrics(&settings.metrics_namespace());
             metrics_installed = true;
         }
         let llm: Arc<dyn LlmClient> = match &mock {
             Some(m) => Arc::new(
-                crate::llm::openai::OpenAiClient::new(&m.base_url(), &crate::settings::Secret::new("bench-key"), Duration::from_secs(60))
+                crate::llm::openai::OpenAiClient::new(&m.url, &crate::settings::Secret::new("bench-key"), Duration::from_secs(60))
                     .map_err(|e| e.to_string())?,
             ),
             None => Arc::new(SimulatedClient::new(Duration::from_millis(args.latency_ms))),
         };
-        let backends = crate::app::open_backends(&settings).await.map_err(|e| e.to_string())?;
-        let app = App::new(Arc::new(settings), backends, llm, args.llm.clone())?;
         let jobs = (c * args.rounds).max(500);
-        let bodies: Vec<String> = (0..jobs)
-            .map(|i| {
-                json!({
-                    "job_id": format!("bench-{c}-{i}"),
-                    "type": "extract",
-                    "text": "Summit 45 Pack. Price $189.00. Weight 1.2 kg. In stock.",
-                    "instructions": "Extract the product name and price.",
-                    "schema": {"type": "object", "properties": {"name": {"type": "string"}, "price": {"type": "number"}}, "required": ["name", "price"]}
-                })
-                .to_string()
-            })
-            .collect();
-        app.backends.queue.send_batch(&bodies).await.map_err(|e| e.to_string())?;
-        reset_peak_rss();
-        let cpu0 = cpu_seconds();
-        let t0 = Instant::now();
-        let start_utc = Utc::now();
-        let stats = app.run(RunOptions { exit_when_idle: true }, std::future::pending()).await?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu0;
-        let peak = peak_rss_mib();
-        let recs = app.backends.jobs.list(Some(JobStatus::Completed), jobs + 10).await.map_err(|e| e.to_string())?;
-        let mut lat: Vec<u64> = recs.iter().filter_map(|r| r.duration_ms).collect();
-        lat.sort_unstable();
-        let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
-        let done = stats.completed as usize;
-        // Throughput up to the last completion: the worker's exit (one more empty long-poll of
-        // `queue.wait_time_secs`, then the drain) is not work and would skew short runs.
-        let busy = recs
-            .iter()
-            .map(|r| r.updated_at)
-            .max()
-            .map(|last| (last - start_utc).num_microseconds().unwrap_or(0) as f64 / 1e6)
-            .filter(|b| *b > 0.0)
-            .unwrap_or(wall)
-            .min(wall);
-        let jps = done as f64 / busy;
-        let ideal = c as f64 / (args.latency_ms.max(1) as f64 / 1000.0);
-        let steady = steady_rate(&recs, c).unwrap_or(jps);
-        let r = LevelResult {
-            concurrency: c,
-            jobs: done,
-            jobs_per_sec: jps,
-            efficiency: jps / ideal,
-            busy_secs: busy,
-            steady_jobs_per_sec: steady,
-            steady_efficiency: steady / ideal,
-            wall_secs: wall,
-            cpu_secs_per_1000: cpu / (done.max(1) as f64) * 1000.0,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            peak_rss_mib: peak,
-        };
-        if !json_out {
-            eprintln!("  c={c}: {done}/{jobs} jobs, last done after {busy:.2}s, worker returned after {wall:.2}s");
+        results.push(run_level(&args, settings, llm, c, jobs).await?);
+        if let (Some(script), Some(m), Some(e)) = (&args.baseline, &mock, &endpoint) {
+            baselines.push(run_baseline(&args.python, script, e, &m.url, c, jobs).await?);
         }
-        results.push(r);
-        drop(app);
         // Removed after the last level: on ext4, tens of thousands of freshly deleted inodes
         // make the next level's file creations scan past them (`recently_deleted`), which would
         // charge one level's clean-up to the next level's numbers.
@@ -257,41 +233,241 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<(), String> {
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
     }
+    let backend = match args.backend {
+        BenchBackend::Local => "local",
+        BenchBackend::Aws => "aws",
+    };
     if json_out {
-        outln!("{}", serde_json::to_string_pretty(&json!({"startup": startup, "levels": results, "latency_ms": args.latency_ms, "llm": args.llm, "limiter": limiter})).map_err(|e| e.to_string())?);
+        let doc = json!({"startup": startup, "levels": results, "baseline": baselines, "backend": backend, "latency_ms": args.latency_ms, "llm": args.llm, "limiter": limiter});
+        outln!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
     } else {
-        if let Some(s) = &startup {
-            outln!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
-        }
-        for l in &limiter {
-            outln!(
-                "fleet rate limiter on {}: {} calls, {:.1} store writes per 1,000 calls, {:.0} µs added per call (p99 {} µs)",
-                l.store, l.calls, l.writes_per_1000_calls, l.mean_added_us, l.p99_added_us
-            );
-        }
-        outln!("model latency {} ms, llm {}, {} cores", args.latency_ms, args.llm, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        outln!(
-            "{:>11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8} {:>12} {:>8} {:>8} {:>10}",
-            "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "STEADY/S", "STEADY%", "CPU s/1000", "P50 ms", "P99 ms", "PEAK MiB"
-        );
-        for r in &results {
-            outln!(
-                "{:>11} {:>7} {:>8.2} {:>9.1} {:>6.1}% {:>9.1} {:>7.1}% {:>12.3} {:>8} {:>8} {:>10.1}",
-                r.concurrency,
-                r.jobs,
-                r.busy_secs,
-                r.jobs_per_sec,
-                r.efficiency * 100.0,
-                r.steady_jobs_per_sec,
-                r.steady_efficiency * 100.0,
-                r.cpu_secs_per_1000,
-                r.p50_ms,
-                r.p99_ms,
-                r.peak_rss_mib
-            );
-        }
+        print_table(&args, backend, startup.as_ref(), &limiter, &results, &baselines);
     }
     Ok(())
+}
+
+/// One level: `jobs` jobs at `concurrency` in flight on `settings`' backend.
+async fn run_level(args: &BenchArgs, settings: Settings, llm: Arc<dyn LlmClient>, c: usize, jobs: usize) -> Result<LevelResult, String> {
+    if args.backend == BenchBackend::Aws {
+        crate::backend::aws::provision(&settings).await.map_err(|e| e.to_string())?;
+    }
+    let mut backends = crate::app::open_backends(&settings).await.map_err(|e| e.to_string())?;
+    let ledger_writes = Arc::new(AtomicU64::new(0));
+    backends.ledger = Arc::new(CountingLedger { inner: backends.ledger.clone(), writes: ledger_writes.clone() });
+    let app = App::new(Arc::new(settings), backends, llm, args.llm.clone())?;
+    let bodies: Vec<String> = (0..jobs).map(|i| bench_job(&format!("bench-{c}-{i}")).to_string()).collect();
+    for chunk in bodies.chunks(1_000) {
+        app.backends.queue.send_batch(chunk).await.map_err(|e| e.to_string())?;
+    }
+    reset_peak_rss();
+    let aws0 = crate::backend::aws::calls::requests_sent();
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let start_utc = Utc::now();
+    let stats = app.run(RunOptions { exit_when_idle: true }, std::future::pending()).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let peak = peak_rss_mib();
+    let aws1 = crate::backend::aws::calls::requests_sent();
+    let recs = app.backends.jobs.list(Some(JobStatus::Completed), jobs + 10).await.map_err(|e| e.to_string())?;
+    let mut lat: Vec<u64> = recs.iter().filter_map(|r| r.duration_ms).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let done = stats.completed as usize;
+    // Throughput up to the last completion: the worker's exit (one more empty long-poll of
+    // `queue.wait_time_secs`, then the drain) is not work and would skew short runs.
+    let busy = recs
+        .iter()
+        .map(|r| r.updated_at)
+        .max()
+        .map(|last| (last - start_utc).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        .filter(|b| *b > 0.0)
+        .unwrap_or(wall)
+        .min(wall);
+    let jps = done as f64 / busy;
+    let ideal = c as f64 / (args.latency_ms.max(1) as f64 / 1000.0);
+    let steady = steady_rate(&recs, c).unwrap_or(jps);
+    let per_job = |n: u64| n as f64 / done.max(1) as f64;
+    let aws_calls = (aws1.0 - aws0.0) + (aws1.1 - aws0.1) + (aws1.2 - aws0.2);
+    let r = LevelResult {
+        concurrency: c,
+        jobs: done,
+        jobs_per_sec: jps,
+        efficiency: jps / ideal,
+        busy_secs: busy,
+        steady_jobs_per_sec: steady,
+        steady_efficiency: steady / ideal,
+        wall_secs: wall,
+        cpu_secs_per_1000: cpu / (done.max(1) as f64) * 1000.0,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        peak_rss_mib: peak,
+        ledger_writes_per_job: per_job(ledger_writes.load(Ordering::Relaxed)),
+        aws_calls_per_job: (args.backend == BenchBackend::Aws).then(|| per_job(aws_calls)),
+    };
+    eprintln!("  c={c}: {done}/{jobs} jobs, last done after {busy:.2}s, worker returned after {wall:.2}s");
+    Ok(r)
+}
+
+fn bench_job(id: &str) -> serde_json::Value {
+    json!({
+        "job_id": id,
+        "type": "extract",
+        "text": "Summit 45 Pack. Price $189.00. Weight 1.2 kg. In stock.",
+        "instructions": "Extract the product name and price.",
+        "schema": {"type": "object", "properties": {"name": {"type": "string"}, "price": {"type": "number"}}, "required": ["name", "price"]}
+    })
+}
+
+fn print_table(args: &BenchArgs, backend: &str, startup: Option<&Startup>, limiter: &[LimiterCost], results: &[LevelResult], baselines: &[BaselineResult]) {
+    if let Some(s) = startup {
+        outln!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
+    }
+    for l in limiter {
+        outln!(
+            "fleet rate limiter on {}: {} calls, {:.1} store writes per 1,000 calls, {:.0} µs added per call (p99 {} µs)",
+            l.store, l.calls, l.writes_per_1000_calls, l.mean_added_us, l.p99_added_us
+        );
+    }
+    outln!(
+        "backend {backend}, model latency {} ms, llm {}, {} cores",
+        args.latency_ms,
+        args.llm,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    outln!(
+        "{:>11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8} {:>10} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "STEADY/S", "STEADY%", "CPU ms/job", "P50 ms", "P99 ms", "PEAK MiB", "LEDGER/j", "AWS/job"
+    );
+    for r in results {
+        outln!(
+            "{:>11} {:>7} {:>8.2} {:>9.1} {:>6.1}% {:>9.1} {:>7.1}% {:>10.3} {:>8} {:>8} {:>10.1} {:>9.3} {:>8}",
+            r.concurrency,
+            r.jobs,
+            r.busy_secs,
+            r.jobs_per_sec,
+            r.efficiency * 100.0,
+            r.steady_jobs_per_sec,
+            r.steady_efficiency * 100.0,
+            r.cpu_secs_per_1000,
+            r.p50_ms,
+            r.p99_ms,
+            r.peak_rss_mib,
+            r.ledger_writes_per_job,
+            r.aws_calls_per_job.map_or("-".to_string(), |a| format!("{a:.2}"))
+        );
+    }
+    for b in baselines {
+        outln!(
+            "baseline (python asyncio) c={}: {} jobs in {:.2} s = {:.1} jobs/s, {:.2} CPU ms/job, {:.2} AWS calls/job",
+            b.concurrency, b.jobs, b.wall_secs, b.jobs_per_sec, b.cpu_ms_per_job, b.aws_calls_per_job
+        );
+    }
+}
+
+/// The Python baseline's numbers for one level (what `scripts/bench_baseline.py` prints).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineResult {
+    /// Jobs in flight allowed.
+    pub concurrency: usize,
+    /// Jobs completed.
+    pub jobs: usize,
+    /// From its first receive to its last completion.
+    pub wall_secs: f64,
+    /// Completed per second.
+    pub jobs_per_sec: f64,
+    /// Its process CPU per job, ms.
+    pub cpu_ms_per_job: f64,
+    /// AWS calls it made per job.
+    pub aws_calls_per_job: f64,
+}
+
+/// Runs the baseline on the same endpoint and mock model, with its own scratch resources.
+async fn run_baseline(python: &str, script: &std::path::Path, endpoint: &str, model_url: &str, c: usize, jobs: usize) -> Result<BaselineResult, String> {
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args(["--endpoint", endpoint, "--model-url", model_url, "--concurrency", &c.to_string(), "--jobs", &jobs.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run the baseline {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("the baseline {} failed: {}", script.display(), out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or("the baseline printed no JSON line")?;
+    serde_json::from_str(line).map_err(|e| format!("the baseline's JSON line: {e}"))
+}
+
+/// The mock model in a child process (`atlas-codex mock-openai`); killed when dropped.
+struct MockChild {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+impl MockChild {
+    async fn start(latency_ms: u64) -> Result<MockChild, String> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["mock-openai", "--latency-ms", &latency_ms.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the mock model: {e}"))?;
+        let stdout = child.stdout.take().ok_or("the mock model has no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .map_err(|_| "the mock model did not start within 10 s")?
+            .map_err(|e| e.to_string())?
+            .ok_or("the mock model exited at start")?;
+        Ok(MockChild { _child: child, url: url.trim().to_string() })
+    }
+}
+
+/// `atlas-codex mock-openai`: serves the mock until SIGTERM or Ctrl-C; prints its base URL.
+pub async fn serve_mock(latency_ms: u64) -> Result<(), String> {
+    let mock = crate::mock_openai::MockOpenAi::try_start(crate::mock_openai::MockConfig {
+        behavior: crate::mock_openai::Behavior { latency: Duration::from_millis(latency_ms), ..Default::default() },
+        max_recorded: 0,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    outln!("{}", mock.base_url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// Counts the writes the worker makes to the budget ledger (reserve, settle, release).
+struct CountingLedger {
+    inner: Arc<dyn BudgetLedger>,
+    writes: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl BudgetLedger for CountingLedger {
+    async fn reserve(&self, period: &str, reservation: &Reservation, limit_micros: i64, now: chrono::DateTime<Utc>) -> BResult<ReserveOutcome> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.reserve(period, reservation, limit_micros, now).await
+    }
+    async fn settle(&self, period: &str, charge: &Charge) -> BResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.settle(period, charge).await
+    }
+    async fn release(&self, period: &str, reservation_id: &str) -> BResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.release(period, reservation_id).await
+    }
+    async fn snapshot(&self, period: &str, now: chrono::DateTime<Utc>) -> BResult<LedgerSnapshot> {
+        self.inner.snapshot(period, now).await
+    }
 }
 
 /// Completions per second while the pool was full. A job started at `updated_at - duration_ms`
@@ -331,6 +507,41 @@ fn bench_settings(dir: &std::path::Path, concurrency: usize) -> Result<Settings,
         ("MONTHLY_BUDGET", "1000000".into()),
     ] {
         src.env.insert(k.into(), v);
+    }
+    let mut s = Settings::load(&src).map_err(|e| e.to_string())?;
+    for m in s.models.values_mut() {
+        m.rpm = 0;
+        m.tpm = 0;
+    }
+    Ok(s)
+}
+
+/// Stage `preview` on the AWS backends at `endpoint`, with resource names private to this run
+/// and level (`atlas-codex-*-bench{pid}x{concurrency}`).
+fn aws_settings(endpoint: &str, concurrency: usize) -> Result<Settings, String> {
+    let mut src = Sources::from_env(Some("preview".into()), None);
+    src.env.retain(|k, _| !k.starts_with("ATLAS__") && k != "OPENAI_API_KEY" && k != "MONTHLY_BUDGET");
+    let suffix = format!("bench{}x{concurrency}", std::process::id());
+    for (k, v) in [
+        ("ATLAS__STORAGE__BACKEND", "aws".to_string()),
+        ("ATLAS__AWS__ENDPOINT_URL", endpoint.to_string()),
+        ("ATLAS__QUEUE__NAME", format!("atlas-codex-queue-{suffix}")),
+        ("ATLAS__QUEUE__DLQ_NAME", format!("atlas-codex-dlq-{suffix}")),
+        ("ATLAS__STORAGE__JOBS_TABLE", format!("atlas-codex-jobs-{suffix}")),
+        ("ATLAS__STORAGE__BUDGET_TABLE", format!("atlas-codex-budget-{suffix}")),
+        ("ATLAS__STORAGE__BUCKET", format!("atlas-codex-artifacts-{suffix}")),
+        ("ATLAS__WORKER__CONCURRENCY", concurrency.to_string()),
+        ("ATLAS__ADMIN__LISTEN", String::new()),
+        ("ATLAS__QUEUE__WAIT_TIME_SECS", "1".into()),
+        ("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "300".into()),
+        ("ATLAS__LLM__PROVIDER", "simulated".into()),
+        ("ATLAS__TELEMETRY__LOG_LEVEL", "error".into()),
+        ("MONTHLY_BUDGET", "1000000".into()),
+    ] {
+        src.env.insert(k.into(), v);
+    }
+    if !src.env.contains_key("AWS_REGION") && !src.env.contains_key("AWS_DEFAULT_REGION") {
+        src.env.insert("ATLAS__AWS__REGION".into(), "us-east-1".into());
     }
     let mut s = Settings::load(&src).map_err(|e| e.to_string())?;
     for m in s.models.values_mut() {

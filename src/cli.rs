@@ -85,8 +85,17 @@ pub enum Command {
     Provision,
     /// Run the sample jobs end to end on the embedded `local` stage.
     Demo,
-    /// Measure throughput, CPU, latency and memory on the embedded backend with a mock LLM.
+    /// Measure throughput, CPU, latency and memory with a mock LLM, on the embedded backend or
+    /// on AWS (an emulator such as moto), beside an optional Python baseline.
     Bench(crate::bench::BenchArgs),
+    /// Serve the in-repo OpenAI-compatible mock on 127.0.0.1 (benchmarks, trying things out):
+    /// prints its base URL, then serves until SIGTERM / Ctrl-C.
+    #[command(hide = true)]
+    MockOpenai {
+        /// Latency of every answer, milliseconds.
+        #[arg(long, default_value_t = 500)]
+        latency_ms: u64,
+    },
     /// Print a shell completion script (e.g. `atlas-codex completions bash > /etc/bash_completion.d/atlas-codex`).
     Completions {
         /// The shell.
@@ -169,6 +178,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Validate { all_stages } => validate(&cli, *all_stages),
         Command::Demo => crate::demo::run(cli.output == Output::Json).await.map_err(fail),
         Command::Bench(args) => crate::bench::run(args.clone(), cli.output == Output::Json).await.map_err(fail),
+        Command::MockOpenai { latency_ms } => crate::bench::serve_mock(*latency_ms).await.map_err(fail),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "atlas-codex", &mut out);

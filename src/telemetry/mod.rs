@@ -72,6 +72,8 @@ pub mod names {
     pub const RATELIMIT_USED_TOTAL: &str = "atlas_ratelimit_used_total";
     /// Counter: writes to the shared rate-limit store (takes), by `model` and `result`.
     pub const RATELIMIT_STORE_WRITES_TOTAL: &str = "atlas_ratelimit_store_writes_total";
+    /// Counter: AWS requests sent, by service and operation.
+    pub const AWS_REQUESTS_TOTAL: &str = "atlas_aws_requests_total";
     /// Gauge: 1 while a model runs on its fallback share (shared store unreachable), by `model`.
     pub const RATELIMIT_FALLBACK: &str = "atlas_ratelimit_fallback";
     /// Counter: routing decisions by `tier` and `reason`.
@@ -244,6 +246,7 @@ fn describe_all() {
     describe_counter!(RATELIMIT_LEASED_TOTAL, Unit::Count, "Capacity this worker leased from the stage's shared rate-limit windows, by model and unit (requests, tokens).");
     describe_counter!(RATELIMIT_USED_TOTAL, Unit::Count, "Leased rate-limit capacity used by model calls, by model and unit (requests, tokens).");
     describe_counter!(RATELIMIT_STORE_WRITES_TOTAL, Unit::Count, "Takes from the shared rate-limit store, by model and result (granted, full).");
+    describe_counter!(AWS_REQUESTS_TOTAL, Unit::Count, "AWS requests sent (HTTP attempts, retries included), by service (sqs, dynamodb, s3) and operation.");
     describe_gauge!(RATELIMIT_FALLBACK, "1 while a model runs on this worker's fallback share of its limits because the shared store is unreachable, else 0.");
     describe_counter!(ROUTE_DECISIONS_TOTAL, Unit::Count, "Routing decisions by tier and reason (score, override, cheaper, forced).");
     describe_counter!(LLM_ESCALATIONS_TOTAL, Unit::Count, "Escalations to a stronger model after invalid output, by from_model and to_model.");
@@ -478,6 +481,12 @@ pub fn messages_received(n: u64) {
 /// `n` messages were deleted from the queue.
 pub fn messages_deleted(n: u64) {
     counter!(MESSAGES_DELETED_TOTAL).increment(n);
+}
+
+/// One AWS request (an HTTP attempt) was sent. `operation` is the API name for SQS and DynamoDB
+/// (`ReceiveMessage`, `UpdateItem`, ...) and the HTTP method for S3: a bounded set.
+pub fn aws_request(service: &'static str, operation: &str) {
+    counter!(AWS_REQUESTS_TOTAL, "service" => service, "operation" => operation.to_string()).increment(1);
 }
 
 /// A heartbeat extended a message's visibility timeout.

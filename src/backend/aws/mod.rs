@@ -16,6 +16,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use crate::backend::{BackendError, Backends};
 use crate::settings::Settings;
 
+pub mod calls;
 pub mod dynamo;
 pub mod provision;
 pub mod rate;
@@ -76,7 +77,7 @@ pub async fn open_backends(settings: &Settings) -> Result<Backends, BackendError
     check_credentials(&sdk).await?;
     let explain = |e| explain_open_error(e, settings);
     let backends = open_backends_with(settings, &sdk).await.map_err(explain)?;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let dynamo = calls::dynamodb(&sdk);
     for table in [settings.jobs_table(), settings.budget_table()] {
         dynamo
             .describe_table()
@@ -163,7 +164,7 @@ pub async fn open_backends_with(
     sdk: &SdkConfig,
 ) -> Result<Backends, BackendError> {
     let queue = SqsQueue::open(sdk, &settings.queue_name(), &settings.dlq_name()).await?;
-    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    let dynamo = calls::dynamodb(sdk);
     let jobs = DynamoJobStore::new(
         dynamo.clone(),
         settings.jobs_table(),

@@ -119,7 +119,7 @@ pub async fn provision_queues(
     sdk: &SdkConfig,
 ) -> Result<ProvisionReport, BackendError> {
     let mut report = ProvisionReport::default();
-    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sqs = super::calls::sqs(sdk);
     // DLQ first: the queue's redrive policy names its ARN.
     let dlq = settings.dlq_name();
     let dlq_attrs = HashMap::from([(
@@ -171,7 +171,7 @@ pub async fn provision_jobs_table(
     settings: &Settings,
     sdk: &SdkConfig,
 ) -> Result<ProvisionReport, BackendError> {
-    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let ddb = super::calls::dynamodb(sdk);
     let jobs = settings.jobs_table();
     let created = ensure_table(&ddb, &jobs, TableShape::Jobs).await?;
     ensure_ttl(&ddb, &jobs, "expires_at").await?;
@@ -185,7 +185,7 @@ pub async fn provision_budget_table(
     settings: &Settings,
     sdk: &SdkConfig,
 ) -> Result<ProvisionReport, BackendError> {
-    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let ddb = super::calls::dynamodb(sdk);
     let budget = settings.budget_table();
     let created = ensure_table(&ddb, &budget, TableShape::Budget).await?;
     // Rate-limit windows (`rate#…` items) expire; the month items carry no `expires_at`.

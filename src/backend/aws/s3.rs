@@ -16,10 +16,7 @@ use crate::backend::{ArtifactStore, BResult, BackendError};
 /// endpoint override is configured, because emulators (moto, LocalStack) cannot serve
 /// virtual-hosted bucket names on `127.0.0.1`; real S3 keeps its default addressing.
 pub fn client(sdk: &SdkConfig) -> Client {
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    Client::from_conf(conf)
+    super::calls::s3(sdk)
 }
 
 /// Job results and large inputs in one bucket, keyed by the contract's relative paths.

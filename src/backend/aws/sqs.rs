@@ -90,7 +90,7 @@ impl SqsQueue {
 
     /// Resolves both queues by name (`NotFound` when either is missing: provision first).
     pub async fn open(sdk: &SdkConfig, queue_name: &str, dlq_name: &str) -> BResult<SqsQueue> {
-        let client = Client::new(sdk);
+        let client = super::calls::sqs(sdk);
         let queue_url = queue_url_of(&client, queue_name).await?;
         let dlq_url = queue_url_of(&client, dlq_name).await?;
         Ok(SqsQueue::new(client, queue_url, dlq_url))
