@@ -45,11 +45,14 @@ pub const USED_FRACTION_CACHE: Duration = Duration::from_secs(1);
 pub const LEDGER_WRITE_TRIES: u32 = 4;
 /// First pause between two tries; doubled each time.
 pub const LEDGER_RETRY_BASE: Duration = Duration::from_millis(50);
+/// How long a draining worker keeps retrying the return of its leases on a failing ledger (the
+/// leases then lapse and count in full).
+pub const DRAIN_RETURN_FOR: Duration = Duration::from_secs(10);
 /// A lease aims to cover this much of the worker's recent spend rate.
 pub const LEASE_COVER: Duration = Duration::from_secs(30);
 /// A lease never takes more than this share of what is left of the month (so several workers
 /// can still lease when the budget runs low).
-pub const LEASE_SHARE_OF_REMAINING: i64 = 8;
+pub const LEASE_SHARE_OF_REMAINING: i64 = 32;
 /// A lease covers at least this many calls of the size asked for (when the budget allows).
 pub const LEASE_MIN_CALLS: i64 = 4;
 /// A lease takes no new calls after this age; it is returned once its calls end.
@@ -232,8 +235,13 @@ impl Inner {
                 retry(|| self.ledger.release(&lease.period, &lease.id)).await
             };
             if let Err(e) = r {
-                // Not lost: the lease lapses and keeps counting in full (over-count).
-                tracing::warn!(lease = %lease.id, error = %e, "could not return a budget lease; it lapses and counts in full");
+                // Kept, retired, and returned again on the next tick (a ledger that fails for a
+                // few seconds must not strand the slice until it lapses). Meanwhile it counts
+                // in full on the ledger (over-count, never under-count).
+                tracing::warn!(lease = %lease.id, error = %e, "could not return a budget lease; retrying");
+                let mut lease = lease;
+                lease.retired = true;
+                self.lock().leases.push(lease);
                 result = Err(e);
             }
         }
@@ -537,13 +545,21 @@ impl Budget {
         self.return_due().await
     }
 
-    /// Returns every lease with no call in flight (shutdown). Leases still in use are retired.
+    /// Returns every lease with no call in flight (shutdown), retrying a failing ledger for up to
+    /// [`DRAIN_RETURN_FOR`]. Leases still in use are retired.
     pub async fn drain(&self) -> BResult<()> {
         for l in self.inner.lock().leases.iter_mut() {
             l.retired = true;
         }
-        let all = self.inner.take_due(true);
-        self.inner.give_back(all).await
+        let started = Instant::now();
+        loop {
+            let all = self.inner.take_due(true);
+            let r = self.inner.give_back(all).await;
+            if r.is_ok() || started.elapsed() >= DRAIN_RETURN_FOR {
+                return r;
+            }
+            tokio::time::sleep(LEASE_TICK).await;
+        }
     }
 
     /// The month's totals as the ledger reports them.
