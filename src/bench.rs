@@ -178,6 +178,8 @@ pub struct LevelResult {
     pub ledger_writes_per_job: f64,
     /// AWS requests per job (`--backend aws`).
     pub aws_calls_per_job: Option<f64>,
+    /// AWS requests per job by `service.operation` (`--backend aws`).
+    pub aws_calls_per_job_by_operation: std::collections::BTreeMap<String, f64>,
 }
 
 /// Runs the benchmark and prints a table (or JSON).
@@ -261,6 +263,7 @@ async fn run_level(args: &BenchArgs, settings: Settings, llm: Arc<dyn LlmClient>
     }
     reset_peak_rss();
     let aws0 = crate::backend::aws::calls::requests_sent();
+    let ops0 = crate::backend::aws::calls::requests_by_operation();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let start_utc = Utc::now();
@@ -269,6 +272,7 @@ async fn run_level(args: &BenchArgs, settings: Settings, llm: Arc<dyn LlmClient>
     let cpu = cpu_seconds() - cpu0;
     let peak = peak_rss_mib();
     let aws1 = crate::backend::aws::calls::requests_sent();
+    let ops1 = crate::backend::aws::calls::requests_by_operation();
     let recs = app.backends.jobs.list(Some(JobStatus::Completed), jobs + 10).await.map_err(|e| e.to_string())?;
     let mut lat: Vec<u64> = recs.iter().filter_map(|r| r.duration_ms).collect();
     lat.sort_unstable();
@@ -304,6 +308,11 @@ async fn run_level(args: &BenchArgs, settings: Settings, llm: Arc<dyn LlmClient>
         peak_rss_mib: peak,
         ledger_writes_per_job: per_job(ledger_writes.load(Ordering::Relaxed)),
         aws_calls_per_job: (args.backend == BenchBackend::Aws).then(|| per_job(aws_calls)),
+        aws_calls_per_job_by_operation: ops1
+            .iter()
+            .map(|(op, n)| (op.clone(), per_job(n - ops0.get(op).copied().unwrap_or(0))))
+            .filter(|(_, v)| *v > 0.0)
+            .collect(),
     };
     eprintln!("  c={c}: {done}/{jobs} jobs, last done after {busy:.2}s, worker returned after {wall:.2}s");
     Ok(r)
@@ -356,6 +365,10 @@ fn print_table(args: &BenchArgs, backend: &str, startup: Option<&Startup>, limit
             r.ledger_writes_per_job,
             r.aws_calls_per_job.map_or("-".to_string(), |a| format!("{a:.2}"))
         );
+    }
+    for r in results.iter().filter(|r| !r.aws_calls_per_job_by_operation.is_empty()) {
+        let ops: Vec<String> = r.aws_calls_per_job_by_operation.iter().map(|(op, n)| format!("{op} {n:.2}")).collect();
+        outln!("AWS calls per job at {}: {}", r.concurrency, ops.join(", "));
     }
     for b in baselines {
         outln!(

@@ -1,7 +1,7 @@
 //! Every AWS request the worker sends, counted: one SDK interceptor on each service client adds
 //! one to `atlas_aws_requests_total{service, operation}` per HTTP attempt (retries included, so
-//! the count is what AWS bills), and to a process-wide total per service that
-//! `atlas-codex bench` reads for "AWS calls per job".
+//! the count is what AWS bills), and to a process-wide total per service and operation
+//! that `atlas-codex bench` reads for "AWS calls per job".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,6 +42,16 @@ pub fn requests_sent() -> (u64, u64, u64) {
     (n(Service::Sqs), n(Service::DynamoDb), n(Service::S3))
 }
 
+/// AWS requests sent by this process so far, by `service.operation` (e.g. `dynamodb.UpdateItem`).
+pub fn requests_by_operation() -> std::collections::BTreeMap<String, u64> {
+    by_operation().lock().map(|m| m.clone()).unwrap_or_default()
+}
+
+fn by_operation() -> &'static std::sync::Mutex<std::collections::BTreeMap<String, u64>> {
+    static MAP: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> = std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
 /// The interceptor: counts each attempt as it is transmitted.
 #[derive(Debug)]
 struct CountRequests(Service);
@@ -66,6 +76,9 @@ impl Intercept for CountRequests {
             .and_then(|t| t.rsplit('.').next())
             .unwrap_or_else(|| request.method());
         self.0.total().fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = by_operation().lock() {
+            *m.entry(format!("{}.{operation}", self.0.as_str())).or_insert(0) += 1;
+        }
         crate::telemetry::aws_request(self.0.as_str(), operation);
         Ok(())
     }
