@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README; `.ci/run` calls exactly this). Installs what the tests need
 # (idempotently), starts a moto server on loopback, builds once in release mode (the same
-# `cargo build --release --locked` the Dockerfile runs), then runs every test:
+# `cargo build --release --locked` the Dockerfile runs) after `cargo fmt --check` and
+# `cargo clippy --all-targets -D warnings`, then runs every test:
 #   1. the Rust suite (unit, conformance on SQLite and moto, engine, extraction, cost, AWS end to
 #      end, observability, chaos, bad input) with cargo-nextest;
 #   2. the observability checks (promtool check/test rules, dashboard vs metrics catalogue);
@@ -18,6 +19,20 @@ export PATH="$ROOT/.tools/bin:$ROOT/.venv/bin:$HOME/.cargo/bin:$PATH"
 eval "$(./scripts/moto.sh start)"
 trap './scripts/moto.sh stop >/dev/null 2>&1 || true' EXIT
 export ATLAS_TEST_MOTO_ENDPOINT
+
+echo "== format and lints =="
+# rustfmt.toml is the style; clippy warnings fail, tests included. Both ship with the toolchain
+# (components rustfmt, clippy); a toolchain without them is reported, not silently passed.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --check || { echo "unformatted code: run cargo fmt" >&2; exit 1; }
+else
+  echo "WARNING: rustfmt is not installed (rustup component add rustfmt); format not checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --release --locked --all-targets -- -D warnings
+else
+  echo "WARNING: clippy is not installed (rustup component add clippy); lints not checked" >&2
+fi
 
 echo "== build (release) =="
 cargo build --release --locked

@@ -137,8 +137,8 @@ impl Health {
     /// Why the worker is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<NotReady> {
         let since = self.receive_pending_since.load(Ordering::SeqCst);
-        let stalled = since > 0
-            && (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(since) > self.stall_after_ms.load(Ordering::SeqCst);
+        let stalled =
+            since > 0 && (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(since) > self.stall_after_ms.load(Ordering::SeqCst);
         if self.is_draining() {
             Some(NotReady::Draining)
         } else if !self.backends_ok.load(Ordering::SeqCst) {

@@ -116,7 +116,8 @@ pub fn build_llm(s: &Settings) -> Result<(Arc<dyn LlmClient>, String), String> {
         return Err(p);
     }
     if s.uses_simulated_model() {
-        let why = if s.llm.provider == ProviderKind::Simulated { "llm.provider = \"simulated\"" } else { "no OPENAI_API_KEY on the local stage" };
+        let why =
+            if s.llm.provider == ProviderKind::Simulated { "llm.provider = \"simulated\"" } else { "no OPENAI_API_KEY on the local stage" };
         return Ok(simulated(why));
     }
     let Some(key) = &s.llm.api_key else {

@@ -328,14 +328,25 @@ fn bench_job(id: &str) -> serde_json::Value {
     })
 }
 
-fn print_table(args: &BenchArgs, backend: &str, startup: Option<&Startup>, limiter: &[LimiterCost], results: &[LevelResult], baselines: &[BaselineResult]) {
+fn print_table(
+    args: &BenchArgs,
+    backend: &str,
+    startup: Option<&Startup>,
+    limiter: &[LimiterCost],
+    results: &[LevelResult],
+    baselines: &[BaselineResult],
+) {
     if let Some(s) = startup {
         outln!("startup: ready in {:.0} ms, idle RSS {:.1} MiB", s.ready_ms, s.idle_rss_mib);
     }
     for l in limiter {
         outln!(
             "fleet rate limiter on {}: {} calls, {:.1} store writes per 1,000 calls, {:.0} µs added per call (p99 {} µs)",
-            l.store, l.calls, l.writes_per_1000_calls, l.mean_added_us, l.p99_added_us
+            l.store,
+            l.calls,
+            l.writes_per_1000_calls,
+            l.mean_added_us,
+            l.p99_added_us
         );
     }
     outln!(
@@ -346,7 +357,19 @@ fn print_table(args: &BenchArgs, backend: &str, startup: Option<&Startup>, limit
     );
     outln!(
         "{:>11} {:>7} {:>8} {:>9} {:>7} {:>9} {:>8} {:>10} {:>8} {:>8} {:>10} {:>9} {:>8}",
-        "CONCURRENCY", "JOBS", "BUSY s", "JOBS/S", "IDEAL%", "STEADY/S", "STEADY%", "CPU ms/job", "P50 ms", "P99 ms", "PEAK MiB", "LEDGER/j", "AWS/job"
+        "CONCURRENCY",
+        "JOBS",
+        "BUSY s",
+        "JOBS/S",
+        "IDEAL%",
+        "STEADY/S",
+        "STEADY%",
+        "CPU ms/job",
+        "P50 ms",
+        "P99 ms",
+        "PEAK MiB",
+        "LEDGER/j",
+        "AWS/job"
     );
     for r in results {
         outln!(
@@ -373,7 +396,12 @@ fn print_table(args: &BenchArgs, backend: &str, startup: Option<&Startup>, limit
     for b in baselines {
         outln!(
             "baseline (python asyncio) c={}: {} jobs in {:.2} s = {:.1} jobs/s, {:.2} CPU ms/job, {:.2} AWS calls/job",
-            b.concurrency, b.jobs, b.wall_secs, b.jobs_per_sec, b.cpu_ms_per_job, b.aws_calls_per_job
+            b.concurrency,
+            b.jobs,
+            b.wall_secs,
+            b.jobs_per_sec,
+            b.cpu_ms_per_job,
+            b.aws_calls_per_job
         );
     }
 }
@@ -396,7 +424,14 @@ pub struct BaselineResult {
 }
 
 /// Runs the baseline on the same endpoint and mock model, with its own scratch resources.
-async fn run_baseline(python: &str, script: &std::path::Path, endpoint: &str, model_url: &str, c: usize, jobs: usize) -> Result<BaselineResult, String> {
+async fn run_baseline(
+    python: &str,
+    script: &std::path::Path,
+    endpoint: &str,
+    model_url: &str,
+    c: usize,
+    jobs: usize,
+) -> Result<BaselineResult, String> {
     let out = tokio::process::Command::new(python)
         .arg(script)
         .args(["--endpoint", endpoint, "--model-url", model_url, "--concurrency", &c.to_string(), "--jobs", &jobs.to_string()])
@@ -466,7 +501,13 @@ struct CountingLedger {
 
 #[async_trait::async_trait]
 impl BudgetLedger for CountingLedger {
-    async fn reserve(&self, period: &str, reservation: &Reservation, limit_micros: i64, now: chrono::DateTime<Utc>) -> BResult<ReserveOutcome> {
+    async fn reserve(
+        &self,
+        period: &str,
+        reservation: &Reservation,
+        limit_micros: i64,
+        now: chrono::DateTime<Utc>,
+    ) -> BResult<ReserveOutcome> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner.reserve(period, reservation, limit_micros, now).await
     }
@@ -583,7 +624,9 @@ fn cpu_seconds() -> f64 {
 fn status_kib(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
 }
 

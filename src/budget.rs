@@ -31,9 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use tokio::time::Instant;
 
-use crate::backend::{
-    BResult, BudgetLedger, Charge, ChargeLine, LedgerSnapshot, Reservation, ReserveOutcome,
-};
+use crate::backend::{BResult, BudgetLedger, Charge, ChargeLine, LedgerSnapshot, Reservation, ReserveOutcome};
 use crate::error::JobError;
 use crate::pricing::micros_to_usd;
 use crate::settings::Settings;
@@ -157,11 +155,7 @@ impl Lease {
                 .lines
                 .iter()
                 .filter(|(_, a)| **a > 0)
-                .map(|((model, tenant), a)| ChargeLine {
-                    model: model.clone(),
-                    tenant: tenant.clone(),
-                    amount_micros: *a,
-                })
+                .map(|((model, tenant), a)| ChargeLine { model: model.clone(), tenant: tenant.clone(), amount_micros: *a })
                 .collect(),
         }
     }
@@ -217,8 +211,7 @@ impl Inner {
     fn take_due(&self, all: bool) -> Vec<Lease> {
         let now = Instant::now();
         let mut st = self.lock();
-        let (due, keep): (Vec<Lease>, Vec<Lease>) =
-            st.leases.drain(..).partition(|l| if all { l.calls.is_empty() } else { l.due(now) });
+        let (due, keep): (Vec<Lease>, Vec<Lease>) = st.leases.drain(..).partition(|l| if all { l.calls.is_empty() } else { l.due(now) });
         st.leases = keep;
         due
     }
@@ -293,12 +286,7 @@ impl Budget {
 
     /// The stage's budget: `budget.monthly_usd` and `budget.reservation_ttl_secs`.
     pub fn from_settings(ledger: Arc<dyn BudgetLedger>, s: &Settings, owner: &str) -> Budget {
-        Budget::with_owner(
-            ledger,
-            s.budget_limit_micros(),
-            Duration::from_secs(s.budget.reservation_ttl_secs),
-            owner,
-        )
+        Budget::with_owner(ledger, s.budget_limit_micros(), Duration::from_secs(s.budget.reservation_ttl_secs), owner)
     }
 
     /// The monthly limit, micro-USD.
@@ -333,13 +321,7 @@ impl Budget {
     /// - [`JobError::Budget`] with `job_cap: true` when the call alone is larger than the whole
     ///   monthly limit (it could never run; the job is failed rather than deferred forever);
     /// - [`JobError::Transient`] (`budget_unavailable`) when the ledger could not be reached.
-    pub async fn reserve(
-        &self,
-        job_id: &str,
-        reservation_id: &str,
-        worst_case_micros: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Hold, JobError> {
+    pub async fn reserve(&self, job_id: &str, reservation_id: &str, worst_case_micros: i64, now: DateTime<Utc>) -> Result<Hold, JobError> {
         let amount = worst_case_micros.max(0);
         let limit = self.inner.limit_micros;
         if limit > 0 && amount > limit {
@@ -372,9 +354,8 @@ impl Budget {
             return Ok(hold);
         }
         self.lease(&period, &reservation, now).await?;
-        self.hold_in_lease(&period, &reservation).ok_or_else(|| {
-            JobError::transient("budget_unavailable", "a fresh budget lease had no room for the call")
-        })
+        self.hold_in_lease(&period, &reservation)
+            .ok_or_else(|| JobError::transient("budget_unavailable", "a fresh budget lease had no room for the call"))
     }
 
     /// Puts the call into a held lease with room for it, if any.
@@ -391,11 +372,7 @@ impl Budget {
                 l.retired = true;
             }
         }
-        let lease = st
-            .leases
-            .iter_mut()
-            .filter(|l| !l.retired && l.free() >= r.amount_micros)
-            .min_by_key(|l| l.free())?;
+        let lease = st.leases.iter_mut().filter(|l| !l.retired && l.free() >= r.amount_micros).min_by_key(|l| l.free())?;
         lease.calls.insert(r.id.clone(), r.amount_micros);
         lease.last_active = now;
         let lease_id = lease.id.clone();
@@ -403,12 +380,7 @@ impl Budget {
         while st.recent.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_WINDOW) {
             st.recent.pop_front();
         }
-        Some(Hold {
-            period: period.to_string(),
-            reservation: r.clone(),
-            lease_id,
-            budget: Some(Arc::downgrade(&self.inner)),
-        })
+        Some(Hold { period: period.to_string(), reservation: r.clone(), lease_id, budget: Some(Arc::downgrade(&self.inner)) })
     }
 
     /// The size of the next lease: about [`LEASE_COVER`] of the recent spend rate, at least
@@ -417,12 +389,8 @@ impl Budget {
     fn lease_size(&self, worst: i64, remaining: i64) -> i64 {
         let st = self.inner.lock();
         let recent: i64 = st.recent.iter().map(|(_, a)| *a).sum();
-        let span = st
-            .recent
-            .front()
-            .map(|(t, _)| Instant::now().saturating_duration_since(*t))
-            .unwrap_or_default()
-            .max(Duration::from_secs(1));
+        let span =
+            st.recent.front().map(|(t, _)| Instant::now().saturating_duration_since(*t)).unwrap_or_default().max(Duration::from_secs(1));
         let rate = recent as f64 / span.as_secs_f64();
         let cover = (rate * LEASE_COVER.as_secs_f64()).min(i64::MAX as f64 / 2.0) as i64;
         let wanted = cover.max(worst.saturating_mul(LEASE_MIN_CALLS));
@@ -598,8 +566,7 @@ impl Budget {
                 let f = if inner.limit_micros <= 0 {
                     1.0
                 } else {
-                    ((s.spent_micros + s.reserved_micros + s.lapsed_micros) as f64 / inner.limit_micros as f64)
-                        .clamp(0.0, 1.0)
+                    ((s.spent_micros + s.reserved_micros + s.lapsed_micros) as f64 / inner.limit_micros as f64).clamp(0.0, 1.0)
                 };
                 if let Ok(mut c) = inner.cache.lock() {
                     *c = Some((Instant::now(), f));
@@ -616,11 +583,7 @@ impl Budget {
 ///
 /// The cap is converted to micro-USD rounding down, so rounding never lets a job pass it.
 /// A refusal is [`JobError::Budget`] with `job_cap: true` (the job is failed, not deferred).
-pub fn check_job_cap(
-    max_cost_usd: Option<f64>,
-    spent_micros: i64,
-    worst_case_micros: i64,
-) -> Result<(), JobError> {
+pub fn check_job_cap(max_cost_usd: Option<f64>, spent_micros: i64, worst_case_micros: i64) -> Result<(), JobError> {
     let Some(cap_usd) = max_cost_usd else {
         return Ok(());
     };
@@ -676,20 +639,13 @@ mod tests {
 
     #[test]
     fn period_is_utc_month() {
-        let t = Utc
-            .with_ymd_and_hms(2025, 3, 31, 23, 59, 59)
-            .single()
-            .expect("valid date");
+        let t = Utc.with_ymd_and_hms(2025, 3, 31, 23, 59, 59).single().expect("valid date");
         assert_eq!(period(t), "2025-03");
-        let t = Utc
-            .with_ymd_and_hms(2025, 12, 1, 0, 0, 0)
-            .single()
-            .expect("valid date");
+        let t = Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).single().expect("valid date");
         assert_eq!(period(t), "2025-12");
         // A local time just after midnight on Apr 1 east of UTC is still March in UTC.
-        let local = chrono::FixedOffset::east_opt(2 * 3600)
-            .and_then(|o| o.with_ymd_and_hms(2025, 4, 1, 1, 0, 0).single())
-            .expect("valid date");
+        let local =
+            chrono::FixedOffset::east_opt(2 * 3600).and_then(|o| o.with_ymd_and_hms(2025, 4, 1, 1, 0, 0).single()).expect("valid date");
         assert_eq!(period(local.with_timezone(&Utc)), "2025-03");
     }
 

@@ -333,7 +333,12 @@ fn progress(n: u64, what: &str) -> indicatif::ProgressBar {
 async fn status(cli: &Cli, settings: Settings, job_id: &str) -> Result<(), CliError> {
     job::JobId::parse(job_id).map_err(|e| CliError::new(EXIT_USAGE, e.to_string()))?;
     let backends = app::open_backends(&settings).await.map_err(fail)?;
-    let rec = backends.jobs.get(job_id).await.map_err(fail)?.ok_or_else(|| CliError::new(EXIT_NOT_FOUND, format!("no job `{job_id}` in stage `{}`", settings.stage)))?;
+    let rec = backends
+        .jobs
+        .get(job_id)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| CliError::new(EXIT_NOT_FOUND, format!("no job `{job_id}` in stage `{}`", settings.stage)))?;
     match cli.output {
         Output::Json => outln!("{}", serde_json::to_string_pretty(&rec).map_err(fail)?),
         Output::Table => {
@@ -349,7 +354,13 @@ async fn status(cli: &Cli, settings: Settings, job_id: &str) -> Result<(), CliEr
             if let Some(r) = &rec.route {
                 outln!("route      {} ({}, score {}): {}", r.model, r.tier, r.score, r.reason);
             }
-            outln!("tokens     in {} (cached {}), out {} (reasoning {})", rec.usage.input_tokens, rec.usage.cached_input_tokens, rec.usage.output_tokens, rec.usage.reasoning_tokens);
+            outln!(
+                "tokens     in {} (cached {}), out {} (reasoning {})",
+                rec.usage.input_tokens,
+                rec.usage.cached_input_tokens,
+                rec.usage.output_tokens,
+                rec.usage.reasoning_tokens
+            );
             outln!("cost       ${:.6}", rec.cost_usd());
             if let Some(k) = &rec.result_key {
                 outln!("result     {}", backends.artifacts.location(k));
@@ -395,7 +406,9 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
     // a deploy pipeline does not have): reported, not failed.
     let warnings: Vec<Value> = loaded
         .iter()
-        .flat_map(|s| s.worker_problems().into_iter().map(|p| json!({"stage": s.stage, "problem": format!("the worker would refuse to start: {p}")})))
+        .flat_map(|s| {
+            s.worker_problems().into_iter().map(|p| json!({"stage": s.stage, "problem": format!("the worker would refuse to start: {p}")}))
+        })
         .collect();
     match cli.output {
         Output::Json => {
@@ -403,7 +416,13 @@ fn validate(cli: &Cli, all_stages: bool) -> Result<(), CliError> {
                 .iter()
                 .map(|s| json!({"stage": s.stage, "resources": s.resource_names().into_iter().map(|(k, v)| (k.replace(' ', "_"), Value::String(v))).collect::<serde_json::Map<_, _>>()}))
                 .collect();
-            outln!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})).map_err(fail)?);
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"ok": ok, "stages": stages, "problems": problems, "warnings": warnings, "resources": resources})
+                )
+                .map_err(fail)?
+            );
         }
         Output::Table => {
             for s in &loaded {
@@ -434,7 +453,9 @@ async fn budget(cli: &Cli, settings: Settings) -> Result<(), CliError> {
     let snap = backends.ledger.snapshot(&period, now).await.map_err(fail)?;
     let limit = settings.budget_limit_micros();
     let remaining = (limit - snap.spent_micros - snap.reserved_micros).max(0);
-    let by = |m: &std::collections::BTreeMap<String, i64>| m.iter().map(|(k, v)| (k.clone(), json!(micros_to_usd(*v)))).collect::<serde_json::Map<_, _>>();
+    let by = |m: &std::collections::BTreeMap<String, i64>| {
+        m.iter().map(|(k, v)| (k.clone(), json!(micros_to_usd(*v)))).collect::<serde_json::Map<_, _>>()
+    };
     match cli.output {
         Output::Json => outln!(
             "{}",
@@ -478,7 +499,13 @@ async fn dlq(cli: &Cli, settings: Settings, action: &DlqAction) -> Result<(), Cl
                     }
                     for d in &items {
                         let id = job::salvage_job_id(&d.body).map(|j| j.to_string()).unwrap_or_else(|| "-".into());
-                        outln!("{:<36} job {:<24} receives {:<3} {}", d.message_id, id, d.receive_count, d.reason.as_deref().unwrap_or("(redrive policy)"));
+                        outln!(
+                            "{:<36} job {:<24} receives {:<3} {}",
+                            d.message_id,
+                            id,
+                            d.receive_count,
+                            d.reason.as_deref().unwrap_or("(redrive policy)")
+                        );
                     }
                 }
             }
@@ -571,4 +598,3 @@ pub async fn wait_terminal(b: &crate::backend::Backends, ids: &[String], timeout
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

@@ -277,31 +277,32 @@ pub async fn crawl(
     let mut queue: VecDeque<(Url, u32)> = VecDeque::new();
     let mut out = Vec::new();
 
-    let mut record = |url: &Url, fetched: Result<Fetched, PageError>, depth: u32, queue: &mut VecDeque<(Url, u32)>, seen: &mut HashSet<String>| {
-        match fetched {
-            Ok(f) => {
-                let page = page_of(&f);
-                if depth < max_depth {
-                    for link in &page.links {
-                        let Ok(u) = Url::parse(link) else { continue };
-                        let u = normalize(u);
-                        if origin_key(&u).as_ref() != Some(&scope) {
-                            continue;
-                        }
-                        if seen.insert(u.to_string()) {
-                            queue.push_back((u, depth + 1));
+    let mut record =
+        |url: &Url, fetched: Result<Fetched, PageError>, depth: u32, queue: &mut VecDeque<(Url, u32)>, seen: &mut HashSet<String>| {
+            match fetched {
+                Ok(f) => {
+                    let page = page_of(&f);
+                    if depth < max_depth {
+                        for link in &page.links {
+                            let Ok(u) = Url::parse(link) else { continue };
+                            let u = normalize(u);
+                            if origin_key(&u).as_ref() != Some(&scope) {
+                                continue;
+                            }
+                            if seen.insert(u.to_string()) {
+                                queue.push_back((u, depth + 1));
+                            }
                         }
                     }
+                    let final_url = normalize(f.final_url.clone());
+                    let final_url = (final_url.as_str() != url.as_str()).then(|| final_url.to_string());
+                    out.push(CrawledPage { url: url.to_string(), final_url, depth, page, error: None });
                 }
-                let final_url = normalize(f.final_url.clone());
-                let final_url = (final_url.as_str() != url.as_str()).then(|| final_url.to_string());
-                out.push(CrawledPage { url: url.to_string(), final_url, depth, page, error: None });
+                Err(error) => {
+                    out.push(CrawledPage { url: url.to_string(), final_url: None, depth, page: Page::default(), error: Some(error) });
+                }
             }
-            Err(error) => {
-                out.push(CrawledPage { url: url.to_string(), final_url: None, depth, page: Page::default(), error: Some(error) });
-            }
-        }
-    };
+        };
 
     record(&start_url, Ok(first), 0, &mut queue, &mut seen);
     let mut attempted: u32 = 1;

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -97,13 +96,15 @@ pub async fn run(json_out: bool) -> Result<(), String> {
     if json_out {
         let v: Vec<_> = rows
             .iter()
-            .map(|r| json!({
-                "job_id": r.id, "status": r.status.as_str(), "model": r.model,
-                "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-                "cost_usd": r.cost_usd(), "simulated": r.simulated, "duration_ms": r.duration_ms,
-                "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
-                "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
-            }))
+            .map(|r| {
+                json!({
+                    "job_id": r.id, "status": r.status.as_str(), "model": r.model,
+                    "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
+                    "cost_usd": r.cost_usd(), "simulated": r.simulated, "duration_ms": r.duration_ms,
+                    "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
+                    "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
+                })
+            })
             .collect();
         let total = json!({"jobs": rows.len(), "input_tokens": total_in, "output_tokens": total_out, "cost_usd": total_cost, "simulated": simulated, "duration_ms": total_ms});
         outln!("{}", serde_json::to_string_pretty(&json!({"jobs": v, "total": total})).map_err(|e| e.to_string())?);
@@ -125,7 +126,16 @@ pub async fn run(json_out: bool) -> Result<(), String> {
                 outln!("    error: {}: {}", e.kind, e.message);
             }
         }
-        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms", "TOTAL", format!("{} jobs", rows.len()), "", total_in, total_out, total_cost, total_ms);
+        outln!(
+            "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
+            "TOTAL",
+            format!("{} jobs", rows.len()),
+            "",
+            total_in,
+            total_out,
+            total_cost,
+            total_ms
+        );
         if simulated {
             outln!("Costs are simulated (no OPENAI_API_KEY): nothing was spent and the stage's budget is untouched.");
         }

@@ -96,9 +96,7 @@ impl JobError {
     /// The human-readable message.
     pub fn message(&self) -> &str {
         match self {
-            JobError::Transient { message, .. }
-            | JobError::Permanent { message, .. }
-            | JobError::Budget { message, .. } => message,
+            JobError::Transient { message, .. } | JobError::Permanent { message, .. } | JobError::Budget { message, .. } => message,
         }
     }
 }

@@ -93,10 +93,7 @@ impl fmt::Display for BlockReason {
 impl BlockReason {
     /// Whether `allow_private_networks` lifts this block (local development and tests only).
     pub fn lifted_by_allow_private(self) -> bool {
-        !matches!(
-            self,
-            BlockReason::CloudMetadata | BlockReason::Multicast | BlockReason::Unspecified | BlockReason::Broadcast
-        )
+        !matches!(self, BlockReason::CloudMetadata | BlockReason::Multicast | BlockReason::Unspecified | BlockReason::Broadcast)
     }
 }
 
@@ -366,10 +363,7 @@ impl FetchError {
 
     /// Whether trying again later may succeed (network trouble, 5xx, 429, DNS, timeouts).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.kind(),
-            "dns" | "fetch_timeout" | "http_5xx" | "http_429" | "fetch_connect" | "fetch_config"
-        )
+        matches!(self.kind(), "dns" | "fetch_timeout" | "http_5xx" | "http_429" | "fetch_connect" | "fetch_config")
     }
 }
 
@@ -378,11 +372,9 @@ impl From<FetchError> for JobError {
         let kind = e.kind();
         let message = e.to_string();
         match e {
-            FetchError::RateLimited { retry_after_secs } => JobError::Transient {
-                kind: kind.into(),
-                message,
-                retry_after: retry_after_secs.map(Duration::from_secs),
-            },
+            FetchError::RateLimited { retry_after_secs } => {
+                JobError::Transient { kind: kind.into(), message, retry_after: retry_after_secs.map(Duration::from_secs) }
+            }
             ref other if other.is_transient() => JobError::transient(kind, message),
             _ => JobError::permanent(kind, message),
         }
@@ -484,11 +476,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// Resolves `host` and checks every address; port 0 (reqwest fills in the URL's port).
-async fn resolve_checked(
-    host: &str,
-    allow_private: bool,
-    overrides: &HashMap<String, Vec<IpAddr>>,
-) -> Result<Vec<SocketAddr>, FetchError> {
+async fn resolve_checked(host: &str, allow_private: bool, overrides: &HashMap<String, Vec<IpAddr>>) -> Result<Vec<SocketAddr>, FetchError> {
     let ips: Vec<IpAddr> = match overrides.get(host) {
         Some(ips) => ips.clone(),
         None => tokio::net::lookup_host((host, 0))
@@ -592,8 +580,7 @@ impl Fetcher {
     }
 
     async fn fetch_inner(&self, url: &str, headers: &HeaderMap) -> Result<Fetched, FetchError> {
-        let pairs: Vec<(&str, &str)> =
-            headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
+        let pairs: Vec<(&str, &str)> = headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
         let mut headers = filter_headers(pairs, self.settings.allow_cookies);
         let mut current = self.check_url_str(url)?;
         let mut hops = 0u32;
@@ -613,10 +600,9 @@ impl Fetcher {
                     location: redact(&loc),
                     reason: Box::new(FetchError::InvalidUrl(e.to_string())),
                 })?;
-                let next = self.check_url(next.clone()).map_err(|e| FetchError::RedirectBlocked {
-                    location: redact(next.as_str()),
-                    reason: Box::new(e),
-                })?;
+                let next = self
+                    .check_url(next.clone())
+                    .map_err(|e| FetchError::RedirectBlocked { location: redact(next.as_str()), reason: Box::new(e) })?;
                 if next.origin() != current.origin() {
                     headers.remove(reqwest::header::AUTHORIZATION);
                     headers.remove(reqwest::header::COOKIE);
@@ -686,10 +672,7 @@ impl Fetcher {
     }
 
     fn content_type_allowed(&self, media: &str) -> bool {
-        self.settings
-            .allowed_content_types
-            .iter()
-            .any(|a| !a.trim().is_empty() && media.starts_with(&a.trim().to_ascii_lowercase()))
+        self.settings.allowed_content_types.iter().any(|a| !a.trim().is_empty() && media.starts_with(&a.trim().to_ascii_lowercase()))
     }
 
     fn check_url_str(&self, url: &str) -> Result<Url, FetchError> {
@@ -829,11 +812,8 @@ fn decode_body(body: &[u8], header_charset: Option<&str>, media: &str) -> String
         return s.to_string();
     }
     let is_html = media.contains("html");
-    let enc = if is_html { meta_charset(body) } else { None }.unwrap_or(if is_html {
-        encoding_rs::WINDOWS_1252
-    } else {
-        encoding_rs::UTF_8
-    });
+    let enc =
+        if is_html { meta_charset(body) } else { None }.unwrap_or(if is_html { encoding_rs::WINDOWS_1252 } else { encoding_rs::UTF_8 });
     let (text, _, _) = enc.decode(body);
     text.into_owned()
 }

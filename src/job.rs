@@ -33,16 +33,11 @@ pub struct JobId(String);
 impl JobId {
     /// Checks the id's syntax.
     pub fn parse(s: &str) -> Result<JobId, MessageError> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(JobId(s.to_string()))
         } else {
-            Err(MessageError::InvalidField {
-                field: "job_id".into(),
-                reason: "must match [A-Za-z0-9_-]{1,128}".into(),
-            })
+            Err(MessageError::InvalidField { field: "job_id".into(), reason: "must match [A-Za-z0-9_-]{1,128}".into() })
         }
     }
     /// The id as text.
@@ -191,10 +186,7 @@ impl Job {
         }
         // Always for a crawl; for an extract job only when not the default, so that
         // `parse_message(to_message(job)) == job` holds for every job.
-        if self.job_type == JobType::Crawl
-            || self.max_pages != DEFAULT_CRAWL_PAGES
-            || self.max_depth != DEFAULT_CRAWL_DEPTH
-        {
+        if self.job_type == JobType::Crawl || self.max_pages != DEFAULT_CRAWL_PAGES || self.max_depth != DEFAULT_CRAWL_DEPTH {
             m.insert("max_pages".into(), self.max_pages.into());
             m.insert("max_depth".into(), self.max_depth.into());
         }
@@ -264,8 +256,23 @@ impl MessageError {
 }
 
 const CURRENT_FIELDS: &[&str] = &[
-    "version", "job_id", "type", "url", "html", "text", "input_key", "instructions", "schema",
-    "formats", "max_pages", "max_depth", "model", "max_cost_usd", "tenant", "headers", "apiKey",
+    "version",
+    "job_id",
+    "type",
+    "url",
+    "html",
+    "text",
+    "input_key",
+    "instructions",
+    "schema",
+    "formats",
+    "max_pages",
+    "max_depth",
+    "model",
+    "max_cost_usd",
+    "tenant",
+    "headers",
+    "apiKey",
     "api_key",
 ];
 
@@ -282,7 +289,8 @@ fn parse_headers(v: Option<&Value>) -> Result<std::collections::BTreeMap<String,
         return Err(invalid("headers", &format!("at most {MAX_HEADERS} headers")));
     }
     for (name, value) in obj {
-        let token_ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let token_ok =
+            !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token_ok {
             return Err(invalid("headers", &format!("`{}` is not a valid header name", clip(name))));
         }
@@ -358,11 +366,9 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
     let model = opt_str(&obj, "model")?;
     let max_cost_usd = match obj.get("max_cost_usd") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_f64()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| invalid("max_cost_usd", "must be a positive number"))?,
-        ),
+        Some(v) => {
+            Some(v.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| invalid("max_cost_usd", "must be a positive number"))?)
+        }
     };
     let tenant = opt_str(&obj, "tenant")?;
     let headers = parse_headers(obj.get("headers"))?;
@@ -398,14 +404,10 @@ fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageE
     params.remove("api_key");
     let mut sources = Vec::new();
     if let Some(v) = params.get("url") {
-        sources.push(Source::Url(
-            v.as_str().ok_or_else(|| invalid("params.url", "must be a string"))?.to_string(),
-        ));
+        sources.push(Source::Url(v.as_str().ok_or_else(|| invalid("params.url", "must be a string"))?.to_string()));
     }
     if let Some(v) = params.get("html") {
-        sources.push(Source::Html(
-            v.as_str().ok_or_else(|| invalid("params.html", "must be a string"))?.to_string(),
-        ));
+        sources.push(Source::Html(v.as_str().ok_or_else(|| invalid("params.html", "must be a string"))?.to_string()));
     }
     let source = one_source(sources)?;
     let instructions = opt_str(&params, "extractionInstructions")?;
@@ -454,7 +456,10 @@ fn finish(job: Job) -> Result<Job, MessageError> {
         // Claim-checked inputs live under their own prefix: a key elsewhere (another job's
         // result, any object in the bucket) would hand that object to the model and the result.
         if !k.starts_with(INPUT_KEY_PREFIX) || k.len() == INPUT_KEY_PREFIX.len() || k.contains('\\') || k.contains("//") {
-            return Err(invalid("input_key", &format!("must name an object under `{INPUT_KEY_PREFIX}` (e.g. `{INPUT_KEY_PREFIX}<job_id>`)")));
+            return Err(invalid(
+                "input_key",
+                &format!("must name an object under `{INPUT_KEY_PREFIX}` (e.g. `{INPUT_KEY_PREFIX}<job_id>`)"),
+            ));
         }
     }
     if job.instructions.as_ref().is_some_and(|i| i.len() > MAX_INSTRUCTIONS_BYTES) {
@@ -533,11 +538,7 @@ fn opt_str(o: &serde_json::Map<String, Value>, k: &str) -> Result<Option<String>
 fn opt_u32(o: &serde_json::Map<String, Value>, k: &str) -> Result<Option<u32>, MessageError> {
     match o.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| invalid(k, "must be a non-negative integer")),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| invalid(k, "must be a non-negative integer")),
     }
 }
 

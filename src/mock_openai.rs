@@ -43,8 +43,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::llm::schema;
-use crate::page;
 use crate::llm::simulated::generate_instance;
+use crate::page;
 
 /// How an RPM limit counts requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -613,9 +613,19 @@ enum Decision {
     Hang,
     Unauthorized,
     Invalid(String),
-    RateLimited { retry_after: Option<Duration>, hint: RetryHint },
+    RateLimited {
+        retry_after: Option<Duration>,
+        hint: RetryHint,
+    },
     ServerError,
-    Answer { latency: Duration, finish: Finish, inflate: bool, cached: Option<u32>, reasoning: Option<u32>, limits: Vec<(&'static str, String)> },
+    Answer {
+        latency: Duration,
+        finish: Finish,
+        inflate: bool,
+        cached: Option<u32>,
+        reasoning: Option<u32>,
+        limits: Vec<(&'static str, String)>,
+    },
 }
 
 fn draw(rng: &mut StdRng, p: f64) -> bool {
@@ -629,12 +639,7 @@ async fn models() -> Response {
 async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let now = Instant::now();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let model = parsed
-        .as_ref()
-        .and_then(|b| b.get("model"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let model = parsed.as_ref().and_then(|b| b.get("model")).and_then(Value::as_str).unwrap_or("").to_string();
     let auth = auth_seen(&headers, inner.config.expected_api_key.as_deref());
     let (decision, status) = {
         let mut guard = inner.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -679,7 +684,9 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, b
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .filter(|_| inner.config.echo_key_on_401)
-                .map(|k| format!("Incorrect API key provided: {k}. You can find your API key at https://platform.openai.com/account/api-keys."))
+                .map(|k| {
+                    format!("Incorrect API key provided: {k}. You can find your API key at https://platform.openai.com/account/api-keys.")
+                })
                 .unwrap_or_else(|| "Incorrect API key provided.".to_string());
             error_response(StatusCode::UNAUTHORIZED, &given, "invalid_request_error", Some("invalid_api_key"))
         }
@@ -734,9 +741,7 @@ fn decide(
     started: Instant,
 ) -> Decision {
     match auth {
-        AuthSeen::Bearer { matches_expected: Some(false) } | AuthSeen::Missing | AuthSeen::Other
-            if config.expected_api_key.is_some() =>
-        {
+        AuthSeen::Bearer { matches_expected: Some(false) } | AuthSeen::Missing | AuthSeen::Other if config.expected_api_key.is_some() => {
             return Decision::Unauthorized;
         }
         _ => {}
@@ -776,10 +781,7 @@ fn decide(
         let rpm_wait = b.rpm_limit.and_then(|limit| rpm_check(w, limit, config.rpm_window, now, started));
         let tpm_wait = b.tpm_limit.and_then(|limit| tpm_check(w, limit, admitted_tokens, now));
         if let Some(wait) = rpm_wait.max(tpm_wait) {
-            return Decision::RateLimited {
-                retry_after: Some(wait),
-                hint: RetryHint::Seconds(wait.as_secs_f64().ceil() as u64),
-            };
+            return Decision::RateLimited { retry_after: Some(wait), hint: RetryHint::Seconds(wait.as_secs_f64().ceil() as u64) };
         }
     }
     if b.rate_limit_next > 0 {
@@ -864,10 +866,7 @@ fn go_duration(d: Duration) -> String {
 
 /// The output cap a request asks for (`max_completion_tokens`, else `max_tokens`; 0 if none).
 fn requested_output_cap(body: &Value) -> u64 {
-    body.get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// `Some(wait)` when `tokens` more would exceed `limit` in the sliding minute.
@@ -1134,11 +1133,8 @@ fn strict_problem(schema: &Value) -> Option<String> {
             problem = Some(format!("In context={path}, 'additionalProperties' is required to be supplied and to be false."));
             return;
         }
-        let required: Vec<&str> = obj
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let required: Vec<&str> =
+            obj.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         if let Some(props) = obj.get("properties").and_then(Value::as_object) {
             if let Some(missing) = props.keys().find(|k| !required.contains(&k.as_str())) {
                 problem = Some(format!("In context={path}, 'required' is required to be supplied and to be an array including every key in properties. Missing '{missing}'."));

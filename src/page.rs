@@ -88,10 +88,8 @@ fn selectors() -> Option<&'static Selectors> {
             main: sel("main")?,
             role_main: sel("[role=\"main\" i]")?,
             body: sel("body")?,
-            remove_always: sel(
-                "nav, aside, footer, script, style, noscript, template, iframe, svg, canvas, object, embed, \
-                 input[type=\"hidden\" i], [hidden], [aria-hidden=\"true\"]",
-            )?,
+            remove_always: sel("nav, aside, footer, script, style, noscript, template, iframe, svg, canvas, object, embed, \
+                 input[type=\"hidden\" i], [hidden], [aria-hidden=\"true\"]")?,
             remove_body: sel("header, [role=\"navigation\" i], [role=\"banner\" i], [role=\"contentinfo\" i]")?,
             rewrite: sel("a[href], img[src]")?,
         })
@@ -137,8 +135,8 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
 pub const MAX_NESTING: usize = 256;
 
 const VOID: &[&str] = &[
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr", "param",
-    "keygen", "frame", "basefont", "bgsound",
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr", "param", "keygen", "frame",
+    "basefont", "bgsound",
 ];
 /// Elements a new start tag of the same family closes implicitly (the tree builder's rules, roughly).
 const AUTO_CLOSE: &[&[&str]] = &[
@@ -282,13 +280,7 @@ fn scan(html: &str) -> Scan {
 fn shallow_page(scan: Scan, base: Option<&Url>) -> Page {
     let markdown = tidy(&scan.text.lines().map(collapse_ws).collect::<Vec<_>>().join("\n"));
     let mut seen = HashSet::new();
-    let links = scan
-        .hrefs
-        .iter()
-        .filter_map(|h| absolute_http(h, base))
-        .filter(|u| seen.insert(u.clone()))
-        .take(MAX_LINKS)
-        .collect();
+    let links = scan.hrefs.iter().filter_map(|h| absolute_http(h, base)).filter(|u| seen.insert(u.clone())).take(MAX_LINKS).collect();
     let title = non_empty(collapse_ws(&scan.title));
     Page { markdown, metadata: Metadata { title, ..Metadata::default() }, links }
 }
@@ -382,8 +374,7 @@ fn extract_metadata(doc: &Html, s: &Selectors, base: Option<&Url>) -> Metadata {
         .and_then(non_empty)
         .or_else(|| m.open_graph.get("og:title").cloned());
     m.description = description.or_else(|| m.open_graph.get("og:description").cloned());
-    m.canonical_url =
-        doc.select(&s.canonical).next().and_then(|e| e.value().attr("href")).and_then(|h| absolute_http(h, base));
+    m.canonical_url = doc.select(&s.canonical).next().and_then(|e| e.value().attr("href")).and_then(|h| absolute_http(h, base));
     m.language = doc
         .select(&s.html)
         .next()
@@ -450,12 +441,7 @@ fn main_roots(doc: &Html, s: &Selectors) -> (Vec<ego_tree::NodeId>, bool) {
         let set: HashSet<_> = articles.iter().copied().collect();
         let outer = articles
             .into_iter()
-            .filter(|id| {
-                doc.tree
-                    .get(*id)
-                    .map(|n| !n.ancestors().any(|a| set.contains(&a.id())))
-                    .unwrap_or(false)
-            })
+            .filter(|id| doc.tree.get(*id).map(|n| !n.ancestors().any(|a| set.contains(&a.id()))).unwrap_or(false))
             .collect();
         return (outer, false);
     }
@@ -549,8 +535,8 @@ fn to_markdown(html: &str) -> String {
     let converter = htmd::HtmlToMarkdown::builder()
         .options(options)
         .skip_tags(vec![
-            "script", "style", "noscript", "template", "iframe", "svg", "canvas", "object", "embed", "nav", "aside",
-            "head", "input", "button", "select", "textarea",
+            "script", "style", "noscript", "template", "iframe", "svg", "canvas", "object", "embed", "nav", "aside", "head", "input",
+            "button", "select", "textarea",
         ])
         .build();
     converter.convert(html).unwrap_or_default()

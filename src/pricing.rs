@@ -34,15 +34,7 @@ pub fn cost_micros(usage: &Usage, price: &ModelSettings) -> i64 {
 
 /// The worst case of a call: every input token uncached and the full output allowance used.
 pub fn worst_case_micros(input_tokens: u64, price: &ModelSettings) -> i64 {
-    cost_micros(
-        &Usage {
-            input_tokens,
-            cached_input_tokens: 0,
-            output_tokens: price.max_output_tokens as u64,
-            reasoning_tokens: 0,
-        },
-        price,
-    )
+    cost_micros(&Usage { input_tokens, cached_input_tokens: 0, output_tokens: price.max_output_tokens as u64, reasoning_tokens: 0 }, price)
 }
 
 /// How far a provider's input count may exceed the worker's own before it is implausible: its
@@ -111,7 +103,10 @@ mod tests {
         let p = price(0.05, 0.005, 0.40);
         // 10_000 × 0.05 + 1000 × 0.40 = 500 + 400
         assert_eq!(worst_case_micros(10_000, &p), 900);
-        assert!(worst_case_micros(10_000, &p) >= cost_micros(&Usage { input_tokens: 10_000, cached_input_tokens: 5000, output_tokens: 999, reasoning_tokens: 0 }, &p));
+        assert!(
+            worst_case_micros(10_000, &p)
+                >= cost_micros(&Usage { input_tokens: 10_000, cached_input_tokens: 5000, output_tokens: 999, reasoning_tokens: 0 }, &p)
+        );
     }
 
     #[test]

@@ -76,7 +76,11 @@ pub fn message_body(body: &str) -> String {
     let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(body) else {
         return text(body);
     };
-    let carries = |m: &serde_json::Map<String, Value>| m.contains_key("apiKey") || m.contains_key("api_key") || m.get("headers").is_some_and(|h| h.as_object().is_some_and(|h| !h.is_empty()));
+    let carries = |m: &serde_json::Map<String, Value>| {
+        m.contains_key("apiKey")
+            || m.contains_key("api_key")
+            || m.get("headers").is_some_and(|h| h.as_object().is_some_and(|h| !h.is_empty()))
+    };
     if !carries(&m) && !m.get("params").and_then(Value::as_object).is_some_and(carries) {
         // Nothing to take out: the body stays byte for byte (bar pattern redaction).
         return text(body);

@@ -61,11 +61,7 @@ impl Features {
             input_tokens,
             schema_properties,
             schema_depth,
-            crawl_pages: if job.job_type == JobType::Crawl {
-                job.max_pages
-            } else {
-                0
-            },
+            crawl_pages: if job.job_type == JobType::Crawl { job.max_pages } else { 0 },
             instructions: job.instructions.clone().unwrap_or_default(),
         }
     }
@@ -81,10 +77,7 @@ fn count_properties(s: &Value, level: usize) -> usize {
     let mut n = 0;
     if let Some(Value::Object(props)) = m.get("properties") {
         n += props.len();
-        n += props
-            .values()
-            .map(|v| count_properties(v, level + 1))
-            .sum::<usize>();
+        n += props.values().map(|v| count_properties(v, level + 1)).sum::<usize>();
     }
     for key in ["items", "additionalProperties"] {
         if let Some(v) = m.get(key) {
@@ -93,18 +86,12 @@ fn count_properties(s: &Value, level: usize) -> usize {
     }
     for key in ["prefixItems", "anyOf", "oneOf", "allOf"] {
         if let Some(Value::Array(a)) = m.get(key) {
-            n += a
-                .iter()
-                .map(|v| count_properties(v, level + 1))
-                .sum::<usize>();
+            n += a.iter().map(|v| count_properties(v, level + 1)).sum::<usize>();
         }
     }
     for key in ["$defs", "definitions"] {
         if let Some(Value::Object(d)) = m.get(key) {
-            n += d
-                .values()
-                .map(|v| count_properties(v, level + 1))
-                .sum::<usize>();
+            n += d.values().map(|v| count_properties(v, level + 1)).sum::<usize>();
         }
     }
     n
@@ -121,11 +108,7 @@ fn schema_depth(s: &Value, level: usize) -> usize {
     let mut is_container = false;
     if let Some(Value::Object(props)) = m.get("properties") {
         is_container = true;
-        deepest_child = props
-            .values()
-            .map(|v| schema_depth(v, level + 1))
-            .max()
-            .unwrap_or(0);
+        deepest_child = props.values().map(|v| schema_depth(v, level + 1)).max().unwrap_or(0);
     }
     if let Some(items) = m.get("items") {
         is_container = true;
@@ -133,12 +116,7 @@ fn schema_depth(s: &Value, level: usize) -> usize {
     }
     if let Some(Value::Array(a)) = m.get("prefixItems") {
         is_container = true;
-        deepest_child = deepest_child.max(
-            a.iter()
-                .map(|v| schema_depth(v, level + 1))
-                .max()
-                .unwrap_or(0),
-        );
+        deepest_child = deepest_child.max(a.iter().map(|v| schema_depth(v, level + 1)).max().unwrap_or(0));
     }
     if let Some(v @ Value::Object(_)) = m.get("additionalProperties") {
         is_container = true;
@@ -188,27 +166,12 @@ const KEYWORDS_MAX: u32 = 30;
 /// schema goes to nano, a reasoning instruction or a large page lifts a job to mini, and a large
 /// page with a big nested schema and reasoning goes to full.
 pub fn score(f: &Features, s: &RoutingSettings) -> (u32, String) {
-    let input = u32::try_from(f.input_tokens / TOKENS_PER_POINT)
-        .unwrap_or(u32::MAX)
-        .min(TOKENS_MAX);
-    let props = u32::try_from(f.schema_properties)
-        .unwrap_or(u32::MAX)
-        .saturating_mul(PER_PROPERTY)
-        .min(PROPERTIES_MAX);
-    let depth = u32::try_from(f.schema_depth.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .saturating_mul(PER_DEPTH)
-        .min(DEPTH_MAX);
-    let crawl = if f.crawl_pages == 0 {
-        0
-    } else {
-        (CRAWL_BASE + f.crawl_pages / CRAWL_PAGES_PER_POINT).min(CRAWL_MAX)
-    };
+    let input = u32::try_from(f.input_tokens / TOKENS_PER_POINT).unwrap_or(u32::MAX).min(TOKENS_MAX);
+    let props = u32::try_from(f.schema_properties).unwrap_or(u32::MAX).saturating_mul(PER_PROPERTY).min(PROPERTIES_MAX);
+    let depth = u32::try_from(f.schema_depth.saturating_sub(1)).unwrap_or(u32::MAX).saturating_mul(PER_DEPTH).min(DEPTH_MAX);
+    let crawl = if f.crawl_pages == 0 { 0 } else { (CRAWL_BASE + f.crawl_pages / CRAWL_PAGES_PER_POINT).min(CRAWL_MAX) };
     let found = keywords_found(&f.instructions, &s.reasoning_keywords);
-    let reasoning = u32::try_from(found.len())
-        .unwrap_or(u32::MAX)
-        .saturating_mul(PER_KEYWORD)
-        .min(KEYWORDS_MAX);
+    let reasoning = u32::try_from(found.len()).unwrap_or(u32::MAX).saturating_mul(PER_KEYWORD).min(KEYWORDS_MAX);
     let total = (input + props + depth + crawl + reasoning).min(100);
     let mut why = format!(
         "score {total}: input {} tokens +{input}, schema {} properties +{props}, depth {} +{depth}",
@@ -220,10 +183,7 @@ pub fn score(f: &Features, s: &RoutingSettings) -> (u32, String) {
     if found.is_empty() {
         why.push_str(", no reasoning keywords +0");
     } else {
-        why.push_str(&format!(
-            ", reasoning keywords [{}] +{reasoning}",
-            found.join(", ")
-        ));
+        why.push_str(&format!(", reasoning keywords [{}] +{reasoning}", found.join(", ")));
     }
     (total, why)
 }
@@ -246,10 +206,7 @@ fn keywords_found(text: &str, keywords: &[String]) -> Vec<String> {
 }
 
 fn split_words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase())
-        .collect()
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
 }
 
 /// Where a job's first call goes, and why.
@@ -270,12 +227,7 @@ pub struct Decision {
 
 impl From<Decision> for Route {
     fn from(d: Decision) -> Route {
-        Route {
-            model: d.model,
-            tier: d.tier,
-            score: d.score,
-            reason: d.reason,
-        }
+        Route { model: d.model, tier: d.tier, score: d.score, reason: d.reason }
     }
 }
 
@@ -325,12 +277,7 @@ impl Router {
     ///
     /// A routed model missing from the models table (a configuration error that validation
     /// rejects) is reported as a transient `model_unconfigured` error so the job survives a fix.
-    pub fn decide(
-        &self,
-        job: &Job,
-        f: &Features,
-        budget_used_fraction: f64,
-    ) -> Result<Decision, JobError> {
+    pub fn decide(&self, job: &Job, f: &Features, budget_used_fraction: f64) -> Result<Decision, JobError> {
         let r = &self.settings.routing;
         let (score, explanation) = score(f, r);
         if let Some(m) = &job.model {
@@ -350,9 +297,7 @@ impl Router {
             Strategy::Gpt4Stable => (
                 r.production_model.clone(),
                 TIER_PRODUCTION,
-                format!(
-                    "{explanation}; strategy gpt4_stable sends every job to the production model"
-                ),
+                format!("{explanation}; strategy gpt4_stable sends every job to the production model"),
             ),
             Strategy::Gpt5Preview | Strategy::Auto => {
                 let tier = if score >= r.full_threshold {
@@ -362,10 +307,7 @@ impl Router {
                 } else {
                     TIER_NANO
                 };
-                let mut reason = format!(
-                    "{explanation}; tiers: nano < {} ≤ mini < {} ≤ full → {tier}",
-                    r.mini_threshold, r.full_threshold
-                );
+                let mut reason = format!("{explanation}; tiers: nano < {} ≤ mini < {} ≤ full → {tier}", r.mini_threshold, r.full_threshold);
                 let tier = if budget_used_fraction > r.prefer_cheaper_above {
                     let cheaper = match tier {
                         TIER_FULL => TIER_MINI,
@@ -387,10 +329,7 @@ impl Router {
             }
         };
         if self.strategy == Strategy::Gpt4Stable && budget_used_fraction > r.prefer_cheaper_above {
-            reason.push_str(&format!(
-                "; budget {:.0}% used, but gpt4_stable has a single tier",
-                budget_used_fraction * 100.0
-            ));
+            reason.push_str(&format!("; budget {:.0}% used, but gpt4_stable has a single tier", budget_used_fraction * 100.0));
         }
         if !self.allowed(&model) {
             return Err(JobError::transient(
@@ -398,13 +337,7 @@ impl Router {
                 format!("tier {tier} routes to `{model}`, which this stage cannot call (not in [models] or gpt-5 not allowed)"),
             ));
         }
-        Ok(Decision {
-            model,
-            tier: tier.into(),
-            score,
-            reason,
-            downgraded,
-        })
+        Ok(Decision { model, tier: tier.into(), score, reason, downgraded })
     }
 
     /// The next tier up after an invalid answer from `current_model`: nano → mini → full.
@@ -431,14 +364,7 @@ impl Router {
     /// model while GPT-5 is not allowed) and without `model` itself.
     pub fn fallbacks(&self, model: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for m in self
-            .settings
-            .routing
-            .fallbacks
-            .get(model)
-            .into_iter()
-            .flatten()
-        {
+        for m in self.settings.routing.fallbacks.get(model).into_iter().flatten() {
             if m != model && self.allowed(m) && !out.contains(m) {
                 out.push(m.clone());
             }
@@ -484,26 +410,15 @@ mod tests {
     #[test]
     fn keywords_match_whole_words_case_insensitively() {
         let k: Vec<String> = vec!["compare".into(), "rank".into(), "step by step".into()];
-        assert_eq!(
-            keywords_found("Please COMPARE the prices.", &k),
-            vec!["compare"]
-        );
+        assert_eq!(keywords_found("Please COMPARE the prices.", &k), vec!["compare"]);
         assert!(keywords_found("a comparison of ranking", &k).is_empty());
-        assert_eq!(
-            keywords_found("Think step-by-step, then rank", &k),
-            vec!["rank", "step by step"]
-        );
+        assert_eq!(keywords_found("Think step-by-step, then rank", &k), vec!["rank", "step by step"]);
         assert!(keywords_found("", &k).is_empty());
     }
 
     #[test]
     fn score_formula_parts() {
-        let f = Features {
-            input_tokens: 2000,
-            schema_properties: 3,
-            schema_depth: 1,
-            ..Default::default()
-        };
+        let f = Features { input_tokens: 2000, schema_properties: 3, schema_depth: 1, ..Default::default() };
         let (s, why) = score(&f, &rs());
         assert_eq!(s, 5 + 6);
         assert!(why.contains("input 2000 tokens +5"), "{why}");
@@ -517,22 +432,15 @@ mod tests {
         };
         let (s, why) = score(&f, &rs());
         assert_eq!(s, 100, "{why}");
-        assert!(
-            why.contains("reasoning keywords [analyze, compare, explain, rank] +30"),
-            "{why}"
-        );
+        assert!(why.contains("reasoning keywords [analyze, compare, explain, rank] +30"), "{why}");
 
-        let f = Features {
-            crawl_pages: 25,
-            ..Default::default()
-        };
+        let f = Features { crawl_pages: 25, ..Default::default() };
         assert_eq!(score(&f, &rs()).0, 7);
     }
 
     #[test]
     fn schema_measures() {
-        let flat =
-            json!({"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}});
+        let flat = json!({"type":"object","properties":{"a":{"type":"string"},"b":{"type":"number"}}});
         assert_eq!(count_properties(&flat, 0), 2);
         assert_eq!(schema_depth(&flat, 0), 1);
         let nested = json!({"type":"object","properties":{
@@ -549,22 +457,13 @@ mod tests {
 
     #[test]
     fn score_is_cheap() {
-        let f = Features {
-            input_tokens: 12_000,
-            schema_properties: 40,
-            schema_depth: 5,
-            crawl_pages: 0,
-            instructions: "word ".repeat(6000),
-        };
+        let f =
+            Features { input_tokens: 12_000, schema_properties: 40, schema_depth: 5, crawl_pages: 0, instructions: "word ".repeat(6000) };
         let t = std::time::Instant::now();
         for _ in 0..10 {
             let _ = score(&f, &rs());
         }
         // Ten scores of a 30 KB instruction text, generous for a debug build on a busy machine.
-        assert!(
-            t.elapsed() < std::time::Duration::from_millis(100),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < std::time::Duration::from_millis(100), "{:?}", t.elapsed());
     }
 }

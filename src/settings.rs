@@ -24,7 +24,8 @@ pub fn suggest_stage(stage: &str) -> Option<&'static str> {
     if s.is_empty() {
         return None;
     }
-    const ALIASES: &[(&str, &str)] = &[("prod", "production"), ("prd", "production"), ("dev", "local"), ("stg", "preview"), ("staging", "preview")];
+    const ALIASES: &[(&str, &str)] =
+        &[("prod", "production"), ("prd", "production"), ("dev", "local"), ("stg", "preview"), ("staging", "preview")];
     if let Some((_, k)) = ALIASES.iter().find(|(a, _)| *a == s) {
         return Some(k);
     }
@@ -495,11 +496,23 @@ impl Default for Settings {
                 production_model: "gpt-4o".into(),
                 mini_threshold: 30,
                 full_threshold: 60,
-                reasoning_keywords: ["analyze", "analyse", "compare", "infer", "reason", "summarize",
-                    "summarise", "classify", "evaluate", "explain", "judge", "rank"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                reasoning_keywords: [
+                    "analyze",
+                    "analyse",
+                    "compare",
+                    "infer",
+                    "reason",
+                    "summarize",
+                    "summarise",
+                    "classify",
+                    "evaluate",
+                    "explain",
+                    "judge",
+                    "rank",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
                 max_escalations: 2,
                 fallbacks,
                 prefer_cheaper_above: 0.8,
@@ -524,11 +537,7 @@ impl Default for Settings {
             },
             crawl: CrawlSettings { politeness_delay_ms: 500, respect_robots: true },
             admin: AdminSettings { listen: "0.0.0.0:10090".into() },
-            telemetry: TelemetrySettings {
-                log_format: LogFormat::Pretty,
-                log_level: "info".into(),
-                metrics_namespace: String::new(),
-            },
+            telemetry: TelemetrySettings { log_format: LogFormat::Pretty, log_level: "info".into(), metrics_namespace: String::new() },
         }
     }
 }
@@ -560,10 +569,7 @@ impl Sources {
     /// Sources from the real process environment.
     pub fn from_env(stage: Option<String>, extra_file: Option<PathBuf>) -> Sources {
         let env: BTreeMap<String, String> = std::env::vars().collect();
-        let config_dir = env
-            .get("ATLAS_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(default_config_dir);
+        let config_dir = env.get("ATLAS_CONFIG_DIR").map(PathBuf::from).unwrap_or_else(default_config_dir);
         Sources { stage: stage.or_else(|| env.get("STAGE").cloned()), config_dir, extra_file, env }
     }
 }
@@ -647,18 +653,13 @@ impl Settings {
             b = match parse_scalar(v) {
                 _ if string_key => b.set_override(&key, v.clone()),
                 Scalar::Bool(x) => b.set_override(&key, x),
-                Scalar::Float(x) if !v.contains('.') && x.fract() == 0.0 && x.abs() < 9e15 => {
-                    b.set_override(&key, x as i64)
-                }
+                Scalar::Float(x) if !v.contains('.') && x.fract() == 0.0 && x.abs() < 9e15 => b.set_override(&key, x as i64),
                 Scalar::Float(x) => b.set_override(&key, x),
                 Scalar::Str(x) => b.set_override(&key, x),
             }
             .map_err(|e| fail(vec![format!("{k}: {e}")]))?;
         }
-        let layered: Value = b
-            .build()
-            .and_then(|c| c.try_deserialize::<Value>())
-            .map_err(|e| fail(vec![e.to_string()]))?;
+        let layered: Value = b.build().and_then(|c| c.try_deserialize::<Value>()).map_err(|e| fail(vec![e.to_string()]))?;
         let mut merged = serde_json::to_value(Settings::default()).map_err(|e| fail(vec![format!("defaults: {e}")]))?;
         deep_merge(&mut merged, layered);
         // Unknown keys, every one of them.
@@ -677,7 +678,12 @@ impl Settings {
                             probe.insert(section.clone(), v.clone());
                             if let Err(e) = serde_path_to_error::deserialize::<_, Settings>(Value::Object(probe)) {
                                 let path = e.path().to_string();
-                                let via = seed.iter().find(|(_, k)| *k == path).filter(|(var, _)| src.env.contains_key(*var)).map(|(var, _)| format!(" (from {var})")).unwrap_or_default();
+                                let via = seed
+                                    .iter()
+                                    .find(|(_, k)| *k == path)
+                                    .filter(|(var, _)| src.env.contains_key(*var))
+                                    .map(|(var, _)| format!(" (from {var})"))
+                                    .unwrap_or_default();
                                 problems.push(format!("{path}{via}: {}", e.inner()));
                             }
                         }
@@ -719,9 +725,7 @@ impl Settings {
                 None => p.push(format!("model `{m}` is routed to but has no [models.\"{m}\"] entry")),
                 Some(ms) => {
                     if ms.family == "gpt5" && !self.gpt5_allowed() {
-                        p.push(format!(
-                            "model `{m}` is gpt-5 class but reachable while GPT-5 is not allowed in `{stage}`"
-                        ));
+                        p.push(format!("model `{m}` is gpt-5 class but reachable while GPT-5 is not allowed in `{stage}`"));
                     }
                 }
             }
@@ -887,11 +891,7 @@ impl Settings {
     pub fn reachable_models(&self) -> Vec<String> {
         let mut start = match self.effective_strategy() {
             Strategy::Gpt4Stable => vec![self.routing.production_model.clone()],
-            _ => vec![
-                self.routing.nano_model.clone(),
-                self.routing.mini_model.clone(),
-                self.routing.full_model.clone(),
-            ],
+            _ => vec![self.routing.nano_model.clone(), self.routing.mini_model.clone(), self.routing.full_model.clone()],
         };
         let mut i = 0;
         while i < start.len() {
@@ -1068,11 +1068,7 @@ pub fn check_isolation(all: &[Settings]) -> Vec<Clash> {
     for s in all {
         for (what, name) in s.resource_names() {
             if let Some(other) = names_other_stage(&name, &s.stage) {
-                clashes.push(Clash {
-                    what: what.into(),
-                    name: name.clone(),
-                    stages: vec![s.stage.clone(), other.to_string()],
-                });
+                clashes.push(Clash { what: what.into(), name: name.clone(), stages: vec![s.stage.clone(), other.to_string()] });
             }
             // Queues and DLQs live in one namespace, tables in another.
             let ns = match what {

@@ -259,9 +259,7 @@ struct TaskCtx {
 async fn handle_message(mut ctx: TaskCtx, message: Message, permit: OwnedSemaphorePermit) {
     let _permit = permit;
     let started = Instant::now();
-    let queue_wait = message
-        .sent_at
-        .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
+    let queue_wait = message.sent_at.map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
     telemetry::job_started(queue_wait);
     let span = tracing::info_span!(
         "job",
@@ -274,9 +272,7 @@ async fn handle_message(mut ctx: TaskCtx, message: Message, permit: OwnedSemapho
     let job_slot: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let heartbeat = spawn_heartbeat(&ctx, &message, job_slot.clone());
 
-    let work = std::panic::AssertUnwindSafe(ctx.processor.process(&message, job_slot.clone()))
-        .catch_unwind()
-        .instrument(span.clone());
+    let work = std::panic::AssertUnwindSafe(ctx.processor.process(&message, job_slot.clone())).catch_unwind().instrument(span.clone());
     let verdict = tokio::select! {
         r = work => match r {
             Ok(v) => Some(v),

@@ -60,7 +60,8 @@ async fn run_catalogue(t: &TestApp, cases: &[Case]) {
                 Some(r) => {
                     let e = r.error.clone();
                     let ok = r.status == JobStatus::Failed
-                        && e.as_ref().is_some_and(|e| e.permanent && (e.kind == c.kind || e.message.contains(c.kind)) && !e.message.is_empty());
+                        && e.as_ref()
+                            .is_some_and(|e| e.permanent && (e.kind == c.kind || e.message.contains(c.kind)) && !e.message.is_empty());
                     if !ok {
                         problems.push(format!("{}: record {:?} {:?}", c.name, r.status, e));
                     }
@@ -134,8 +135,11 @@ async fn hostile_pages_and_private_targets() {
     let pages = PageServer::start().await;
     let llm = ScriptedLlm::new(Duration::from_millis(1), 0, false);
     // Private targets refused (production policy) for the SSRF cases.
-    let strict = spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1"), ("ATLAS__FETCH__ALLOW_PRIVATE_NETWORKS", "false")], llm.clone()).await;
-    let ssrf = |name: &'static str, id: &'static str, url: &str| case(name, Some(id), "ssrf_blocked", json!({"job_id": id, "url": url}).to_string());
+    let strict =
+        spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1"), ("ATLAS__FETCH__ALLOW_PRIVATE_NETWORKS", "false")], llm.clone()).await;
+    let ssrf = |name: &'static str, id: &'static str, url: &str| {
+        case(name, Some(id), "ssrf_blocked", json!({"job_id": id, "url": url}).to_string())
+    };
     let cases = vec![
         ssrf("localhost", "p-localhost", "http://localhost/admin"),
         ssrf("loopback IP", "p-loop", "http://127.0.0.1:9/"),
@@ -151,11 +155,7 @@ async fn hostile_pages_and_private_targets() {
 
     // Private networks allowed (local stage), so the fixture server is reachable; hostile pages.
     let local = spawn_app(
-        &[
-            ("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1"),
-            ("ATLAS__FETCH__MAX_BODY_BYTES", "1048576"),
-            ("ATLAS__FETCH__TOTAL_TIMEOUT_SECS", "2"),
-        ],
+        &[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1"), ("ATLAS__FETCH__MAX_BODY_BYTES", "1048576"), ("ATLAS__FETCH__TOTAL_TIMEOUT_SECS", "2")],
         llm.clone(),
     )
     .await;
@@ -184,7 +184,8 @@ async fn model_answers_that_are_not_json_or_break_the_schema() {
         ..MockConfig::default()
     })
     .await;
-    let llm: Arc<dyn LlmClient> = Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-test-secret"), Duration::from_secs(10)).unwrap());
+    let llm: Arc<dyn LlmClient> =
+        Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-test-secret"), Duration::from_secs(10)).unwrap());
     let t = support::app::spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1")], llm).await;
     let cases = vec![
         case("model answer breaks the schema", Some("m-bad"), "invalid_output", text_job("m-bad")),
@@ -224,7 +225,9 @@ async fn model_answers_that_are_not_json_or_break_the_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_dlq_or_the_job_record_even_when_a_provider_echoes_them() {
     const KEY: &str = "wrong-key-Zx81Qp0aLm7"; // not `sk-` shaped: only the known value can catch it
-    let mock = MockOpenAi::start(MockConfig { expected_api_key: Some("sk-the-right-key".into()), echo_key_on_401: true, ..MockConfig::default() }).await;
+    let mock =
+        MockOpenAi::start(MockConfig { expected_api_key: Some("sk-the-right-key".into()), echo_key_on_401: true, ..MockConfig::default() })
+            .await;
     let llm: Arc<dyn LlmClient> = Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new(KEY), Duration::from_secs(10)).unwrap());
     let t = support::app::spawn_app(&[("ATLAS__QUEUE__MAX_RECEIVE_COUNT", "1")], llm).await;
     let secrets = [KEY, "sk-caller-key-0123456789abcd", "caller-token-5Kd93LxQ", "legacy-key-77aa88bb99"];
@@ -238,7 +241,11 @@ async fn secrets_never_reach_the_dlq_or_the_job_record_even_when_a_provider_echo
     let dlq = t.backends.queue.dlq_peek(10).await.unwrap();
     assert_eq!(dlq.len(), 3, "{dlq:?}");
     let r401 = t.record("s-401").await;
-    assert!(r401.error.as_ref().is_some_and(|e| e.message.contains("Incorrect API key provided: [redacted]")), "the provider's echo, redacted: {:?}", r401.error);
+    assert!(
+        r401.error.as_ref().is_some_and(|e| e.message.contains("Incorrect API key provided: [redacted]")),
+        "the provider's echo, redacted: {:?}",
+        r401.error
+    );
     let everything = format!("{:?}{:?}", dlq, t.backends.jobs.list(None, 10).await.unwrap());
     for s in secrets {
         assert!(!everything.contains(s), "`{s}` reached the DLQ or a record:\n{everything}");
@@ -249,8 +256,11 @@ async fn secrets_never_reach_the_dlq_or_the_job_record_even_when_a_provider_echo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_usage_from_a_provider_is_charged_at_what_the_request_could_cost_and_kept_as_its_claim() {
-    let mock = MockOpenAi::start(MockConfig { behavior: Behavior { inflate_usage_next: 2, ..Behavior::default() }, ..MockConfig::default() }).await;
-    let llm: Arc<dyn LlmClient> = Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-test-key-for-usage"), Duration::from_secs(10)).unwrap());
+    let mock =
+        MockOpenAi::start(MockConfig { behavior: Behavior { inflate_usage_next: 2, ..Behavior::default() }, ..MockConfig::default() })
+            .await;
+    let llm: Arc<dyn LlmClient> =
+        Arc::new(OpenAiClient::new(&mock.base_url(), &Secret::new("sk-test-key-for-usage"), Duration::from_secs(10)).unwrap());
     let t = support::app::spawn_app(&[("ATLAS__BUDGET__MONTHLY_USD", "50")], llm).await;
     t.send(&[text_job("u-absurd-1"), text_job("u-absurd-2")]).await;
     t.run_until_idle().await;
@@ -283,12 +293,20 @@ async fn a_claim_checked_input_larger_than_one_jobs_bound_is_refused_before_it_i
     let links: String = (0..20_000).map(|i| format!("<a href=\"https://e.com/{i}\">{i}</a>")).collect();
     t.backends.artifacts.put("inputs/huge-1", format!("<html><body>{links}</body></html>").into_bytes(), "text/html").await.unwrap();
     t.backends.artifacts.put("inputs/fits-1", b"<p>Price: $5</p>".to_vec(), "text/html").await.unwrap();
-    let cases = vec![case("claim-checked input over the bound", Some("c-huge"), "input_too_large", json!({"job_id": "c-huge", "input_key": "inputs/huge-1", "instructions": "y"}).to_string())];
+    let cases = vec![case(
+        "claim-checked input over the bound",
+        Some("c-huge"),
+        "input_too_large",
+        json!({"job_id": "c-huge", "input_key": "inputs/huge-1", "instructions": "y"}).to_string(),
+    )];
     run_catalogue(&t, &cases).await;
     let r = t.record("c-huge").await;
     assert!(r.error.unwrap().message.contains("fetch.max_body_bytes"));
     assert_eq!(llm.calls(), 1, "only the good job reached the model");
-    t.send(&[json!({"job_id": "c-fits", "input_key": "inputs/fits-1", "instructions": "Extract the price", "schema": schema()}).to_string()]).await;
+    t.send(&[
+        json!({"job_id": "c-fits", "input_key": "inputs/fits-1", "instructions": "Extract the price", "schema": schema()}).to_string()
+    ])
+    .await;
     t.run_until_idle().await;
     assert_eq!(t.record("c-fits").await.status, JobStatus::Completed);
 }

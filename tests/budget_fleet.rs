@@ -190,9 +190,12 @@ async fn run_fleet(stage: Stage<'_>, mock: &MockOpenAi, logs: &std::path::Path) 
             }
         }
         let listed = stage.jobs.list(None, 2 * JOBS).await.expect("list records");
-        let records: BTreeMap<String, JobRecord> = listed.into_iter().filter(|r| r.id.starts_with(&format!("bud-{run}-"))).map(|r| (r.id.clone(), r)).collect();
+        let records: BTreeMap<String, JobRecord> =
+            listed.into_iter().filter(|r| r.id.starts_with(&format!("bud-{run}-"))).map(|r| (r.id.clone(), r)).collect();
         let settled = next == JOBS
-            && ids.iter().all(|id| records.get(id).is_some_and(|r| matches!(r.status, JobStatus::Completed | JobStatus::Failed) || pending_for_budget(r)));
+            && ids.iter().all(|id| {
+                records.get(id).is_some_and(|r| matches!(r.status, JobStatus::Completed | JobStatus::Failed) || pending_for_budget(r))
+            });
         let bill = mock.bill();
         let done = records.values().filter(|r| matches!(r.status, JobStatus::Completed | JobStatus::Failed)).count();
         if (bill.answers(), done) != last_seen {
@@ -231,7 +234,16 @@ async fn check(stage: &Stage<'_>, bill: &MockBill, records: &BTreeMap<String, Jo
     let by_kind = |k: &str| records.values().filter(|r| r.error.as_ref().is_some_and(|e| e.kind == k)).count();
     let completed = records.values().filter(|r| r.status == JobStatus::Completed).count();
     let deferred = records.values().filter(|r| pending_for_budget(r)).count();
-    let b: Vec<String> = bill.by_model.iter().map(|(m, l)| format!("{m}: {} answers ({} refusals, {} length, {} after the client left) ${:.5}", l.answers, l.refusals, l.length_stops, l.after_client_left, l.usd)).collect();
+    let b: Vec<String> = bill
+        .by_model
+        .iter()
+        .map(|(m, l)| {
+            format!(
+                "{m}: {} answers ({} refusals, {} length, {} after the client left) ${:.5}",
+                l.answers, l.refusals, l.length_stops, l.after_client_left, l.usd
+            )
+        })
+        .collect();
     eprintln!(
         "{}: bill ${:.5} of ${BUDGET_USD} ({:.1}%) [{}]; ledger spent {} + held {} + lapsed {} = {} µUSD; {} estimated calls {} µUSD; \
          {} jobs: {completed} completed, {} refused, {deferred} pending for budget; logs in {}",
@@ -318,7 +330,14 @@ async fn four_workers_on_moto_keep_the_providers_bill_inside_the_budget_through_
     let backends = aws::open_backends_with(&settings, &sdk).await.expect("open backends");
     // The workers reach moto through the fault proxy; the test reads moto directly.
     let env = base.set("ATLAS__AWS__ENDPOINT_URL", &proxy.url());
-    let stage = Stage { name: "preview", env, queue: backends.queue.clone(), jobs: backends.jobs.clone(), ledger: backends.ledger.clone(), faults: Some(&proxy) };
+    let stage = Stage {
+        name: "preview",
+        env,
+        queue: backends.queue.clone(),
+        jobs: backends.jobs.clone(),
+        ledger: backends.ledger.clone(),
+        faults: Some(&proxy),
+    };
     run_fleet(stage, &mock, &logs).await;
 }
 
@@ -339,7 +358,9 @@ async fn four_local_workers_keep_the_providers_bill_inside_the_budget_through_ki
     let settings = base.settings("local");
     let mock = MockOpenAi::start(mock_config(&settings.models)).await;
     let env = base.openai_mock(&mock.base_url(), API_KEY);
-    let local = LocalBackend::open(&data, &atlas_codex::backend::local::db_file_name("local"), QueueOptions::from_settings(&settings)).expect("open the local stage's file");
-    let stage = Stage { name: "local", env, queue: local.queue.clone(), jobs: local.jobs.clone(), ledger: local.ledger.clone(), faults: None };
+    let local = LocalBackend::open(&data, &atlas_codex::backend::local::db_file_name("local"), QueueOptions::from_settings(&settings))
+        .expect("open the local stage's file");
+    let stage =
+        Stage { name: "local", env, queue: local.queue.clone(), jobs: local.jobs.clone(), ledger: local.ledger.clone(), faults: None };
     run_fleet(stage, &mock, &logs).await;
 }

@@ -61,7 +61,8 @@ fn good_job(run: &str, i: usize) -> Value {
               product name, the final price in USD and whether it is in stock."
             .repeat(3),
     };
-    let mut m = json!({"job_id": format!("chaos-{run}-ok-{i}"), "instructions": instructions, "schema": schema, "tenant": format!("t{}", i % 4)});
+    let mut m =
+        json!({"job_id": format!("chaos-{run}-ok-{i}"), "instructions": instructions, "schema": schema, "tenant": format!("t{}", i % 4)});
     if i % 2 == 0 {
         m["text"] = json!(format!("The Ridge {i} tent costs ${}.50 and is in stock.", 200 + i));
     } else {
@@ -95,7 +96,6 @@ async fn open(settings: &Settings) -> Backends {
     let sdk = moto::sdk_config(settings).await;
     aws::open_backends_with(settings, &sdk).await.expect("open the stage's AWS backends")
 }
-
 
 fn log_dir_note(dir: &std::path::Path) -> String {
     format!("worker logs in {}", dir.display())
@@ -170,7 +170,7 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
         WorkerProc::spawn(&env, "preview", &["worker"], &log, &format!("w{idx}#{gen}"))
     };
     let mut workers: Vec<WorkerProc> = (0..WORKERS).map(|i| spawn(i, 0)).collect();
-    let mut generation = vec![0usize; WORKERS];
+    let mut generation = [0usize; WORKERS];
     let mut rng = StdRng::seed_from_u64(SEED);
     let mut kills: Vec<(usize, u64)> = Vec::new(); // (worker, messages in flight at the kill)
 
@@ -223,7 +223,8 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
             break records;
         }
         if start.elapsed() > SETTLE_DEADLINE {
-            let detail: Vec<String> = open.iter().map(|id| format!("{id}: {:?}", records.get(*id).map(|r| (r.status, r.attempts, &r.error)))).collect();
+            let detail: Vec<String> =
+                open.iter().map(|id| format!("{id}: {:?}", records.get(*id).map(|r| (r.status, r.attempts, &r.error)))).collect();
             panic!("{} job(s) not terminal after {SETTLE_DEADLINE:?}:\n{}\n{}", open.len(), detail.join("\n"), log_dir_note(&logs));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -287,7 +288,9 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
     assert!(committed >= record_sum, "ledger {committed} µUSD under the records' {record_sum} µUSD: {snap:?}");
     let conflicts: usize = (0..WORKERS)
         .flat_map(|i| (0..=generation[i]).map(move |g| (i, g)))
-        .map(|(i, g)| std::fs::read_to_string(logs.join(format!("w{i}-{g}.log"))).unwrap_or_default().matches("\"reason\":\"store_conflict\"").count())
+        .map(|(i, g)| {
+            std::fs::read_to_string(logs.join(format!("w{i}-{g}.log"))).unwrap_or_default().matches("\"reason\":\"store_conflict\"").count()
+        })
         .sum();
     let attempts: BTreeMap<u32, usize> = records.values().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.attempts).or_insert(0) += 1;
@@ -309,7 +312,8 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
 
     // 3. The DLQ holds exactly the permanently failing messages (through the CLI).
     let dlq = run_cli(&env, "preview", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT).await.ok("dlq list").json();
-    let bodies: Vec<String> = dlq.as_array().expect("dlq list is an array").iter().filter_map(|m| m["body"].as_str().map(str::to_string)).collect();
+    let bodies: Vec<String> =
+        dlq.as_array().expect("dlq list is an array").iter().filter_map(|m| m["body"].as_str().map(str::to_string)).collect();
     let mut got: Vec<String> = bodies.clone();
     got.sort();
     let mut want: Vec<String> = bad.iter().map(|b| b.1.clone()).collect();

@@ -35,20 +35,42 @@ impl Cli {
     }
     fn run_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut child = self.cmd(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .cmd(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }
 }
 
 fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
 #[test]
 fn every_command_has_help() {
     let c = Cli::new();
-    for cmd in [vec![], vec!["worker"], vec!["submit"], vec!["status"], vec!["validate"], vec!["budget"], vec!["dlq"], vec!["dlq", "list"], vec!["dlq", "redrive"], vec!["provision"], vec!["demo"], vec!["bench"], vec!["completions"], vec!["man"]] {
+    for cmd in [
+        vec![],
+        vec!["worker"],
+        vec!["submit"],
+        vec!["status"],
+        vec!["validate"],
+        vec!["budget"],
+        vec!["dlq"],
+        vec!["dlq", "list"],
+        vec!["dlq", "redrive"],
+        vec!["provision"],
+        vec!["demo"],
+        vec!["bench"],
+        vec!["completions"],
+        vec!["man"],
+    ] {
         let mut args = cmd.clone();
         args.push("--help");
         let o = c.run(&args);
@@ -65,7 +87,8 @@ fn validate_all_stages_passes_for_the_shipped_configs_and_names_a_shared_resourc
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = json(&o);
     assert_eq!(v["ok"], true);
-    let names: Vec<String> = v["resources"].as_array().unwrap().iter().map(|r| r["resources"]["queue"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> =
+        v["resources"].as_array().unwrap().iter().map(|r| r["resources"]["queue"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["atlas-codex-queue-local", "atlas-codex-queue-preview", "atlas-codex-queue-production"]);
     let keys: Vec<&String> = v["resources"][0]["resources"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["bucket", "budget_table", "dlq", "jobs_table", "metrics_namespace", "queue"], "JSON keys are snake_case");
@@ -98,7 +121,12 @@ fn a_preview_or_production_worker_without_a_provider_key_refuses_to_start_and_va
         assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
         assert!(err.contains("OPENAI_API_KEY is not set") && err.contains("llm.provider = \"simulated\""), "{err}");
         // An empty key is no key.
-        let o = c.cmd(&["--stage", stage, "worker", "--exit-when-idle"]).env_remove("ATLAS__LLM__PROVIDER").env("OPENAI_API_KEY", "").output().unwrap();
+        let o = c
+            .cmd(&["--stage", stage, "worker", "--exit-when-idle"])
+            .env_remove("ATLAS__LLM__PROVIDER")
+            .env("OPENAI_API_KEY", "")
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(2));
 
         let o = c.cmd(&["--stage", stage, "--output", "json", "validate"]).env_remove("ATLAS__LLM__PROVIDER").output().unwrap();
@@ -117,7 +145,13 @@ fn a_preview_or_production_worker_without_a_provider_key_refuses_to_start_and_va
 #[test]
 fn invalid_configuration_exits_2_listing_every_problem() {
     let c = Cli::new();
-    let o = c.cmd(&["--stage", "preview", "validate"]).env("GPT5_ENABLED", "true").env("FORCE_GPT4", "true").env("ATLAS__WORKER__CONCURENCY", "5").output().unwrap();
+    let o = c
+        .cmd(&["--stage", "preview", "validate"])
+        .env("GPT5_ENABLED", "true")
+        .env("FORCE_GPT4", "true")
+        .env("ATLAS__WORKER__CONCURENCY", "5")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("worker.concurency"), "unknown key named: {err}");
@@ -155,7 +189,10 @@ fn submit_status_budget_and_dlq_speak_json() {
     let b = json(&c.run(&["--output", "json", "budget"]));
     let spent = b["spent_usd"].as_f64().unwrap();
     assert!(spent > 0.0);
-    assert!((b["limit_usd"].as_f64().unwrap() - spent - b["reserved_usd"].as_f64().unwrap() - b["remaining_usd"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(
+        (b["limit_usd"].as_f64().unwrap() - spent - b["reserved_usd"].as_f64().unwrap() - b["remaining_usd"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
     assert!(b["by_model"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum::<f64>() - spent < 1e-9);
 
     assert_eq!(c.run(&["status", "nobody"]).status.code(), Some(3), "unknown job → 3");
@@ -185,7 +222,10 @@ fn submit_status_budget_and_dlq_speak_json() {
 #[test]
 fn dlq_redrive_ends_while_a_worker_dead_letters_the_same_messages_again() {
     let c = Cli::new();
-    let jobs: String = (0..5).map(|i| format!(r#"{{"job_id":"bounce-{i}","text":"x","instructions":"y","model":"gpt-9"}}"#)).collect::<Vec<_>>().join("\n");
+    let jobs: String = (0..5)
+        .map(|i| format!(r#"{{"job_id":"bounce-{i}","text":"x","instructions":"y","model":"gpt-9"}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(c.run_stdin(&["submit", "-"], &jobs).status.success());
     assert!(c.run(&["worker", "--exit-when-idle"]).status.success());
     assert_eq!(json(&c.run(&["--output", "json", "dlq", "list"])).as_array().unwrap().len(), 5);

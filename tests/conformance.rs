@@ -11,16 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atlas_codex::backend::local::{open_backends, LocalBackend, QueueOptions};
-use atlas_codex::backend::{
-    ArtifactStore, BackendError, BudgetLedger, Claim, JobStore, Queue, RateStore, Reservation,
-    ReserveOutcome,
-};
+use atlas_codex::backend::{ArtifactStore, BackendError, BudgetLedger, Claim, JobStore, Queue, RateStore, Reservation, ReserveOutcome};
 use atlas_codex::job::{JobRecord, JobStatus};
 use atlas_codex::settings::{QueueSettings, Settings, StorageSettings};
 use chrono::{Duration as ChronoDuration, Utc};
 use support::conformance::{
-    make_artifacts, make_jobs, make_ledger, make_queue, make_rates, receive_n, receive_one, MakeArtifacts,
-    MakeJobs, MakeLedger, MakeQueue, MakeRates, QueueSpec,
+    make_artifacts, make_jobs, make_ledger, make_queue, make_rates, receive_n, receive_one, MakeArtifacts, MakeJobs, MakeLedger, MakeQueue,
+    MakeRates, QueueSpec,
 };
 
 fn opts(spec: QueueSpec) -> QueueOptions {
@@ -95,8 +92,7 @@ async fn open_backends_uses_stage_file_and_artifacts_dir() {
     assert!(dir.path().join("atlas-dev.sqlite").is_file());
 
     local.queue.send("for-local", Duration::ZERO).await.expect("send");
-    assert!(dev.queue.receive(10, Duration::from_millis(200)).await.expect("receive").is_empty(),
-        "two stages never share a queue");
+    assert!(dev.queue.receive(10, Duration::from_millis(200)).await.expect("receive").is_empty(), "two stages never share a queue");
     let m = receive_one(&*local.queue, Duration::from_secs(2)).await;
     assert_eq!(m.body, "for-local");
 
@@ -121,10 +117,7 @@ async fn state_survives_reopening_the_file() {
         assert!(b.jobs.put_if_absent(&JobRecord::new("kept-job", "x", now)).await.expect("put"));
         let r = Reservation { id: "r".into(), job_id: "kept-job".into(), amount_micros: 10, expires_at: now };
         b.ledger.reserve("2031-02", &r, 100, now).await.expect("reserve");
-        b.ledger
-            .settle("2031-02", &atlas_codex::backend::Charge::single("r", "kept-job", "m", None, 9))
-            .await
-            .expect("settle");
+        b.ledger.settle("2031-02", &atlas_codex::backend::Charge::single("r", "kept-job", "m", None, 9)).await.expect("settle");
     }
     let b = LocalBackend::open(dir.path(), "atlas-x.sqlite", opts(QueueSpec::default())).expect("reopen");
     assert_eq!(receive_one(&*b.queue, Duration::from_secs(2)).await.body, "kept");
@@ -215,10 +208,7 @@ async fn artifact_keys_are_validated() {
     assert!(!a.root().parent().expect("parent").join("escape").exists());
     a.put("inputs/ok-key_1.txt", b"x".to_vec(), "text/plain").await.expect("valid key");
     // No temp files are left behind.
-    let names: Vec<_> = std::fs::read_dir(a.root().join("inputs"))
-        .expect("dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(a.root().join("inputs")).expect("dir").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("ok-key_1.txt")]);
 }
 
@@ -336,10 +326,11 @@ async fn throughput_probe() {
                         let now = Utc::now();
                         let owner = format!("w{w}");
                         q.set_visibility(&m.receipt, Duration::from_secs(120)).await.expect("heartbeat");
-                        let rec = match jobs.claim(&m.message_id, "st", &owner, now + ChronoDuration::seconds(60), now).await.expect("claim") {
-                            Claim::Claimed(r) => r,
-                            other => panic!("{other:?}"),
-                        };
+                        let rec =
+                            match jobs.claim(&m.message_id, "st", &owner, now + ChronoDuration::seconds(60), now).await.expect("claim") {
+                                Claim::Claimed(r) => r,
+                                other => panic!("{other:?}"),
+                            };
                         let mut fin = rec;
                         fin.status = JobStatus::Completed;
                         fin.lease_owner = None;

@@ -13,9 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use atlas_codex::backend::local::{LocalBackend, QueueOptions};
-use atlas_codex::backend::{
-    BResult, BackendError, BudgetLedger, Charge, LedgerSnapshot, Reservation, ReserveOutcome,
-};
+use atlas_codex::backend::{BResult, BackendError, BudgetLedger, Charge, LedgerSnapshot, Reservation, ReserveOutcome};
 use atlas_codex::budget::{check_job_cap, period, Budget, LEDGER_WRITE_TRIES};
 use atlas_codex::error::{Disposition, JobError};
 use atlas_codex::job::{parse_message, Job, Route};
@@ -31,10 +29,7 @@ fn load(stage: &str, env: &[(&str, &str)]) -> Result<Settings, atlas_codex::sett
         stage: Some(stage.to_string()),
         config_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/config").into(),
         extra_file: None,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     })
 }
 
@@ -53,9 +48,7 @@ fn job(v: serde_json::Value) -> Job {
 }
 
 fn flat_schema(n: usize) -> serde_json::Value {
-    let props: serde_json::Map<String, serde_json::Value> = (0..n)
-        .map(|i| (format!("f{i}"), json!({"type": "string"})))
-        .collect();
+    let props: serde_json::Map<String, serde_json::Value> = (0..n).map(|i| (format!("f{i}"), json!({"type": "string"}))).collect();
     json!({"type": "object", "properties": props})
 }
 
@@ -68,37 +61,27 @@ fn job_table() -> Vec<(&'static str, Job, usize)> {
             "features": {"type": "array", "items": {"type": "string"}}, "limits": {"type": "string"}}}}}});
     vec![
         // 500/400 = 1, 2 props = 4 → 5: nano.
-        (
-            "tiny",
-            job(json!({"job_id": "tiny", "text": "Acme Widget, 10 USD", "schema": flat_schema(2)})),
-            500,
-        ),
+        ("tiny", job(json!({"job_id": "tiny", "text": "Acme Widget, 10 USD", "schema": flat_schema(2)})), 500),
         // 3000/400 = 7, 3 props = 6, "compare" + "rank" = 20 → 33: mini.
         (
             "reasoning",
-            job(
-                json!({"job_id": "reasoning", "url": "https://example.com/pricing",
-                "instructions": "Compare the plans and RANK them by value.", "schema": flat_schema(3)}),
-            ),
+            job(json!({"job_id": "reasoning", "url": "https://example.com/pricing",
+                "instructions": "Compare the plans and RANK them by value.", "schema": flat_schema(3)})),
             3000,
         ),
         // 12000/400 = 30, 8 props = 16, depth 4 (object > array > object > array) = +15,
         // "summarize" = 10 → 71: full.
         (
             "big-nested",
-            job(
-                json!({"job_id": "big-nested", "url": "https://example.com/docs",
-                "instructions": "Summarize every plan", "schema": nested}),
-            ),
+            job(json!({"job_id": "big-nested", "url": "https://example.com/docs",
+                "instructions": "Summarize every plan", "schema": nested})),
             12_000,
         ),
         // crawl of 50 pages = 10, 4000/400 = 10, 5 props = 10 → 30: mini (at the threshold).
         (
             "crawl",
-            job(
-                json!({"job_id": "crawl", "type": "crawl", "url": "https://example.com/",
-                "max_pages": 50, "schema": flat_schema(5)}),
-            ),
+            job(json!({"job_id": "crawl", "type": "crawl", "url": "https://example.com/",
+                "max_pages": 50, "schema": flat_schema(5)})),
             4000,
         ),
         // Legacy message, instructions only, 1200 tokens = 3 → nano.
@@ -126,9 +109,7 @@ fn decide_all(router: &Router, used: f64) -> BTreeMap<&'static str, (String, Str
 }
 
 fn expect(rows: &[(&'static str, &str, &str)]) -> BTreeMap<&'static str, (String, String)> {
-    rows.iter()
-        .map(|(n, m, t)| (*n, (m.to_string(), t.to_string())))
-        .collect()
+    rows.iter().map(|(n, m, t)| (*n, (m.to_string(), t.to_string()))).collect()
 }
 
 #[test]
@@ -146,11 +127,7 @@ fn preview_and_local_route_by_complexity() {
         assert_eq!(r.strategy(), Strategy::Gpt5Preview, "{stage}");
         assert_eq!(decide_all(&r, 0.0), want, "{stage}");
         // Exactly at the threshold is still below the cheaper-routing line.
-        assert_eq!(
-            decide_all(&r, s.routing.prefer_cheaper_above),
-            want,
-            "{stage}"
-        );
+        assert_eq!(decide_all(&r, s.routing.prefer_cheaper_above), want, "{stage}");
     }
 }
 
@@ -167,41 +144,20 @@ fn nearly_spent_budget_drops_one_tier_and_says_so() {
     ]);
     assert_eq!(decide_all(&r, 0.85), want);
     let (_, j, tokens) = job_table().remove(2);
-    let d = r
-        .decide(&j, &Features::from_job(&j, tokens), 0.85)
-        .expect("routes");
-    assert!(
-        d.reason.contains("dropped to the cheaper tier mini"),
-        "{}",
-        d.reason
-    );
+    let d = r.decide(&j, &Features::from_job(&j, tokens), 0.85).expect("routes");
+    assert!(d.reason.contains("dropped to the cheaper tier mini"), "{}", d.reason);
     assert!(d.downgraded);
     assert!(d.reason.contains("85% used"), "{}", d.reason);
     assert_eq!(d.score, 71, "{}", d.reason);
     let route: Route = d.clone().into();
-    assert_eq!(
-        (route.model.as_str(), route.tier.as_str(), route.score),
-        ("gpt-5-mini", "mini", 71)
-    );
+    assert_eq!((route.model.as_str(), route.tier.as_str(), route.score), ("gpt-5-mini", "mini", 71));
     assert_eq!(route.reason, d.reason);
     // Nano has nowhere to drop to: not downgraded, and the reason does not claim it.
     let (_, j, tokens) = job_table().remove(0);
-    let n = r
-        .decide(&j, &Features::from_job(&j, tokens), 0.85)
-        .expect("routes");
-    assert!(
-        !n.downgraded && !n.reason.contains("cheaper"),
-        "{}",
-        n.reason
-    );
-    let n = r
-        .decide(&j, &Features::from_job(&j, tokens), 0.5)
-        .expect("routes");
-    assert!(
-        !n.downgraded && !n.reason.contains("budget"),
-        "{}",
-        n.reason
-    );
+    let n = r.decide(&j, &Features::from_job(&j, tokens), 0.85).expect("routes");
+    assert!(!n.downgraded && !n.reason.contains("cheaper"), "{}", n.reason);
+    let n = r.decide(&j, &Features::from_job(&j, tokens), 0.5).expect("routes");
+    assert!(!n.downgraded && !n.reason.contains("budget"), "{}", n.reason);
 }
 
 #[test]
@@ -217,10 +173,7 @@ fn production_and_gpt4_switches_send_everything_to_the_production_model() {
         ("production", vec![]),
         ("preview", vec![("GPT5_ENABLED", "false")]),
         ("local", vec![("GPT5_ENABLED", "false")]),
-        (
-            "preview",
-            vec![("FORCE_GPT4", "true"), ("GPT5_ENABLED", "false")],
-        ),
+        ("preview", vec![("FORCE_GPT4", "true"), ("GPT5_ENABLED", "false")]),
         ("preview", vec![("DEFAULT_MODEL_STRATEGY", "gpt4_stable")]),
         ("local", vec![("DEFAULT_MODEL_STRATEGY", "gpt4_stable")]),
     ];
@@ -229,18 +182,10 @@ fn production_and_gpt4_switches_send_everything_to_the_production_model() {
         let r = Router::new(&s);
         assert_eq!(r.strategy(), Strategy::Gpt4Stable, "{stage} {env:?}");
         for used in [0.0, 0.5, 0.99] {
-            assert_eq!(
-                decide_all(&r, used),
-                all_gpt4o,
-                "{stage} {env:?} used {used}"
-            );
+            assert_eq!(decide_all(&r, used), all_gpt4o, "{stage} {env:?} used {used}");
         }
         assert_eq!(r.escalate("gpt-4o"), None, "{stage} {env:?}");
-        assert_eq!(
-            r.fallbacks("gpt-4o"),
-            vec!["gpt-4.1".to_string()],
-            "{stage} {env:?}"
-        );
+        assert_eq!(r.fallbacks("gpt-4o"), vec!["gpt-4.1".to_string()], "{stage} {env:?}");
     }
 }
 
@@ -257,9 +202,7 @@ fn gpt4_stable_strategy_with_gpt5_enabled_still_honours_gpt5_overrides() {
     let s = settings("preview", &[("DEFAULT_MODEL_STRATEGY", "gpt4_stable")]);
     let r = Router::new(&s);
     let j = job(json!({"job_id": "o", "text": "x", "instructions": "title", "model": "gpt-5"}));
-    let d = r
-        .decide(&j, &Features::from_job(&j, 10), 0.0)
-        .expect("allowed");
+    let d = r.decide(&j, &Features::from_job(&j, 10), 0.0).expect("allowed");
     assert_eq!((d.model.as_str(), d.tier.as_str()), ("gpt-5", "override"));
 }
 
@@ -273,9 +216,7 @@ fn everything_routable(s: &Settings) -> Vec<(String, String)> {
     let mut jobs: Vec<(Job, usize)> = job_table().into_iter().map(|(_, j, t)| (j, t)).collect();
     for i in 0..300 {
         let n_kw = rng.random_range(0..=4usize);
-        let words: Vec<&str> = (0..n_kw)
-            .map(|_| keywords[rng.random_range(0..keywords.len())].as_str())
-            .collect();
+        let words: Vec<&str> = (0..n_kw).map(|_| keywords[rng.random_range(0..keywords.len())].as_str()).collect();
         let crawl = rng.random_bool(0.3);
         let mut m = json!({"job_id": format!("r{i}"), "url": "https://example.com/",
             "instructions": format!("Please {} the page", words.join(" and ")),
@@ -316,20 +257,13 @@ fn no_gpt5_model_is_ever_chosen_where_gpt5_is_not_allowed() {
         ("production", vec![]),
         ("preview", vec![("GPT5_ENABLED", "false")]),
         ("local", vec![("GPT5_ENABLED", "false")]),
-        (
-            "preview",
-            vec![("FORCE_GPT4", "true"), ("GPT5_ENABLED", "false")],
-        ),
+        ("preview", vec![("FORCE_GPT4", "true"), ("GPT5_ENABLED", "false")]),
     ];
     for (stage, env) in stages {
         let s = settings(stage, &env);
         assert!(!s.gpt5_allowed());
         let chosen = everything_routable(&s);
-        assert!(
-            chosen.len() > 1000,
-            "the sweep must exercise the router ({})",
-            chosen.len()
-        );
+        assert!(chosen.len() > 1000, "the sweep must exercise the router ({})", chosen.len());
         for (what, m) in &chosen {
             let family = s.models.get(m).map(|x| x.family.as_str());
             assert_eq!(family, Some("gpt4"), "{stage} {env:?}: {what} chose {m}");
@@ -345,44 +279,28 @@ fn overrides_are_honoured_only_where_allowed() {
     let prod = Router::new(&settings("production", &[]));
     for m in ["gpt-5", "gpt-5-mini", "gpt-5-nano"] {
         let j = job(json!({"job_id": "o", "text": "x", "instructions": "title", "model": m}));
-        let e = prod
-            .decide(&j, &Features::from_job(&j, 10), 0.0)
-            .expect_err("forbidden");
+        let e = prod.decide(&j, &Features::from_job(&j, 10), 0.0).expect_err("forbidden");
         assert_eq!(e.kind(), "model_forbidden");
         assert_eq!(e.disposition(), Disposition::DeadLetter);
-        assert!(
-            e.message().contains(m) && e.message().contains("production"),
-            "{e}"
-        );
+        assert!(e.message().contains(m) && e.message().contains("production"), "{e}");
         assert!(e.message().contains("GPT-5 is not allowed"), "{e}");
     }
     let j = job(json!({"job_id": "o", "text": "x", "instructions": "title", "model": "gpt-4.1"}));
-    let d = prod
-        .decide(&j, &Features::from_job(&j, 10), 0.99)
-        .expect("gpt-4.1 is allowed");
+    let d = prod.decide(&j, &Features::from_job(&j, 10), 0.99).expect("gpt-4.1 is allowed");
     assert_eq!((d.model.as_str(), d.tier.as_str()), ("gpt-4.1", "override"));
     assert!(d.reason.contains("asked for `gpt-4.1`"), "{}", d.reason);
 
     for stage in ["preview", "local", "production"] {
         let r = Router::new(&settings(stage, &[]));
-        let j = job(
-            json!({"job_id": "o", "text": "x", "instructions": "title", "model": "gpt-9-ultra"}),
-        );
-        let e = r
-            .decide(&j, &Features::from_job(&j, 10), 0.0)
-            .expect_err("unknown model");
+        let j = job(json!({"job_id": "o", "text": "x", "instructions": "title", "model": "gpt-9-ultra"}));
+        let e = r.decide(&j, &Features::from_job(&j, 10), 0.0).expect_err("unknown model");
         assert_eq!(e.kind(), "model_forbidden");
-        assert!(
-            e.message().contains("gpt-9-ultra") && e.message().contains("not configured"),
-            "{e}"
-        );
+        assert!(e.message().contains("gpt-9-ultra") && e.message().contains("not configured"), "{e}");
     }
     // In preview an override is not moved to a cheaper tier by budget pressure.
     let r = Router::new(&settings("preview", &[]));
     let j = job(json!({"job_id": "o", "text": "x", "instructions": "title", "model": "gpt-5"}));
-    let d = r
-        .decide(&j, &Features::from_job(&j, 10), 0.99)
-        .expect("allowed");
+    let d = r.decide(&j, &Features::from_job(&j, 10), 0.99).expect("allowed");
     assert_eq!(d.model, "gpt-5");
 }
 
@@ -405,30 +323,15 @@ fn escalation_and_fallbacks_in_preview() {
 #[test]
 fn fallbacks_drop_models_the_stage_may_not_call() {
     let mut s = settings("production", &[]);
-    s.routing.fallbacks.insert(
-        "gpt-4o".into(),
-        vec![
-            "gpt-5-mini".into(),
-            "gpt-4o".into(),
-            "gpt-4.1".into(),
-            "no-such-model".into(),
-        ],
-    );
-    s.routing
-        .fallbacks
-        .insert("gpt-5".into(), vec!["gpt-5-mini".into()]);
+    s.routing.fallbacks.insert("gpt-4o".into(), vec!["gpt-5-mini".into(), "gpt-4o".into(), "gpt-4.1".into(), "no-such-model".into()]);
+    s.routing.fallbacks.insert("gpt-5".into(), vec!["gpt-5-mini".into()]);
     let r = Router::new(&s);
     assert_eq!(r.fallbacks("gpt-4o"), vec!["gpt-4.1".to_string()]);
     assert!(r.fallbacks("gpt-5").is_empty());
     // And the same chain in a gpt-5 stage keeps the gpt-5 fallback.
     let mut s = settings("preview", &[]);
-    s.routing
-        .fallbacks
-        .insert("gpt-4o".into(), vec!["gpt-5-mini".into(), "gpt-4.1".into()]);
-    assert_eq!(
-        Router::new(&s).fallbacks("gpt-4o"),
-        vec!["gpt-5-mini".to_string(), "gpt-4.1".to_string()]
-    );
+    s.routing.fallbacks.insert("gpt-4o".into(), vec!["gpt-5-mini".into(), "gpt-4.1".into()]);
+    assert_eq!(Router::new(&s).fallbacks("gpt-4o"), vec!["gpt-5-mini".to_string(), "gpt-4.1".to_string()]);
 }
 
 #[test]
@@ -437,11 +340,7 @@ fn score_explains_itself() {
     let (_, j, tokens) = job_table().remove(1);
     let (n, why) = score(&Features::from_job(&j, tokens), &s.routing);
     assert_eq!(n, 33, "{why}");
-    for part in [
-        "input 3000 tokens +7",
-        "schema 3 properties +6",
-        "reasoning keywords [compare, rank] +20",
-    ] {
+    for part in ["input 3000 tokens +7", "schema 3 properties +6", "reasoning keywords [compare, rank] +20"] {
         assert!(why.contains(part), "{why} lacks {part}");
     }
 }
@@ -465,9 +364,7 @@ struct MemState {
 
 impl MemLedger {
     fn lock(&self) -> BResult<std::sync::MutexGuard<'_, MemState>> {
-        self.st
-            .lock()
-            .map_err(|_| BackendError::Other("poisoned".into()))
+        self.st.lock().map_err(|_| BackendError::Other("poisoned".into()))
     }
 }
 
@@ -481,22 +378,12 @@ fn live(st: &MemState, period: &str, _now: DateTime<Utc>, except: &str) -> i64 {
 }
 
 fn spent(st: &MemState, period: &str) -> i64 {
-    st.charges
-        .iter()
-        .filter(|((p, _), _)| p == period)
-        .map(|(_, c)| c.amount_micros)
-        .sum()
+    st.charges.iter().filter(|((p, _), _)| p == period).map(|(_, c)| c.amount_micros).sum()
 }
 
 #[async_trait]
 impl BudgetLedger for MemLedger {
-    async fn reserve(
-        &self,
-        period: &str,
-        r: &Reservation,
-        limit: i64,
-        now: DateTime<Utc>,
-    ) -> BResult<ReserveOutcome> {
+    async fn reserve(&self, period: &str, r: &Reservation, limit: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome> {
         tokio::task::yield_now().await;
         let mut st = self.lock()?;
         let key = (period.to_string(), r.id.clone());
@@ -505,10 +392,7 @@ impl BudgetLedger for MemLedger {
         }
         let (s, held) = (spent(&st, period), live(&st, period, now, &r.id));
         if s + held + r.amount_micros > limit {
-            return Ok(ReserveOutcome::Refused {
-                spent_micros: s,
-                reserved_micros: held,
-            });
+            return Ok(ReserveOutcome::Refused { spent_micros: s, reserved_micros: held });
         }
         st.holds.insert(key, r.clone());
         Ok(ReserveOutcome::Granted)
@@ -522,9 +406,7 @@ impl BudgetLedger for MemLedger {
         Ok(())
     }
     async fn release(&self, period: &str, id: &str) -> BResult<()> {
-        self.lock()?
-            .holds
-            .remove(&(period.to_string(), id.to_string()));
+        self.lock()?.holds.remove(&(period.to_string(), id.to_string()));
         Ok(())
     }
     async fn snapshot(&self, period: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot> {
@@ -539,10 +421,7 @@ impl BudgetLedger for MemLedger {
             if p == period {
                 for line in &c.lines {
                     *snap.by_model.entry(line.model.clone()).or_default() += line.amount_micros;
-                    *snap
-                        .by_tenant
-                        .entry(line.tenant.clone().unwrap_or_else(|| "-".into()))
-                        .or_default() += line.amount_micros;
+                    *snap.by_tenant.entry(line.tenant.clone().unwrap_or_else(|| "-".into())).or_default() += line.amount_micros;
                 }
             }
         }
@@ -560,13 +439,7 @@ struct FlakyLedger {
 
 #[async_trait]
 impl BudgetLedger for FlakyLedger {
-    async fn reserve(
-        &self,
-        p: &str,
-        r: &Reservation,
-        l: i64,
-        now: DateTime<Utc>,
-    ) -> BResult<ReserveOutcome> {
+    async fn reserve(&self, p: &str, r: &Reservation, l: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome> {
         if self.fail_next.load(Ordering::SeqCst) == usize::MAX {
             return Err(self.error.clone());
         }
@@ -604,54 +477,28 @@ async fn reserve_settle_release_and_refusal_message() {
     assert_eq!(h1.period, period(now));
     assert_eq!(h1.amount_micros(), 6_000);
     // Reserving the same id again does not hold twice.
-    let again = b
-        .reserve("j1", "j1:1", 6_000, now)
-        .await
-        .expect("idempotent");
-    assert_eq!(
-        ledger
-            .snapshot(&period(now), now)
-            .await
-            .expect("snap")
-            .reserved_micros,
-        6_000
-    );
+    let again = b.reserve("j1", "j1:1", 6_000, now).await.expect("idempotent");
+    assert_eq!(ledger.snapshot(&period(now), now).await.expect("snap").reserved_micros, 6_000);
     drop(again);
 
-    let e = b
-        .reserve("j2", "j2:1", 5_000, now)
-        .await
-        .expect_err("6000 + 5000 > 10000");
-    assert!(
-        matches!(e, JobError::Budget { job_cap: false, .. }),
-        "{e:?}"
-    );
+    let e = b.reserve("j2", "j2:1", 5_000, now).await.expect_err("6000 + 5000 > 10000");
+    assert!(matches!(e, JobError::Budget { job_cap: false, .. }), "{e:?}");
     assert_eq!(e.disposition(), Disposition::Defer);
     // What was needed and what was left.
     assert!(e.message().contains("needed $0.005000"), "{e}");
     assert!(e.message().contains("$0.004000 left"), "{e}");
 
-    b.settle(h1, 2_500, "gpt-5-nano", Some("acme"))
-        .await
-        .expect("settled");
+    b.settle(h1, 2_500, "gpt-5-nano", Some("acme")).await.expect("settled");
     let snap = b.snapshot(now).await.expect("snap");
     assert_eq!((snap.spent_micros, snap.reserved_micros), (2_500, 0));
     assert_eq!(snap.by_tenant.get("acme"), Some(&2_500));
     assert_eq!(snap.by_model.get("gpt-5-nano"), Some(&2_500));
 
-    let h2 = b
-        .reserve("j2", "j2:1", 5_000, now)
-        .await
-        .expect("fits after settle");
+    let h2 = b.reserve("j2", "j2:1", 5_000, now).await.expect("fits after settle");
     b.release(h2).await.expect("released");
     assert_eq!(b.snapshot(now).await.expect("snap").reserved_micros, 0);
-    let h3 = b
-        .reserve("j3", "j3:1", 7_500, now)
-        .await
-        .expect("exactly the rest fits");
-    b.settle(h3, 7_500, "gpt-5", None)
-        .await
-        .expect("settled");
+    let h3 = b.reserve("j3", "j3:1", 7_500, now).await.expect("exactly the rest fits");
+    b.settle(h3, 7_500, "gpt-5", None).await.expect("settled");
     assert_eq!(b.snapshot(now).await.expect("snap").spent_micros, 10_000);
     let e = b.reserve("j4", "j4:1", 1, now).await.expect_err("spent");
     assert!(e.message().contains("$0.000000 left"), "{e}");
@@ -660,21 +507,12 @@ async fn reserve_settle_release_and_refusal_message() {
 #[tokio::test]
 async fn a_call_larger_than_the_whole_budget_fails_instead_of_deferring_forever() {
     let b = Budget::new(Arc::new(MemLedger::default()), 10_000, TTL);
-    let e = b
-        .reserve("j", "j:1", 10_001, Utc::now())
-        .await
-        .expect_err("too big");
+    let e = b.reserve("j", "j:1", 10_001, Utc::now()).await.expect_err("too big");
     assert!(matches!(e, JobError::Budget { job_cap: true, .. }), "{e:?}");
     // A zero budget (emergency stop) defers rather than fails.
     let b = Budget::new(Arc::new(MemLedger::default()), 0, TTL);
-    let e = b
-        .reserve("j", "j:1", 1, Utc::now())
-        .await
-        .expect_err("nothing to spend");
-    assert!(
-        matches!(e, JobError::Budget { job_cap: false, .. }),
-        "{e:?}"
-    );
+    let e = b.reserve("j", "j:1", 1, Utc::now()).await.expect_err("nothing to spend");
+    assert!(matches!(e, JobError::Budget { job_cap: false, .. }), "{e:?}");
 }
 
 #[tokio::test]
@@ -693,20 +531,12 @@ async fn a_crashed_workers_lease_keeps_counting_so_the_ledger_never_under_counts
 #[tokio::test]
 async fn ledger_outages_are_transient_and_writes_are_retried() {
     let flaky = |fail: usize, error: BackendError| {
-        Arc::new(FlakyLedger {
-            inner: MemLedger::default(),
-            fail_next: AtomicUsize::new(fail),
-            calls: AtomicUsize::new(0),
-            error,
-        })
+        Arc::new(FlakyLedger { inner: MemLedger::default(), fail_next: AtomicUsize::new(fail), calls: AtomicUsize::new(0), error })
     };
     let now = Utc::now();
     // Reserve while the ledger is down: transient, retried by the queue.
     let l = flaky(usize::MAX, BackendError::Transient("throttled".into()));
-    let e = Budget::new(l, 10_000, TTL)
-        .reserve("j", "j:1", 1, now)
-        .await
-        .expect_err("down");
+    let e = Budget::new(l, 10_000, TTL).reserve("j", "j:1", 1, now).await.expect_err("down");
     assert_eq!(e.disposition(), Disposition::Retry);
     assert_eq!(e.kind(), "budget_unavailable");
 
@@ -715,9 +545,7 @@ async fn ledger_outages_are_transient_and_writes_are_retried() {
     let b = Budget::new(l.clone(), 10_000, TTL);
     let h = b.reserve("j", "j:1", 5_000, now).await.expect("fits");
     l.fail_next.store(2, Ordering::SeqCst);
-    b.settle(h, 4_000, "gpt-5", None)
-        .await
-        .expect("third try works");
+    b.settle(h, 4_000, "gpt-5", None).await.expect("third try works");
     assert_eq!(l.calls.load(Ordering::SeqCst), 3);
     assert_eq!(b.snapshot(now).await.expect("snap").spent_micros, 4_000);
 
@@ -779,12 +607,7 @@ struct FleetReport {
 /// `workers` tasks share the ledgers (worker k uses `ledgers[k % n]`) and work through `jobs`
 /// jobs of random cost: reserve the worst case, then settle an actual cost ≤ the worst case or
 /// (one in ten) release. A monitor snapshots the ledger throughout and checks the limit.
-async fn run_fleet(
-    ledgers: Vec<Arc<dyn BudgetLedger>>,
-    limit: i64,
-    workers: usize,
-    jobs: usize,
-) -> FleetReport {
+async fn run_fleet(ledgers: Vec<Arc<dyn BudgetLedger>>, limit: i64, workers: usize, jobs: usize) -> FleetReport {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
     let plan: Arc<Vec<(i64, i64, bool)>> = Arc::new(
         (0..jobs)
@@ -821,8 +644,7 @@ async fn run_fleet(
         let budget = Budget::new(ledgers[k % ledgers.len()].clone(), limit, TTL);
         let (plan, next) = (plan.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut granted, mut refused, mut released, mut settled) =
-                (0usize, 0usize, 0usize, 0i64);
+            let (mut granted, mut refused, mut released, mut settled) = (0usize, 0usize, 0usize, 0i64);
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&(worst, actual, release)) = plan.get(i) else {
@@ -842,8 +664,7 @@ async fn run_fleet(
                         other => break other,
                     }
                 };
-                match reserved
-                {
+                match reserved {
                     Ok(hold) => {
                         granted += 1;
                         // The "model call".
@@ -853,15 +674,8 @@ async fn run_fleet(
                             released += 1;
                         } else {
                             let tenant = if i % 3 == 0 { Some("acme") } else { None };
-                            let model = if i % 2 == 0 {
-                                "gpt-5-nano"
-                            } else {
-                                "gpt-5-mini"
-                            };
-                            budget
-                                .settle(hold, actual, model, tenant)
-                                .await
-                                .expect("settle");
+                            let model = if i % 2 == 0 { "gpt-5-nano" } else { "gpt-5-mini" };
+                            budget.settle(hold, actual, model, tenant).await.expect("settle");
                             settled += actual;
                         }
                     }
@@ -874,14 +688,8 @@ async fn run_fleet(
             (granted, refused, released, settled)
         }));
     }
-    let mut report = FleetReport {
-        granted: 0,
-        refused: 0,
-        released: 0,
-        settled_sum: 0,
-        snapshots: 0,
-        final_snapshot: LedgerSnapshot::default(),
-    };
+    let mut report =
+        FleetReport { granted: 0, refused: 0, released: 0, settled_sum: 0, snapshots: 0, final_snapshot: LedgerSnapshot::default() };
     for t in tasks {
         let (g, r, rel, s) = t.await.expect("worker");
         report.granted += g;
@@ -891,16 +699,10 @@ async fn run_fleet(
     }
     done.store(true, Ordering::SeqCst);
     let (snapshots, violations) = monitor.await.expect("monitor");
-    assert!(
-        violations.is_empty(),
-        "limit {limit} passed at some moment: {violations:?}"
-    );
+    assert!(violations.is_empty(), "limit {limit} passed at some moment: {violations:?}");
     report.snapshots = snapshots;
     let now = Utc::now();
-    report.final_snapshot = ledgers[0]
-        .snapshot(&period(now), now)
-        .await
-        .expect("final snapshot");
+    report.final_snapshot = ledgers[0].snapshot(&period(now), now).await.expect("final snapshot");
     report
 }
 
@@ -909,21 +711,10 @@ fn check_fleet(r: &FleetReport, limit: i64, jobs: usize) {
     assert_eq!(r.granted + r.refused, jobs);
     assert!(r.refused > 0, "the budget must bind in this run");
     assert!(r.released > 0);
-    assert!(
-        r.snapshots >= 5,
-        "the monitor must have looked during the run ({})",
-        r.snapshots
-    );
-    assert!(
-        s.spent_micros <= limit,
-        "spent {} > limit {limit}",
-        s.spent_micros
-    );
+    assert!(r.snapshots >= 5, "the monitor must have looked during the run ({})", r.snapshots);
+    assert!(s.spent_micros <= limit, "spent {} > limit {limit}", s.spent_micros);
     assert_eq!(s.reserved_micros, 0, "every hold was settled or released");
-    assert_eq!(
-        s.spent_micros, r.settled_sum,
-        "ledger spend equals what the workers settled"
-    );
+    assert_eq!(s.spent_micros, r.settled_sum, "ledger spend equals what the workers settled");
     assert_eq!(s.by_model.values().sum::<i64>(), s.spent_micros);
     assert_eq!(s.by_tenant.values().sum::<i64>(), s.spent_micros);
     assert!(
@@ -972,11 +763,7 @@ fn max_per_window(events: &[(tokio::time::Instant, u64)]) -> u64 {
     ev.sort_by_key(|e| e.0);
     let mut best = 0;
     for (i, (t, _)) in ev.iter().enumerate() {
-        let sum: u64 = ev[i..]
-            .iter()
-            .take_while(|(u, _)| *u < *t + Duration::from_secs(60))
-            .map(|e| e.1)
-            .sum();
+        let sum: u64 = ev[i..].iter().take_while(|(u, _)| *u < *t + Duration::from_secs(60)).map(|e| e.1).sum();
         best = best.max(sum);
     }
     best
@@ -1022,15 +809,8 @@ async fn rpm_limit_is_reached_and_never_exceeded_in_any_minute() {
     let per_window = max_per_window(&events);
     assert!(per_window <= 120, "{per_window} requests in one minute");
     // Over three minutes at 120/min: at least 90% of 360.
-    assert!(
-        events.len() as f64 >= 0.9 * 360.0,
-        "only {} requests in 3 minutes",
-        events.len()
-    );
-    assert!(
-        per_window >= 108,
-        "a busy minute reaches 90% of the limit ({per_window})"
-    );
+    assert!(events.len() as f64 >= 0.9 * 360.0, "only {} requests in 3 minutes", events.len());
+    assert!(per_window >= 108, "a busy minute reaches 90% of the limit ({per_window})");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1038,29 +818,18 @@ async fn tpm_limit_is_reached_and_never_exceeded_in_any_minute() {
     // 60k tokens/min, requests of 500..5000 reserved tokens; largest request 5000 sizes the burst.
     let rl = Arc::new(RateLimits::new(&limited("gpt-4o", 0, 60_000), 5_000));
     assert_eq!(rl.token_burst("gpt-4o"), Some(5_000));
-    let events = hammer(
-        rl,
-        "gpt-4o",
-        8,
-        |i| 500 + (i as u32 * 977) % 4_500,
-        Duration::from_secs(300),
-    )
-    .await;
+    let events = hammer(rl, "gpt-4o", 8, |i| 500 + (i as u32 * 977) % 4_500, Duration::from_secs(300)).await;
     let per_window = max_per_window(&events);
     assert!(per_window <= 60_000, "{per_window} tokens in one minute");
     let total: u64 = events.iter().map(|e| e.1).sum();
-    assert!(
-        total as f64 >= 0.9 * 5.0 * 60_000.0,
-        "only {total} tokens in 5 minutes"
-    );
+    assert!(total as f64 >= 0.9 * 5.0 * 60_000.0, "only {total} tokens in 5 minutes");
 }
 
 #[tokio::test(start_paused = true)]
 async fn oversize_requests_do_not_deadlock() {
     let rl = RateLimits::new(&limited("gpt-4o", 0, 60_000), 5_000);
     for _ in 0..5 {
-        let w =
-            tokio::time::timeout(Duration::from_secs(30), rl.acquire("gpt-4o", 1_000_000)).await;
+        let w = tokio::time::timeout(Duration::from_secs(30), rl.acquire("gpt-4o", 1_000_000)).await;
         assert!(w.is_ok(), "a request above the burst must still go");
     }
 }
@@ -1070,10 +839,7 @@ async fn a_429_pauses_every_caller_for_the_retry_after() {
     let rl = Arc::new(RateLimits::new(&limited("gpt-5", 600, 0), 10_000));
     rl.acquire("gpt-5", 100).await;
     let t0 = tokio::time::Instant::now();
-    assert_eq!(
-        rl.on_rate_limited("gpt-5", Some(Duration::from_secs(7))),
-        Duration::from_secs(7)
-    );
+    assert_eq!(rl.on_rate_limited("gpt-5", Some(Duration::from_secs(7))), Duration::from_secs(7));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let rl = rl.clone();

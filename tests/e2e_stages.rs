@@ -211,7 +211,10 @@ async fn preview_and_production_stay_apart_end_to_end() {
         assert!(prod_models.contains(model) && !model.starts_with("gpt-5"), "production answered by a GPT-4-class model: {v}");
         assert_eq!(v["route"]["tier"], "production", "{v}");
     }
-    let dlq = run_cli(&prod.env, "production", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT).await.ok("dlq list").json();
+    let dlq = run_cli(&prod.env, "production", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT)
+        .await
+        .ok("dlq list")
+        .json();
     assert!(
         dlq.as_array().into_iter().flatten().any(|m| m["body"].as_str().is_some_and(|b| b.contains(&forbidden_id))),
         "the forbidden job is in the production DLQ: {dlq}"
@@ -243,7 +246,11 @@ async fn preview_and_production_stay_apart_end_to_end() {
                 assert_eq!((doc["job_id"].as_str(), doc["stage"].as_str()), (Some(id.as_str()), Some(own.stage)));
                 assert!(doc["data"]["name"].is_string() && doc["data"]["price"].is_number(), "{doc}");
             }
-            assert!(other.backends.artifacts.get(&key).await.expect("s3 get").is_none(), "{id} result absent from {}'s bucket", other.stage);
+            assert!(
+                other.backends.artifacts.get(&key).await.expect("s3 get").is_none(),
+                "{id} result absent from {}'s bucket",
+                other.stage
+            );
             let cross = run_cli(&other.env, other.stage, &["--output", "json", "status", id], None, CLI_TIMEOUT).await;
             assert_eq!(cross.code, Some(3), "`--stage {} status {id}` does not find it: {}", other.stage, cross.stderr);
         }

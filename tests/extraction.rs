@@ -137,22 +137,14 @@ async fn refuses_public_looking_name_resolving_to_private_address() {
     // Every resolved address is checked: one bad address refuses the whole answer, even when
     // another one (here loopback, allowed in this mode) would have worked.
     let f = fetcher(true)
-        .with_resolver_overrides(HashMap::from([(
-            "mixed.example.com".to_string(),
-            vec![ip("127.0.0.1"), ip("169.254.169.254")],
-        )]))
+        .with_resolver_overrides(HashMap::from([("mixed.example.com".to_string(), vec![ip("127.0.0.1"), ip("169.254.169.254")])]))
         .expect("fetcher");
-    assert_blocked(
-        f.fetch(&format!("http://mixed.example.com:{port}/article.html")).await,
-        "169.254.169.254",
-        BlockReason::CloudMetadata,
-    );
+    assert_blocked(f.fetch(&format!("http://mixed.example.com:{port}/article.html")).await, "169.254.169.254", BlockReason::CloudMetadata);
     assert!(srv.requests().is_empty());
 
     // Sanity: the same override to an allowed address is fetched (the map really is used).
-    let f = fetcher(true)
-        .with_resolver_overrides(HashMap::from([("fine.example.com".to_string(), vec![ip("127.0.0.1")])]))
-        .expect("fetcher");
+    let f =
+        fetcher(true).with_resolver_overrides(HashMap::from([("fine.example.com".to_string(), vec![ip("127.0.0.1")])])).expect("fetcher");
     let ok = f.fetch(&format!("http://fine.example.com:{port}/article.html")).await.expect("fetch");
     assert_eq!(ok.final_url.host_str(), Some("fine.example.com"));
 }
@@ -177,10 +169,7 @@ async fn refuses_redirects_into_private_addresses() {
     assert_eq!(srv.requests().iter().filter(|p| p.as_str() == "/article.html").count(), 1);
 
     // Metadata stays refused on a redirect even when private networks are allowed.
-    assert_redirect_blocked(
-        fetcher(true).fetch(&srv.url("/redirect/metadata")).await,
-        is_block(BlockReason::CloudMetadata),
-    );
+    assert_redirect_blocked(fetcher(true).fetch(&srv.url("/redirect/metadata")).await, is_block(BlockReason::CloudMetadata));
 }
 
 #[tokio::test]
@@ -265,8 +254,7 @@ async fn connect_timeout_when_listener_never_accepts() {
     let Some((_listener, _fill, addr)) = pages::saturated_listener().await else {
         panic!("could not saturate a loopback listener's accept queue on this kernel");
     };
-    let f = Fetcher::new(&FetchSettings { connect_timeout_ms: 300, total_timeout_secs: 10, ..settings(true) })
-        .expect("fetcher");
+    let f = Fetcher::new(&FetchSettings { connect_timeout_ms: 300, total_timeout_secs: 10, ..settings(true) }).expect("fetcher");
     let started = Instant::now();
     let r = f.fetch(&format!("http://{addr}/")).await;
     assert_eq!(r.expect_err("connect timeout"), FetchError::ConnectTimeout { ms: 300 });
@@ -293,17 +281,11 @@ async fn follows_redirects_up_to_the_limit() {
 async fn checks_content_type_and_status() {
     let srv = PageServer::start().await;
     let f = fetcher(true);
-    assert_eq!(
-        f.fetch(&srv.url("/wrong-type")).await.expect_err("binary"),
-        FetchError::ContentType("application/octet-stream".into())
-    );
+    assert_eq!(f.fetch(&srv.url("/wrong-type")).await.expect_err("binary"), FetchError::ContentType("application/octet-stream".into()));
     assert_eq!(f.fetch(&srv.url("/image")).await.expect_err("image"), FetchError::ContentType("image/png".into()));
     let sniffed = f.fetch(&srv.url("/no-type-html")).await.expect("html-looking body accepted");
     assert_eq!(sniffed.content_type, "text/html");
-    assert_eq!(
-        f.fetch(&srv.url("/no-type-binary")).await.expect_err("untyped binary"),
-        FetchError::ContentType("(missing)".into())
-    );
+    assert_eq!(f.fetch(&srv.url("/no-type-binary")).await.expect_err("untyped binary"), FetchError::ContentType("(missing)".into()));
     let text = f.fetch(&srv.url("/text")).await.expect("text/plain");
     assert_eq!(text.content_type, "text/plain");
 
@@ -354,10 +336,7 @@ async fn filters_caller_headers_and_sends_user_agent() {
     assert!(!body.contains("transfer-encoding") && !body.contains("x-smuggle"), "{body}");
 
     let cookies = Fetcher::new(&FetchSettings { allow_cookies: true, ..settings(true) }).expect("fetcher");
-    let got = cookies
-        .fetch_with_headers(&srv.url("/headers"), &filter_headers(supplied, true))
-        .await
-        .expect("headers");
+    let got = cookies.fetch_with_headers(&srv.url("/headers"), &filter_headers(supplied, true)).await.expect("headers");
     assert!(got.body.contains("cookie: session=secret"), "{}", got.body);
 }
 
@@ -442,8 +421,7 @@ async fn resolves_links_against_base_href() {
 
 #[test]
 fn body_fallback_drops_chrome() {
-    let html = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pages/body_only.html"))
-        .expect("fixture");
+    let html = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pages/body_only.html")).expect("fixture");
     let page = process(&html, None);
     assert!(page.markdown.starts_with("# Plain heading"), "{}", page.markdown);
     assert!(page.markdown.contains("*emphasis*") && page.markdown.contains("alpha"), "{}", page.markdown);
@@ -455,10 +433,7 @@ fn body_fallback_drops_chrome() {
 
 #[test]
 fn links_without_a_base_keep_only_absolute_ones() {
-    let page = process(
-        r#"<p><a href="/rel">r</a> <a href="https://x.example/a#f">a</a> <a href="HTTPS://X.EXAMPLE/a">dup</a></p>"#,
-        None,
-    );
+    let page = process(r#"<p><a href="/rel">r</a> <a href="https://x.example/a#f">a</a> <a href="HTTPS://X.EXAMPLE/a">dup</a></p>"#, None);
     assert_eq!(page.links, vec!["https://x.example/a"]);
     // Garbage in is not fatal.
     let junk = process("<<<>>> <a href=\"http://[::1\">broken</a> <script type=\"application/ld+json\">{</script>", None);
@@ -566,10 +541,7 @@ async fn crawl_stops_at_max_depth_and_max_pages() {
     assert_eq!(paths(&depth0), vec![("/site/".into(), 0, true)]);
 
     let three = crawl(&f, &srv.url("/site/"), 3, 10, &quick()).await.expect("crawl");
-    assert_eq!(
-        paths(&three),
-        vec![("/site/".into(), 0, true), ("/site/a".into(), 1, true), ("/site/b".into(), 1, true)]
-    );
+    assert_eq!(paths(&three), vec![("/site/".into(), 0, true), ("/site/a".into(), 1, true), ("/site/b".into(), 1, true)]);
 }
 
 #[tokio::test]
@@ -642,11 +614,8 @@ fn hostile_nesting_is_reduced_to_text_quickly() {
 fn ordinary_nesting_and_svg_keep_the_full_conversion() {
     // Just under the limit, on a small stack: converted as a tree (the heading survives).
     let depth = atlas_codex::page::MAX_NESTING - 10;
-    let html = format!(
-        "<html><body><main><h1>Title</h1>{}<p>inner</p>{}</main></body></html>",
-        "<div>".repeat(depth),
-        "</div>".repeat(depth)
-    );
+    let html =
+        format!("<html><body><main><h1>Title</h1>{}<p>inner</p>{}</main></body></html>", "<div>".repeat(depth), "</div>".repeat(depth));
     let page = process_on_small_stack(html);
     assert!(page.markdown.starts_with("# Title") && page.markdown.contains("inner"), "{}", page.markdown);
     // Many self-closing SVG children and unclosed <p>/<li> are siblings, not nesting.

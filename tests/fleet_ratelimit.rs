@@ -65,26 +65,14 @@ struct Measured {
 }
 
 /// Runs the fleet against `mock` until [`MEASURE`] after the first answer, feeding `queue`.
-async fn run_fleet(
-    env: &ProcEnv,
-    stage: &str,
-    queue: Arc<dyn Queue>,
-    mock: &MockOpenAi,
-    logs: &std::path::Path,
-) -> Measured {
+async fn run_fleet(env: &ProcEnv, stage: &str, queue: Arc<dyn Queue>, mock: &MockOpenAi, logs: &std::path::Path) -> Measured {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let config = limits_file(logs);
     let config = config.to_string_lossy().to_string();
     let mut workers: Vec<WorkerProc> = (0..WORKERS)
         .map(|i| {
             let log = logs.join(format!("{stage}-w{i}.log"));
-            WorkerProc::spawn(
-                env,
-                stage,
-                &["--config", &config, "worker"],
-                &log,
-                &format!("{stage}-w{i}"),
-            )
+            WorkerProc::spawn(env, stage, &["--config", &config, "worker"], &log, &format!("{stage}-w{i}"))
         })
         .collect();
     let start = Instant::now();
@@ -93,11 +81,7 @@ async fn run_fleet(
     loop {
         for w in workers.iter_mut() {
             if let Some(s) = w.try_status() {
-                panic!(
-                    "worker {} exited on its own with {s}; log tail:\n{}",
-                    w.name,
-                    w.log_tail(40)
-                );
+                panic!("worker {} exited on its own with {s}; log tail:\n{}", w.name, w.log_tail(40));
             }
         }
         let depth = queue.depth().await.expect("queue depth");
@@ -107,29 +91,14 @@ async fn run_fleet(
             queue.send_batch(&bodies).await.expect("send jobs");
         }
         if first_ok.is_none() {
-            first_ok = mock
-                .requests()
-                .iter()
-                .filter(|r| r.status == 200)
-                .map(|r| r.since_start)
-                .min();
+            first_ok = mock.requests().iter().filter(|r| r.status == 200).map(|r| r.since_start).min();
         }
         if let Some(t) = first_ok {
-            if mock
-                .requests()
-                .iter()
-                .map(|r| r.since_start)
-                .max()
-                .is_some_and(|last| last >= t + MEASURE)
-            {
+            if mock.requests().iter().map(|r| r.since_start).max().is_some_and(|last| last >= t + MEASURE) {
                 break;
             }
         }
-        assert!(
-            start.elapsed() < MEASURE + Duration::from_secs(90),
-            "the fleet never got going; logs in {}",
-            logs.display()
-        );
+        assert!(start.elapsed() < MEASURE + Duration::from_secs(90), "the fleet never got going; logs in {}", logs.display());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for w in workers.iter_mut() {
@@ -139,11 +108,7 @@ async fn run_fleet(
         w.expect_clean_exit(Duration::from_secs(60)).await;
     }
     let t0 = first_ok.unwrap_or_default();
-    let seen: Vec<_> = mock
-        .requests()
-        .into_iter()
-        .filter(|r| r.since_start >= t0 && r.since_start < t0 + MEASURE)
-        .collect();
+    let seen: Vec<_> = mock.requests().into_iter().filter(|r| r.since_start >= t0 && r.since_start < t0 + MEASURE).collect();
     let m = Measured {
         ok: seen.iter().filter(|r| r.status == 200).count(),
         limited: seen.iter().filter(|r| r.status == 429).count(),
@@ -159,12 +124,7 @@ async fn run_fleet(
         m.total,
         100.0 * m.limited as f64 / m.total.max(1) as f64
     );
-    assert!(
-        m.ok as f64 >= 0.85 * allowed,
-        "{stage}: only {} answered of {allowed:.0} allowed; logs in {}",
-        m.ok,
-        logs.display()
-    );
+    assert!(m.ok as f64 >= 0.85 * allowed, "{stage}: only {} answered of {allowed:.0} allowed; logs in {}", m.ok, logs.display());
     assert!(
         m.limited as f64 <= 0.03 * m.total as f64,
         "{stage}: {} of {} requests drew 429; logs in {}",
@@ -180,11 +140,7 @@ fn key_mock_config() -> MockConfig {
         seed: Some(7),
         expected_api_key: Some(API_KEY.into()),
         max_recorded: 20_000,
-        behavior: Behavior {
-            latency: Duration::from_millis(300),
-            rpm_limit: Some(KEY_RPM),
-            ..Behavior::default()
-        },
+        behavior: Behavior { latency: Duration::from_millis(300), rpm_limit: Some(KEY_RPM), ..Behavior::default() },
         ..MockConfig::default()
     }
 }
@@ -192,11 +148,7 @@ fn key_mock_config() -> MockConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_on_moto_share_one_keys_rpm_without_a_429_storm() {
     let endpoint = moto::endpoint();
-    let logs = tempfile::Builder::new()
-        .prefix("atlas-rl-aws-")
-        .tempdir()
-        .expect("log dir")
-        .keep();
+    let logs = tempfile::Builder::new().prefix("atlas-rl-aws-").tempdir().expect("log dir").keep();
     let mock = MockOpenAi::start(key_mock_config()).await;
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
     let env = ProcEnv::moto(&endpoint)
@@ -205,30 +157,16 @@ async fn four_workers_on_moto_share_one_keys_rpm_without_a_429_storm() {
         .set("ATLAS__WORKER__CONCURRENCY", "16")
         .set("ATLAS__WORKER__JOB_TIMEOUT_SECS", "120")
         .set("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "30");
-    run_cli(
-        &env,
-        "preview",
-        &["--output", "json", "provision"],
-        None,
-        CLI_TIMEOUT,
-    )
-    .await
-    .ok("provision");
+    run_cli(&env, "preview", &["--output", "json", "provision"], None, CLI_TIMEOUT).await.ok("provision");
     let settings = env.settings("preview");
     let sdk = moto::sdk_config(&settings).await;
-    let backends = aws::open_backends_with(&settings, &sdk)
-        .await
-        .expect("open backends");
+    let backends = aws::open_backends_with(&settings, &sdk).await.expect("open backends");
     run_fleet(&env, "preview", backends.queue.clone(), &mock, &logs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_local_workers_share_one_keys_rpm_through_the_sqlite_file() {
-    let logs = tempfile::Builder::new()
-        .prefix("atlas-rl-local-")
-        .tempdir()
-        .expect("log dir")
-        .keep();
+    let logs = tempfile::Builder::new().prefix("atlas-rl-local-").tempdir().expect("log dir").keep();
     let data = logs.join("data");
     let mock = MockOpenAi::start(key_mock_config()).await;
     let env = ProcEnv::new()
@@ -240,12 +178,8 @@ async fn four_local_workers_share_one_keys_rpm_through_the_sqlite_file() {
         .set("ATLAS__WORKER__JOB_TIMEOUT_SECS", "120")
         .set("ATLAS__QUEUE__VISIBILITY_TIMEOUT_SECS", "30");
     let settings = env.settings("local");
-    let local = LocalBackend::open(
-        &data,
-        &atlas_codex::backend::local::db_file_name("local"),
-        QueueOptions::from_settings(&settings),
-    )
-    .expect("open the local stage's file");
+    let local = LocalBackend::open(&data, &atlas_codex::backend::local::db_file_name("local"), QueueOptions::from_settings(&settings))
+        .expect("open the local stage's file");
     run_fleet(&env, "local", local.queue.clone(), &mock, &logs).await;
 }
 
@@ -267,14 +201,7 @@ mod in_process {
 
     fn table(rpm: u32) -> BTreeMap<String, ModelSettings> {
         let mut m = BTreeMap::new();
-        m.insert(
-            "m".to_string(),
-            ModelSettings {
-                rpm,
-                tpm: 0,
-                ..ModelSettings::default()
-            },
-        );
+        m.insert("m".to_string(), ModelSettings { rpm, tpm: 0, ..ModelSettings::default() });
         m
     }
 
@@ -297,9 +224,7 @@ mod in_process {
     #[tokio::test(start_paused = true)]
     async fn a_dead_shared_store_leaves_each_worker_its_fallback_share_and_it_keeps_serving() {
         let store: Arc<dyn RateStore> = Arc::new(DeadStore);
-        let workers: Vec<Arc<RateLimits>> = (0..4)
-            .map(|_| Arc::new(RateLimits::fleet(&table(120), 1_000, store.clone(), 0, 4)))
-            .collect();
+        let workers: Vec<Arc<RateLimits>> = (0..4).map(|_| Arc::new(RateLimits::fleet(&table(120), 1_000, store.clone(), 0, 4))).collect();
         let served = Arc::new(AtomicU64::new(0));
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::new();
@@ -322,10 +247,7 @@ mod in_process {
             t.await.expect("task");
         }
         for w in &workers {
-            assert!(
-                w.on_fallback("m"),
-                "the worker says it is on its fallback share"
-            );
+            assert!(w.on_fallback("m"), "the worker says it is on its fallback share");
         }
         // 4 workers × 30 a minute for two minutes: the key's 240, never more (plus the first
         // request of each worker, which GCRA lets through at once).
@@ -339,28 +261,18 @@ mod in_process {
         s.aws.endpoint_url = "http://127.0.0.1:9".into();
         s.aws.region = "us-east-1".into();
         let sdk = atlas_codex::backend::aws::sdk_config(&s).await;
-        let store: Arc<dyn RateStore> = Arc::new(atlas_codex::backend::aws::DynamoRateStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            "nowhere",
-        ));
+        let store: Arc<dyn RateStore> =
+            Arc::new(atlas_codex::backend::aws::DynamoRateStore::new(aws_sdk_dynamodb::Client::new(&sdk), "nowhere"));
         let rl = RateLimits::fleet(&table(600), 1_000, store, 0, 4);
         let t = std::time::Instant::now();
         let g = rl.acquire("m", 10).await;
         assert!(g.taken.is_none());
-        assert!(
-            t.elapsed() < Duration::from_secs(4),
-            "took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
         assert!(rl.on_fallback("m"));
         // The next calls do not wait on the store again; they run on the fallback share.
         let t = std::time::Instant::now();
         rl.acquire("m", 10).await;
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
     }
 
     fn scratch_store() -> Arc<dyn RateStore> {
@@ -380,11 +292,8 @@ mod in_process {
         let a = RateLimits::fleet(&table(600), 1_000, store.clone(), 0, 4);
         let b = RateLimits::fleet(&table(600), 1_000, store.clone(), 0, 4);
         assert!(a.acquire("m", 10).await.taken.is_some());
-        let spent = ProviderLimits {
-            remaining_requests: Some(0),
-            reset_requests: Some(Duration::from_secs(2)),
-            ..ProviderLimits::default()
-        };
+        let spent =
+            ProviderLimits { remaining_requests: Some(0), reset_requests: Some(Duration::from_secs(2)), ..ProviderLimits::default() };
         let t = std::time::Instant::now();
         a.observe("m", &spent).await;
         let (ga, gb) = tokio::join!(
@@ -397,16 +306,9 @@ mod in_process {
                 (g.taken.is_some(), t.elapsed())
             }
         );
-        assert!(
-            ga >= Duration::from_millis(1_900),
-            "this worker waited only {ga:?}"
-        );
+        assert!(ga >= Duration::from_millis(1_900), "this worker waited only {ga:?}");
         assert!(gb.0, "the other worker still uses the shared windows");
-        assert!(
-            gb.1 >= Duration::from_millis(1_500),
-            "the other worker waited only {:?}",
-            gb.1
-        );
+        assert!(gb.1 >= Duration::from_millis(1_500), "the other worker waited only {:?}", gb.1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,14 +317,7 @@ mod in_process {
         let rl = RateLimits::fleet(&table(6_000), 1_000, store, 0, 4);
         let (window, cap, _) = rl.window_plan("m").expect("fleet plan");
         assert!(cap > 50, "configured cap {cap} per {window:?}");
-        rl.observe(
-            "m",
-            &ProviderLimits {
-                limit_requests: Some(60),
-                ..ProviderLimits::default()
-            },
-        )
-        .await;
+        rl.observe("m", &ProviderLimits { limit_requests: Some(60), ..ProviderLimits::default() }).await;
         // 60 a minute in windows of `window`: at most 60 / (60 s / window + 1) per window.
         let per_window = (60 / (60 / window.as_secs() + 1)).max(1) as usize;
         // 2 × that + 1 calls span three windows: at least one whole window passes.
@@ -430,11 +325,6 @@ mod in_process {
         for _ in 0..2 * per_window + 1 {
             rl.acquire("m", 10).await;
         }
-        assert!(
-            t.elapsed() >= window.mul_f64(0.9),
-            "{} calls took only {:?}",
-            2 * per_window + 1,
-            t.elapsed()
-        );
+        assert!(t.elapsed() >= window.mul_f64(0.9), "{} calls took only {:?}", 2 * per_window + 1, t.elapsed());
     }
 }

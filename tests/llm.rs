@@ -446,44 +446,68 @@ async fn mock_latency_uses_tokio_time() {
 fn schema_table() -> Vec<(&'static str, Value)> {
     vec![
         ("product", product_schema()),
-        ("formats", json!({"type": "object", "properties": {
+        (
+            "formats",
+            json!({"type": "object", "properties": {
             "d": {"type": "string", "format": "date"}, "dt": {"type": "string", "format": "date-time"},
             "e": {"type": "string", "format": "email"}, "u": {"type": "string", "format": "uri"},
             "id": {"type": "string", "format": "uuid"}, "ip": {"type": "string", "format": "ipv4"},
             "t": {"type": "string", "format": "time"}, "h": {"type": "string", "format": "hostname"}
-        }, "required": ["d", "dt", "e", "u", "id", "ip", "t", "h"]})),
-        ("bounds", json!({"type": "object", "properties": {
+        }, "required": ["d", "dt", "e", "u", "id", "ip", "t", "h"]}),
+        ),
+        (
+            "bounds",
+            json!({"type": "object", "properties": {
             "pct": {"type": "number", "minimum": 0, "maximum": 1},
             "n": {"type": "integer", "minimum": 100, "exclusiveMaximum": 102},
             "neg": {"type": "integer", "maximum": -5},
             "step": {"type": "number", "multipleOf": 0.25, "minimum": 3.1},
             "s": {"type": "string", "minLength": 40, "maxLength": 45},
             "short": {"type": "string", "maxLength": 3}
-        }, "required": ["pct", "n", "neg", "step", "s", "short"]})),
-        ("arrays", json!({"type": "object", "properties": {
+        }, "required": ["pct", "n", "neg", "step", "s", "short"]}),
+        ),
+        (
+            "arrays",
+            json!({"type": "object", "properties": {
             "three": {"type": "array", "items": {"type": "integer"}, "minItems": 3, "uniqueItems": true},
             "none": {"type": "array", "items": {"type": "string"}, "maxItems": 0},
             "objs": {"type": "array", "minItems": 2, "uniqueItems": true, "items": {"type": "object",
                 "properties": {"k": {"type": "string"}}, "required": ["k"], "additionalProperties": false}}
-        }, "required": ["three", "none", "objs"]})),
-        ("enum_const_nullable", json!({"type": "object", "properties": {
+        }, "required": ["three", "none", "objs"]}),
+        ),
+        (
+            "enum_const_nullable",
+            json!({"type": "object", "properties": {
             "status": {"enum": ["in_stock", "sold_out"]}, "v": {"const": 2},
             "maybe": {"type": ["null", "string"]}, "b": {"type": "boolean"}
-        }, "required": ["status", "v", "maybe", "b"], "additionalProperties": false})),
-        ("anyof_oneof", json!({"type": "object", "properties": {
+        }, "required": ["status", "v", "maybe", "b"], "additionalProperties": false}),
+        ),
+        (
+            "anyof_oneof",
+            json!({"type": "object", "properties": {
             "x": {"anyOf": [{"type": "string", "format": "email"}, {"type": "null"}]},
             "y": {"oneOf": [{"type": "integer", "minimum": 5}, {"type": "string"}]}
-        }, "required": ["x", "y"]})),
-        ("refs", json!({"type": "object", "$defs": {
+        }, "required": ["x", "y"]}),
+        ),
+        (
+            "refs",
+            json!({"type": "object", "$defs": {
             "addr": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string", "minLength": 5}}, "required": ["city", "zip"]}
-        }, "properties": {"home": {"$ref": "#/$defs/addr"}, "work": {"$ref": "#/$defs/addr"}}, "required": ["home"]})),
-        ("recursive", json!({"type": "object", "$defs": {
+        }, "properties": {"home": {"$ref": "#/$defs/addr"}, "work": {"$ref": "#/$defs/addr"}}, "required": ["home"]}),
+        ),
+        (
+            "recursive",
+            json!({"type": "object", "$defs": {
             "node": {"type": "object", "properties": {"label": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}, "required": ["label", "children"]}
-        }, "properties": {"root": {"$ref": "#/$defs/node"}}, "required": ["root"]})),
-        ("allof", json!({"allOf": [
-            {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
-            {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}
-        ]})),
+        }, "properties": {"root": {"$ref": "#/$defs/node"}}, "required": ["root"]}),
+        ),
+        (
+            "allof",
+            json!({"allOf": [
+                {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}
+            ]}),
+        ),
         ("map", json!({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2})),
         ("top_array", json!({"type": "array", "items": {"type": "string", "format": "email"}, "minItems": 2})),
         ("untyped", json!({"properties": {"n": {"minimum": 3}}, "required": ["n"]})),
@@ -585,8 +609,14 @@ fn to_strict_declines_what_strict_mode_cannot_express() {
     let not_adaptable = [
         ("root array", json!({"type": "array", "items": {"type": "string"}})),
         ("root anyOf", json!({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}}]})),
-        ("root ref", json!({"type": "object", "$ref": "#/$defs/x", "$defs": {"x": {"type": "object", "properties": {"a": {"type": "string"}}}}})),
-        ("patternProperties", json!({"type": "object", "properties": {"a": {"type": "string"}}, "patternProperties": {"^x": {"type": "string"}}})),
+        (
+            "root ref",
+            json!({"type": "object", "$ref": "#/$defs/x", "$defs": {"x": {"type": "object", "properties": {"a": {"type": "string"}}}}}),
+        ),
+        (
+            "patternProperties",
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "patternProperties": {"^x": {"type": "string"}}}),
+        ),
         ("map", json!({"type": "object", "properties": {"m": {"type": "object", "additionalProperties": {"type": "integer"}}}})),
         ("free object", json!({"type": "object"})),
         ("allOf", json!({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}]}}})),
@@ -636,7 +666,8 @@ fn to_strict_enforces_documented_size_limits() {
 
 #[test]
 fn validate_reports_paths_and_caps_the_error_count() {
-    let s = json!({"type": "object", "properties": {"items": {"type": "array", "items": {"type": "integer"}}}, "required": ["items", "name"]});
+    let s =
+        json!({"type": "object", "properties": {"items": {"type": "array", "items": {"type": "integer"}}}, "required": ["items", "name"]});
     let errs = validate(&s, &json!({"items": [1, "two", 3]})).unwrap_err();
     assert!(errs.iter().any(|e| e.starts_with("/items/1:")), "{errs:?}");
     assert!(errs.iter().any(|e| e.contains("name")), "{errs:?}");
@@ -700,10 +731,8 @@ async fn mock_serves_concurrent_requests_without_serialising_latency() {
 #[tokio::test]
 async fn the_mock_bills_every_answer_refusals_and_length_stops_included_at_its_prices() {
     let mut prices = std::collections::BTreeMap::new();
-    prices.insert(
-        "gpt-5-nano".to_string(),
-        MockPrice { input_usd_per_mtok: 1.0, cached_input_usd_per_mtok: 0.1, output_usd_per_mtok: 10.0 },
-    );
+    prices
+        .insert("gpt-5-nano".to_string(), MockPrice { input_usd_per_mtok: 1.0, cached_input_usd_per_mtok: 0.1, output_usd_per_mtok: 10.0 });
     let mock = MockOpenAi::start(MockConfig { expected_api_key: Some(KEY.into()), prices, ..MockConfig::default() }).await;
     let c = client(&mock, Duration::from_secs(10));
     let r = request("gpt-5-nano", strict_format(&product_schema()), gpt5_params());

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use atlas_codex::job::{
-    parse_message, salvage_job_id, Format, Job, JobId, JobType, MessageError, Source,
-    MAX_CRAWL_DEPTH, MAX_CRAWL_PAGES, MAX_INSTRUCTIONS_BYTES, MAX_MESSAGE_BYTES, MESSAGE_VERSION,
+    parse_message, salvage_job_id, Format, Job, JobId, JobType, MessageError, Source, MAX_CRAWL_DEPTH, MAX_CRAWL_PAGES,
+    MAX_INSTRUCTIONS_BYTES, MAX_MESSAGE_BYTES, MESSAGE_VERSION,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -107,10 +107,8 @@ fn every_valid_fixture_parses_and_the_schema_accepts_it() {
 #[test]
 fn every_invalid_fixture_fails_as_the_manifest_says_and_the_schema_agrees() {
     let v = schema_validator();
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("invalid.manifest.json")).expect("manifest"),
-    )
-    .expect("manifest is JSON");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("invalid.manifest.json")).expect("manifest"))
+        .expect("manifest is JSON");
     let cases = manifest["cases"].as_object().expect("cases");
     let files = read_dir(&fixtures().join("invalid"));
     assert_eq!(files.len(), cases.len(), "every invalid fixture is in the manifest and vice versa");
@@ -146,8 +144,7 @@ fn legacy_fixtures_normalise_to_their_current_equivalents() {
     let normalised = read_dir(&fixtures().join("normalised"));
     assert!(normalised.len() >= 4);
     for (name, current_body) in normalised {
-        let legacy_body = std::fs::read_to_string(fixtures().join("valid").join(&name))
-            .unwrap_or_else(|e| panic!("valid/{name}: {e}"));
+        let legacy_body = std::fs::read_to_string(fixtures().join("valid").join(&name)).unwrap_or_else(|e| panic!("valid/{name}: {e}"));
         let from_legacy = parse_message(&legacy_body).unwrap_or_else(|e| panic!("{name}: {e}"));
         let from_current = parse_message(&current_body).unwrap_or_else(|e| panic!("normalised/{name}: {e}"));
         assert!(from_legacy.legacy && !from_current.legacy);
@@ -359,10 +356,7 @@ fn missing_field() {
     assert_eq!(err(json!({"url": "https://e.com/"})), MessageError::MissingField("job_id".into()));
     assert_eq!(err(json!({})), MessageError::MissingField("job_id".into()));
     assert_eq!(err(json!({"params": {"url": "https://e.com/"}})), MessageError::MissingField("jobId".into()));
-    assert_eq!(
-        MessageError::MissingField("job_id".into()).to_string(),
-        "missing required field `job_id`"
-    );
+    assert_eq!(MessageError::MissingField("job_id".into()).to_string(), "missing required field `job_id`");
 }
 
 #[test]
@@ -450,7 +444,17 @@ fn urls_must_be_absolute_http_or_https() {
     for u in ["https://example.com/", "http://example.com:8080/a?b#c", "HTTPS://EXAMPLE.COM/", "http://127.0.0.1/"] {
         ok(json!({"job_id": "u", "url": u}));
     }
-    for u in ["ftp://e.com/", "file:///etc/passwd", "javascript:alert(1)", "data:text/html,x", "//e.com/", "e.com", "", "http://", "https://exa mple.com/"] {
+    for u in [
+        "ftp://e.com/",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "data:text/html,x",
+        "//e.com/",
+        "e.com",
+        "",
+        "http://",
+        "https://exa mple.com/",
+    ] {
         assert_eq!(tag(&err(json!({"job_id": "u", "url": u}))), "InvalidField:url", "{u:?}");
     }
 }
@@ -459,7 +463,21 @@ fn urls_must_be_absolute_http_or_https() {
 fn input_keys_live_under_inputs_and_cannot_climb_or_reach_other_objects() {
     ok(json!({"job_id": "k", "input_key": "inputs/k"}));
     ok(json!({"job_id": "k", "input_key": "inputs/a.b/c"}));
-    for k in ["", "/inputs/k", "../k", "inputs/../../etc", "inputs/..", "..", "jobs/other/result.json", "inputs/", "inputsX/k", "k", "inputs//jobs/x", "inputs/\\..\\x", "INPUTS/k"] {
+    for k in [
+        "",
+        "/inputs/k",
+        "../k",
+        "inputs/../../etc",
+        "inputs/..",
+        "..",
+        "jobs/other/result.json",
+        "inputs/",
+        "inputsX/k",
+        "k",
+        "inputs//jobs/x",
+        "inputs/\\..\\x",
+        "INPUTS/k",
+    ] {
         assert_eq!(tag(&err(json!({"job_id": "k", "input_key": k}))), "InvalidField:input_key", "{k:?}");
     }
 }
@@ -703,7 +721,11 @@ fn deep_nesting_is_refused_by_the_json_parser_not_the_stack() {
     // 10k levels: serde_json's recursion limit (128) turns it into a clear error.
     for body in [
         "[".repeat(10_000) + &"]".repeat(10_000),
-        format!("{{\"job_id\":\"d\",\"url\":\"https://e.com/\",\"schema\":{}{}}}", "{\"a\":".repeat(10_000), "1".to_string() + &"}".repeat(10_000)),
+        format!(
+            "{{\"job_id\":\"d\",\"url\":\"https://e.com/\",\"schema\":{}{}}}",
+            "{\"a\":".repeat(10_000),
+            "1".to_string() + &"}".repeat(10_000)
+        ),
         "{\"a\":".repeat(10_000),
     ] {
         let e = parse_message(&body).expect_err("deep");
@@ -734,21 +756,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(|n| json!(n)),
         (-1e9f64..1e9).prop_map(|f| json!(f)),
         ".{0,24}".prop_map(Value::String),
-        prop_oneof![
-            Just("https://example.com/"),
-            Just("crawl"),
-            Just("extract"),
-            Just("markdown"),
-            Just("inputs/x"),
-            Just("job-1")
-        ]
-        .prop_map(|s| Value::String(s.into())),
+        prop_oneof![Just("https://example.com/"), Just("crawl"), Just("extract"), Just("markdown"), Just("inputs/x"), Just("job-1")]
+            .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(field_name(), inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(field_name(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -775,10 +789,7 @@ fn arb_job() -> impl Strategy<Value = Job> {
         ".{0,64}".prop_map(Source::Text),
         "inputs/[A-Za-z0-9_-]{1,40}".prop_map(Source::InputKey),
     ];
-    let formats = prop::collection::vec(
-        prop::sample::select(vec![Format::Markdown, Format::Links, Format::Metadata, Format::Json]),
-        0..5,
-    );
+    let formats = prop::collection::vec(prop::sample::select(vec![Format::Markdown, Format::Links, Format::Metadata, Format::Json]), 0..5);
     let schema = prop::option::of(prop_oneof![
         Just(json!({})),
         Just(json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})),
@@ -881,10 +892,11 @@ proptest! {
 
 #[test]
 fn caller_headers_are_checked_and_round_trip() {
-    let ok = parse_message(r#"{"job_id":"h1","url":"https://a.example/","headers":{"Accept-Language":"de","X-Token":"abc"}}"#).expect("valid");
+    let ok =
+        parse_message(r#"{"job_id":"h1","url":"https://a.example/","headers":{"Accept-Language":"de","X-Token":"abc"}}"#).expect("valid");
     assert_eq!(ok.headers.get("Accept-Language").map(String::as_str), Some("de"));
     assert_eq!(parse_message(&ok.to_message().to_string()).expect("round trip"), ok);
-    assert!(!format!("{}", serde_json::to_string(&ok).unwrap()).contains("abc"), "headers are not serialised with the job");
+    assert!(!serde_json::to_string(&ok).unwrap().contains("abc"), "headers are not serialised with the job");
     for bad in [
         r#"{"job_id":"h2","url":"https://a.example/","headers":["Accept: x"]}"#,
         r#"{"job_id":"h3","url":"https://a.example/","headers":{"Bad Name":"x"}}"#,

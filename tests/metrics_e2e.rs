@@ -34,11 +34,7 @@ async fn counters_equal_what_the_job_records_say() {
     assert_eq!(tokens("cached_input"), sum(&|r| r.usage.cached_input_tokens));
     let cost_metric = sum_metric(&text, "atlas_llm_cost_usd_total", &[]);
     let cost_records: i64 = recs.iter().map(|r| r.cost_micros).sum();
-    assert!(
-        (cost_metric - cost_records as f64 / 1e6).abs() < 1e-9,
-        "cost counter {cost_metric} vs records {}",
-        cost_records as f64 / 1e6
-    );
+    assert!((cost_metric - cost_records as f64 / 1e6).abs() < 1e-9, "cost counter {cost_metric} vs records {}", cost_records as f64 / 1e6);
     let calls: usize = recs.iter().map(|r| r.calls.len()).sum();
     assert_eq!(sum_metric(&text, "atlas_llm_requests_total", &[]), calls as f64);
     assert_eq!(llm.calls(), calls, "every call is on a record");
@@ -86,11 +82,7 @@ fn a_live_scrape_of_the_worker_passes_promtool() {
     assert!(body.contains("atlas_jobs_total"), "no job metrics scraped:\n{body}");
     let f = dir.path().join("scrape.txt");
     std::fs::write(&f, &body).unwrap();
-    let out = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&f).unwrap())
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(promtool).args(["check", "metrics"]).stdin(std::fs::File::open(&f).unwrap()).output().unwrap();
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}",

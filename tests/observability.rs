@@ -47,12 +47,7 @@ impl Server {
     async fn get(&self, path: &str) -> (u16, String, String) {
         let r = reqwest::get(format!("{}{path}", self.base)).await.expect("request");
         let status = r.status().as_u16();
-        let ct = r
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let ct = r.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         (status, ct, r.text().await.expect("body"))
     }
 
@@ -163,7 +158,15 @@ fn metrics_carry_the_processs_cpu_memory_and_file_descriptors_in_the_standard_na
     assert!(after.cpu_seconds >= before.cpu_seconds);
     assert!(after.open_fds >= before.open_fds + 20, "{before:?} → {after:?}");
     drop(files);
-    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds", "process_max_fds", "process_threads", "process_start_time_seconds"] {
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
         assert!(text.contains(&format!("# HELP {name} ")) && text.contains(&format!("# TYPE {name} ")), "{name} described");
     }
     assert!(metric_value(&text, "process_resident_memory_bytes", &[]) > 1_000_000.0);
@@ -278,14 +281,8 @@ fn telemetry_functions_export_described_series() {
     assert!(!text.contains("job-obs-1") && !text.contains("job-obs-2"));
 
     // Jobs.
-    assert_eq!(
-        metric_value(&text, names::JOBS_TOTAL, &[("outcome", "completed"), ("reason", "ok")]),
-        done_before + 1.0
-    );
-    assert_eq!(
-        metric_value(&text, names::JOBS_TOTAL, &[("outcome", "dead_lettered"), ("reason", "obs_ssrf_blocked")]),
-        1.0
-    );
+    assert_eq!(metric_value(&text, names::JOBS_TOTAL, &[("outcome", "completed"), ("reason", "ok")]), done_before + 1.0);
+    assert_eq!(metric_value(&text, names::JOBS_TOTAL, &[("outcome", "dead_lettered"), ("reason", "obs_ssrf_blocked")]), 1.0);
     assert_eq!(metric_value(&text, names::JOBS_IN_FLIGHT, &[]), inflight_before);
     assert_eq!(metric_value(&text, names::MESSAGES_RECEIVED_TOTAL, &[]), recv_before + 7.0);
     assert_eq!(metric_value(&text, names::MESSAGES_DELETED_TOTAL, &[]), del_before + 5.0);
@@ -299,10 +296,7 @@ fn telemetry_functions_export_described_series() {
     assert_eq!(metric_value(&text, "atlas_job_duration_seconds_bucket", &[("outcome", "dead_lettered"), ("le", "+Inf")]), 1.0);
     for le in telemetry::JOB_DURATION_BUCKETS {
         let le = le.to_string();
-        assert!(
-            text.contains(&format!("le=\"{le}\"")),
-            "bucket le={le} missing for job duration:\n{text}"
-        );
+        assert!(text.contains(&format!("le=\"{le}\"")), "bucket le={le} missing for job duration:\n{text}");
     }
     assert!(!text.contains("quantile="), "a histogram rendered as a summary:\n{text}");
     let m = [("model", "obs-model-a")];
@@ -365,12 +359,8 @@ fn promtool_accepts_the_exposition() {
     telemetry::set_ready(true);
     let text = telemetry::render_metrics();
 
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let child =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -394,11 +384,7 @@ fn promtool_accepts_the_exposition() {
 fn child_process_logging_body() {
     let Ok(format) = std::env::var("ATLAS_OBS_CHILD") else { return };
     let t = atlas_codex::settings::TelemetrySettings {
-        log_format: if format == "json" {
-            atlas_codex::settings::LogFormat::Json
-        } else {
-            atlas_codex::settings::LogFormat::Pretty
-        },
+        log_format: if format == "json" { atlas_codex::settings::LogFormat::Json } else { atlas_codex::settings::LogFormat::Pretty },
         log_level: "info".into(),
         metrics_namespace: String::new(),
     };
@@ -407,7 +393,13 @@ fn child_process_logging_body() {
     telemetry::install_metrics(STAGE);
     telemetry::job_outcome("child-job-ok", Outcome::Completed, "ok", Duration::from_millis(1234), None);
     telemetry::job_outcome("child-job-retry", Outcome::Retried, "llm_timeout", Duration::from_millis(5), Some("model timed out"));
-    telemetry::job_outcome("child-job-dlq", Outcome::DeadLettered, "ssrf_blocked", Duration::from_millis(7), Some("upstream said: invalid key sk-test-0123456789abcdefghijKLMN"));
+    telemetry::job_outcome(
+        "child-job-dlq",
+        Outcome::DeadLettered,
+        "ssrf_blocked",
+        Duration::from_millis(7),
+        Some("upstream said: invalid key sk-test-0123456789abcdefghijKLMN"),
+    );
 }
 
 fn run_child(format: &str, rust_log: Option<&str>) -> String {

@@ -63,17 +63,23 @@ async fn a_worker_waits_unready_for_an_unreachable_backend_and_readiness_follows
 
     // Up: ready without a restart.
     proxy.set(Mode::Forward);
-    let took = wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(40)).await.unwrap_or_else(|last| panic!("not ready 40 s after the backend came up: {last:?}"));
+    let took = wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(40))
+        .await
+        .unwrap_or_else(|last| panic!("not ready 40 s after the backend came up: {last:?}"));
     println!("ready {took:?} after the backend came up");
     assert_eq!(metric_value(&get(&format!("{base}/metrics")).await.expect("/metrics").1, "atlas_worker_ready", &[]), 1.0);
 
     // Frozen: unready within seconds (not after the SDK's timeouts), ready again once it thaws.
     proxy.set(Mode::Freeze);
-    let took = wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(20)).await.unwrap_or_else(|last| panic!("still ready 20 s into a frozen backend: {last:?}"));
+    let took = wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|last| panic!("still ready 20 s into a frozen backend: {last:?}"));
     println!("unready {took:?} into the freeze");
     assert_eq!(metric_value(&get(&format!("{base}/metrics")).await.expect("/metrics").1, "atlas_worker_ready", &[]), 0.0);
     proxy.set(Mode::Forward);
-    let took = wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await.unwrap_or_else(|last| panic!("not ready 60 s after the thaw: {last:?}"));
+    let took = wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|last| panic!("not ready 60 s after the thaw: {last:?}"));
     println!("ready {took:?} after the thaw");
 
     w.sigterm();

@@ -97,7 +97,8 @@ async fn a_crawl_job_stays_in_scope_and_returns_pages_and_an_aggregate() {
     let pages = PageServer::start().await;
     let mock = MockOpenAi::start(MockConfig::default()).await;
     let t = spawn_app(&[], client(&mock)).await;
-    let schema = json!({"type": "object", "properties": {"titles": {"type": "array", "items": {"type": "string"}}}, "required": ["titles"]});
+    let schema =
+        json!({"type": "object", "properties": {"titles": {"type": "array", "items": {"type": "string"}}}, "required": ["titles"]});
     t.send(&[json!({"job_id": "c-1", "type": "crawl", "url": pages.url("/site/"), "max_pages": 4, "max_depth": 1, "instructions": "List page titles", "schema": schema}).to_string()]).await;
     t.run_until_idle().await;
     let rec = t.record("c-1").await;
@@ -118,7 +119,8 @@ async fn a_crawl_job_stays_in_scope_and_returns_pages_and_an_aggregate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_to_the_providers_rpm_the_worker_gets_no_429_and_reaches_90_percent() {
     const RPM: u32 = 120;
-    let mock = MockOpenAi::start(MockConfig { behavior: Behavior { rpm_limit: Some(RPM), ..Behavior::default() }, ..MockConfig::default() }).await;
+    let mock =
+        MockOpenAi::start(MockConfig { behavior: Behavior { rpm_limit: Some(RPM), ..Behavior::default() }, ..MockConfig::default() }).await;
     let dir = tempfile::tempdir().unwrap();
     let mut s = test_settings(dir.path(), &[("ATLAS__WORKER__CONCURRENCY", "32")]);
     for m in s.models.values_mut() {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use atlas_codex::settings::{
-    check_isolation, names_other_stage, BackendKind, ConfigError, LogFormat, OnBudgetExhausted,
-    ProviderKind, Secret, Settings, Sources, Strategy, KNOWN_STAGES,
+    check_isolation, names_other_stage, BackendKind, ConfigError, LogFormat, OnBudgetExhausted, ProviderKind, Secret, Settings, Sources,
+    Strategy, KNOWN_STAGES,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -210,10 +210,7 @@ fn each_layer_overrides_the_one_before() {
 
 #[test]
 fn sections_merge_key_by_key_across_files() {
-    let d = Dir::new(&[
-        ("default.toml", "[queue]\nwait_time_secs = 7\nreceive_batch = 3\n"),
-        ("qa.toml", "[queue]\nreceive_batch = 4\n"),
-    ]);
+    let d = Dir::new(&[("default.toml", "[queue]\nwait_time_secs = 7\nreceive_batch = 3\n"), ("qa.toml", "[queue]\nreceive_batch = 4\n")]);
     let s = Settings::load(&d.sources("qa", &[])).expect("loads");
     assert_eq!((s.queue.wait_time_secs, s.queue.receive_batch), (7, 4));
     assert_eq!(s.queue.visibility_timeout_secs, 120, "untouched key keeps its built-in default");

@@ -240,14 +240,7 @@ pub enum Claim {
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Takes the job's lease (see the contract).
-    async fn claim(
-        &self,
-        id: &str,
-        stage: &str,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> BResult<Claim>;
+    async fn claim(&self, id: &str, stage: &str, owner: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>) -> BResult<Claim>;
     /// Extends a held lease.
     async fn renew(&self, id: &str, owner: &str, lease_until: DateTime<Utc>) -> BResult<bool>;
     /// Writes the outcome while holding the lease.
@@ -327,11 +320,7 @@ impl Charge {
             reservation_id: reservation_id.into(),
             job_id: job_id.into(),
             amount_micros,
-            lines: vec![ChargeLine {
-                model: model.into(),
-                tenant: tenant.map(str::to_string),
-                amount_micros,
-            }],
+            lines: vec![ChargeLine { model: model.into(), tenant: tenant.map(str::to_string), amount_micros }],
         }
     }
 }
@@ -379,13 +368,7 @@ pub struct LedgerSnapshot {
 #[async_trait]
 pub trait BudgetLedger: Send + Sync + 'static {
     /// Atomically holds `reservation.amount_micros` unless the limit would be passed.
-    async fn reserve(
-        &self,
-        period: &str,
-        reservation: &Reservation,
-        limit_micros: i64,
-        now: DateTime<Utc>,
-    ) -> BResult<ReserveOutcome>;
+    async fn reserve(&self, period: &str, reservation: &Reservation, limit_micros: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome>;
     /// Converts a hold into the actual charge (idempotent per reservation id).
     async fn settle(&self, period: &str, charge: &Charge) -> BResult<()>;
     /// Drops a hold without charging (idempotent).

@@ -7,8 +7,6 @@ pub mod openai;
 pub mod schema;
 pub mod simulated;
 
-
-
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -14,10 +14,8 @@
 use std::time::{Duration, SystemTime};
 
 use async_openai::types::chat::{
-    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestUserMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
-    FinishReason, ReasoningEffort, ResponseFormat as WireFormat, ResponseFormatJsonSchema,
-    Verbosity,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage, CreateChatCompletionRequest,
+    CreateChatCompletionResponse, FinishReason, ReasoningEffort, ResponseFormat as WireFormat, ResponseFormatJsonSchema, Verbosity,
 };
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -43,11 +41,7 @@ pub struct OpenAiClient {
 
 impl std::fmt::Debug for OpenAiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiClient")
-            .field("endpoint", &self.endpoint)
-            .field("timeout", &self.timeout)
-            .field("api_key", &"***")
-            .finish()
+        f.debug_struct("OpenAiClient").field("endpoint", &self.endpoint).field("timeout", &self.timeout).field("api_key", &"***").finish()
     }
 }
 
@@ -61,13 +55,9 @@ impl OpenAiClient {
     pub fn new(base_url: &str, api_key: &Secret, timeout: Duration) -> Result<Self, LlmError> {
         // The key is redacted from everything this process writes from now on.
         crate::redact::register(api_key.expose());
-        let parsed = url::Url::parse(base_url.trim())
-            .map_err(|e| LlmError::Transport(format!("invalid LLM base URL: {e}")))?;
+        let parsed = url::Url::parse(base_url.trim()).map_err(|e| LlmError::Transport(format!("invalid LLM base URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(LlmError::Transport(format!(
-                "invalid LLM base URL: scheme `{}` is not http or https",
-                parsed.scheme()
-            )));
+            return Err(LlmError::Transport(format!("invalid LLM base URL: scheme `{}` is not http or https", parsed.scheme())));
         }
         let endpoint = format!("{}/chat/completions", base_url.trim().trim_end_matches('/'));
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
@@ -107,22 +97,12 @@ pub fn build_request(request: &LlmRequest) -> Result<CreateChatCompletionRequest
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject => Some(WireFormat::JsonObject),
         ResponseFormat::JsonSchema { name, schema, strict } => Some(WireFormat::JsonSchema {
-            json_schema: ResponseFormatJsonSchema {
-                description: None,
-                name: name.clone(),
-                schema: schema.clone(),
-                strict: Some(*strict),
-            },
+            json_schema: ResponseFormatJsonSchema { description: None, name: name.clone(), schema: schema.clone(), strict: Some(*strict) },
         }),
     };
     let p = &request.params;
     let max = (p.max_output_tokens > 0).then_some(p.max_output_tokens);
-    let mut body = CreateChatCompletionRequest {
-        messages,
-        model: request.model.clone(),
-        response_format,
-        ..Default::default()
-    };
+    let mut body = CreateChatCompletionRequest { messages, model: request.model.clone(), response_format, ..Default::default() };
     body.max_completion_tokens = max;
     if p.reasoning_model {
         body.reasoning_effort = p.reasoning_effort.as_deref().map(parse_effort).transpose()?;
@@ -141,10 +121,8 @@ fn parse_effort(s: &str) -> Result<ReasoningEffort, LlmError> {
 }
 
 fn parse_verbosity(s: &str) -> Result<Verbosity, LlmError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| LlmError::BadRequest {
-        status: 400,
-        message: format!("unsupported verbosity `{s}` (expected low, medium or high)"),
-    })
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| LlmError::BadRequest { status: 400, message: format!("unsupported verbosity `{s}` (expected low, medium or high)") })
 }
 
 /// Maps the provider's usage block onto [`Usage`] (missing details count as zero).
@@ -152,17 +130,9 @@ pub fn usage_from(response: &CreateChatCompletionResponse) -> Usage {
     let Some(u) = &response.usage else { return Usage::default() };
     Usage {
         input_tokens: u64::from(u.prompt_tokens),
-        cached_input_tokens: u
-            .prompt_tokens_details
-            .as_ref()
-            .and_then(|d| d.cached_tokens)
-            .map_or(0, u64::from),
+        cached_input_tokens: u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).map_or(0, u64::from),
         output_tokens: u64::from(u.completion_tokens),
-        reasoning_tokens: u
-            .completion_tokens_details
-            .as_ref()
-            .and_then(|d| d.reasoning_tokens)
-            .map_or(0, u64::from),
+        reasoning_tokens: u.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens).map_or(0, u64::from),
     }
 }
 
@@ -186,11 +156,8 @@ pub fn retry_after_from_headers(headers: &HeaderMap, now: SystemTime) -> Option<
             return Some(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)));
         }
     }
-    let resets: Vec<Duration> = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-        .iter()
-        .filter_map(|h| get(h))
-        .filter_map(parse_go_duration)
-        .collect();
+    let resets: Vec<Duration> =
+        ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"].iter().filter_map(|h| get(h)).filter_map(parse_go_duration).collect();
     resets.into_iter().max()
 }
 
@@ -260,9 +227,8 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 /// body text, cut to a sane length.
 fn error_message(body: &[u8]) -> String {
     let from_json = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| {
-        v.get("error").and_then(|e| {
-            e.get("message").and_then(|m| m.as_str()).map(str::to_string).or_else(|| e.as_str().map(str::to_string))
-        })
+        v.get("error")
+            .and_then(|e| e.get("message").and_then(|m| m.as_str()).map(str::to_string).or_else(|| e.as_str().map(str::to_string)))
     });
     let msg = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
     let msg = if msg.is_empty() { "(no message)".to_string() } else { msg };
@@ -299,8 +265,8 @@ fn transport_error(e: &reqwest::Error) -> LlmError {
 impl LlmClient for OpenAiClient {
     async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         let body = build_request(request)?;
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| LlmError::BadRequest { status: 400, message: format!("cannot encode request: {e}") })?;
+        let body =
+            serde_json::to_vec(&body).map_err(|e| LlmError::BadRequest { status: 400, message: format!("cannot encode request: {e}") })?;
         let response = self
             .http
             .post(&self.endpoint)
@@ -365,10 +331,7 @@ impl LlmClient for OpenAiClient {
                 Some(FinishReason::ToolCalls) | Some(FinishReason::FunctionCall) => "model called a tool instead of answering",
                 _ => "no content",
             };
-            return Err(LlmError::BadRequest {
-                status: status.as_u16(),
-                message: format!("empty model answer: {why}"),
-            });
+            return Err(LlmError::BadRequest { status: status.as_u16(), message: format!("empty model answer: {why}") });
         }
         Ok(LlmResponse { content, usage, model: parsed.model, simulated: false, limits })
     }

@@ -36,19 +36,13 @@ pub struct StrictLimits {
 
 impl Default for StrictLimits {
     fn default() -> Self {
-        StrictLimits {
-            max_properties: 5_000,
-            max_nesting: 10,
-            max_enum_values: 1_000,
-            max_string_chars: 120_000,
-        }
+        StrictLimits { max_properties: 5_000, max_nesting: 10, max_enum_values: 1_000, max_string_chars: 120_000 }
     }
 }
 
 /// String formats OpenAI strict mode documents as supported; others are dropped (the answer is
 /// still checked against the original `format` by [`validate`]).
-const STRICT_FORMATS: &[&str] =
-    &["date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"];
+const STRICT_FORMATS: &[&str] = &["date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"];
 
 /// Keywords copied as they are into the strict schema (after their subschemas are adapted).
 const KEPT_KEYWORDS: &[&str] = &[
@@ -323,16 +317,9 @@ fn strip_nulls_at(root: &Value, schema: &Value, instance: &mut Value, depth: usi
     match instance {
         Value::Object(map) => {
             let Some(props) = schema.get("properties").and_then(Value::as_object) else { return };
-            let required: Vec<&str> = schema
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            map.retain(|k, v| {
-                !(v.is_null()
-                    && !required.contains(&k.as_str())
-                    && props.get(k).is_some_and(|p| !allows_null(root, p)))
-            });
+            let required: Vec<&str> =
+                schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            map.retain(|k, v| !(v.is_null() && !required.contains(&k.as_str()) && props.get(k).is_some_and(|p| !allows_null(root, p))));
             for (k, v) in map.iter_mut() {
                 if let Some(p) = props.get(k) {
                     strip_nulls_at(root, p, v, depth + 1);
@@ -442,10 +429,8 @@ fn compiled(schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
             return Ok(v.clone());
         }
     }
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(schema)
-        .map_err(|e| truncate(&format!("invalid schema: {e}")))?;
+    let validator =
+        jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| truncate(&format!("invalid schema: {e}")))?;
     let validator = Arc::new(validator);
     if let Ok(mut guard) = cache().lock() {
         let (map, order) = &mut *guard;

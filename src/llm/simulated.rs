@@ -245,10 +245,7 @@ impl Gen<'_> {
 }
 
 fn required_names(obj: &Map<String, Value>) -> Vec<&str> {
-    obj.get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+    obj.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
 /// The type to produce: the first non-null declared type, else inferred from the keywords.
@@ -313,11 +310,8 @@ fn string(obj: &Map<String, Value>, name: &str, salt: usize) -> String {
         "regex" => "^[a-z]+$".into(),
         _ => sample_text(name, salt),
     };
-    let min = obj
-        .get("minLength")
-        .and_then(Value::as_u64)
-        .or_else(|| hint(obj, "minLength").and_then(|v| v.parse().ok()))
-        .unwrap_or(0) as usize;
+    let min =
+        obj.get("minLength").and_then(Value::as_u64).or_else(|| hint(obj, "minLength").and_then(|v| v.parse().ok())).unwrap_or(0) as usize;
     let len = s.chars().count();
     if len < min {
         s.extend(std::iter::repeat_n('x', (min - len).min(100_000)));
@@ -376,14 +370,36 @@ fn bounds(obj: &Map<String, Value>) -> (f64, f64, bool, bool) {
 
 fn integer(obj: &Map<String, Value>, salt: usize) -> Value {
     let (lo, hi, lo_excl, hi_excl) = bounds(obj);
-    let min = if lo.is_finite() { if lo_excl { lo.floor() + 1.0 } else { lo.ceil() } } else { f64::MIN };
-    let max = if hi.is_finite() { if hi_excl { hi.ceil() - 1.0 } else { hi.floor() } } else { f64::MAX };
+    let min = if lo.is_finite() {
+        if lo_excl {
+            lo.floor() + 1.0
+        } else {
+            lo.ceil()
+        }
+    } else {
+        f64::MIN
+    };
+    let max = if hi.is_finite() {
+        if hi_excl {
+            hi.ceil() - 1.0
+        } else {
+            hi.floor()
+        }
+    } else {
+        f64::MAX
+    };
     let mut v = (1 + salt) as f64;
     v = v.max(min).min(max);
     if let Some(step) = obj.get("multipleOf").and_then(Value::as_f64).filter(|s| *s > 0.0) {
         let up = (v / step).ceil() * step;
         let down = (v / step).floor() * step;
-        v = if up <= max && up.fract() == 0.0 { up } else if down >= min && down.fract() == 0.0 { down } else { v };
+        v = if up <= max && up.fract() == 0.0 {
+            up
+        } else if down >= min && down.fract() == 0.0 {
+            down
+        } else {
+            v
+        };
     }
     if v.abs() < 9.0e15 {
         Value::Number(Number::from(v as i64))
@@ -413,7 +429,11 @@ fn number(obj: &Map<String, Value>, salt: usize) -> Value {
     }
     if hi.is_finite() && (v > hi || (hi_excl && v >= hi)) {
         v = if hi_excl {
-            if lo.is_finite() { lo + (hi - lo) / 2.0 } else { hi - 1.0 }
+            if lo.is_finite() {
+                lo + (hi - lo) / 2.0
+            } else {
+                hi - 1.0
+            }
         } else {
             hi
         };

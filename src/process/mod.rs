@@ -373,11 +373,7 @@ impl Processor {
         }
         let content = match (&page, &pages) {
             (Some(p), _) => p.markdown.clone(),
-            (None, Some(ps)) => ps
-                .iter()
-                .map(|cp| format!("## Page: {}\n\n{}", cp.url, cp.page.markdown))
-                .collect::<Vec<_>>()
-                .join("\n\n"),
+            (None, Some(ps)) => ps.iter().map(|cp| format!("## Page: {}\n\n{}", cp.url, cp.page.markdown)).collect::<Vec<_>>().join("\n\n"),
             _ => String::new(),
         };
         let (content, truncated) = page::truncate_to_tokens(&content, self.settings.llm.max_input_tokens);
@@ -448,13 +444,8 @@ impl Processor {
                 call.settled = true;
                 continue;
             };
-            let charge = crate::backend::Charge::single(
-                reservation_id,
-                job_id.clone(),
-                call.model.clone(),
-                tenant.as_deref(),
-                call.cost_micros,
-            );
+            let charge =
+                crate::backend::Charge::single(reservation_id, job_id.clone(), call.model.clone(), tenant.as_deref(), call.cost_micros);
             self.backends
                 .ledger
                 .settle(&period, &charge)
@@ -516,7 +507,8 @@ impl Processor {
                         Ok(data) => return Ok((data, model)),
                         Err(why) => {
                             debug!(model = %model, why = %why, "model output rejected");
-                            last_error = JobError::transient("invalid_output", format!("{model} answered output that fails the schema: {why}"));
+                            last_error =
+                                JobError::transient("invalid_output", format!("{model} answered output that fails the schema: {why}"));
                             if escalations < self.settings.routing.max_escalations {
                                 if let Some(next) = self.router.escalate(&model) {
                                     telemetry::escalation(&model, &next);
@@ -536,7 +528,10 @@ impl Processor {
                             self.limits.rate_limited(&model, retry_after).await;
                         }
                         LlmError::BadRequest { status, message } => {
-                            return Err(JobError::permanent("llm_bad_request", format!("{model} rejected the request ({status}): {message}")));
+                            return Err(JobError::permanent(
+                                "llm_bad_request",
+                                format!("{model} rejected the request ({status}): {message}"),
+                            ));
                         }
                         LlmError::Unfinished { reason: Unfinished::Length, message, .. } => {
                             calls += 1;
@@ -549,7 +544,9 @@ impl Processor {
                             if !length_retried && fits {
                                 length_retried = true;
                                 bigger_cap = Some(cap);
-                            } else if let Some(next) = self.router.escalate(&model).filter(|_| escalations < self.settings.routing.max_escalations) {
+                            } else if let Some(next) =
+                                self.router.escalate(&model).filter(|_| escalations < self.settings.routing.max_escalations)
+                            {
                                 telemetry::escalation(&model, &next);
                                 escalations += 1;
                                 model = next;
@@ -561,11 +558,7 @@ impl Processor {
                         other => {
                             calls += 1;
                             last_error = JobError::transient(status, format!("{model}: {other}"));
-                            let next = self
-                                .router
-                                .fallbacks(&model)
-                                .into_iter()
-                                .find(|m| !fallbacks_used.contains(m) && *m != model);
+                            let next = self.router.fallbacks(&model).into_iter().find(|m| !fallbacks_used.contains(m) && *m != model);
                             match next {
                                 Some(next) => {
                                     telemetry::fallback(&model, &next);

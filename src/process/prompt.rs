@@ -49,8 +49,7 @@ impl Prompt {
         }
         user.push_str("Page content (Markdown):\n");
         user.push_str(content);
-        let input_tokens =
-            page::count_tokens(&system) as u64 + page::count_tokens(&user) as u64 + schema_tokens + FRAMING_TOKENS;
+        let input_tokens = page::count_tokens(&system) as u64 + page::count_tokens(&user) as u64 + schema_tokens + FRAMING_TOKENS;
         Prompt { system, user, input_tokens }
     }
 }

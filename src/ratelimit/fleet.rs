@@ -76,13 +76,9 @@ pub(crate) fn plan(rpm: u64, tpm: u64, window_secs: u64) -> Option<WindowPlan> {
             .max_by(|a, b| usable(*a).cmp(&usable(*b)).then(b.cmp(a)))
             .unwrap_or(60)
     };
-    let requests =
-        window_cap(rpm, w).map_or(u32::MAX, |c| u32::try_from(c.max(1)).unwrap_or(u32::MAX));
+    let requests = window_cap(rpm, w).map_or(u32::MAX, |c| u32::try_from(c.max(1)).unwrap_or(u32::MAX));
     let tokens = window_cap(tpm, w).map_or(u64::MAX, |c| c.max(1));
-    Some(WindowPlan {
-        window_ms: w * 1000,
-        cap: RateUnits { requests, tokens },
-    })
+    Some(WindowPlan { window_ms: w * 1000, cap: RateUnits { requests, tokens } })
 }
 
 /// Wall-clock milliseconds read through tokio's clock: the Unix time at start plus tokio's
@@ -95,14 +91,9 @@ pub(crate) struct FleetClock {
 
 impl FleetClock {
     pub(crate) fn new() -> FleetClock {
-        let origin_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        FleetClock {
-            origin_unix_ms,
-            origin: Instant::now(),
-        }
+        let origin_unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
+        FleetClock { origin_unix_ms, origin: Instant::now() }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -185,9 +176,7 @@ impl SharedLimit {
         let mut cap = self.plan.cap;
         if provider > 0 {
             if let Some(c) = window_cap(provider, self.plan.window_ms / 1000) {
-                cap.requests = cap
-                    .requests
-                    .min(u32::try_from(c.max(1)).unwrap_or(u32::MAX));
+                cap.requests = cap.requests.min(u32::try_from(c.max(1)).unwrap_or(u32::MAX));
             }
         }
         cap
@@ -209,12 +198,7 @@ impl SharedLimit {
 
     /// Waits for one request slot and `tokens` tokens from the shared windows. `Err` when the
     /// store failed or did not answer in [`STORE_TIMEOUT`] (the caller falls back).
-    pub(crate) async fn acquire(
-        &self,
-        store: &dyn RateStore,
-        clock: &FleetClock,
-        tokens: u64,
-    ) -> Result<Taken, BackendError> {
+    pub(crate) async fn acquire(&self, store: &dyn RateStore, clock: &FleetClock, tokens: u64) -> Result<Taken, BackendError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         telemetry::ratelimit_waiting(&self.model, 1);
         let _waiting = Waiting(self);
@@ -223,70 +207,38 @@ impl SharedLimit {
             let now = clock.now_ms();
             let window = self.window_at(now);
             if lease.window != window {
-                let before = if lease.window + 1 == window {
-                    lease.used
-                } else {
-                    0
-                };
-                *lease = Lease {
-                    window,
-                    used_before: before,
-                    ..Lease::default()
-                };
+                let before = if lease.window + 1 == window { lease.used } else { 0 };
+                *lease = Lease { window, used_before: before, ..Lease::default() };
             }
             let cap = self.cap();
             let need = RateUnits {
                 requests: u32::from(cap.requests != u32::MAX),
-                tokens: if cap.tokens == u64::MAX {
-                    0
-                } else {
-                    tokens.min(cap.tokens)
-                },
+                tokens: if cap.tokens == u64::MAX { 0 } else { tokens.min(cap.tokens) },
             };
             if lease.left.requests >= need.requests && lease.left.tokens >= need.tokens {
                 lease.left.requests -= need.requests;
                 lease.left.tokens -= need.tokens;
                 lease.used += 1;
                 telemetry::ratelimit_used(&self.model, need);
-                return Ok(Taken {
-                    window,
-                    units: need,
-                });
+                return Ok(Taken { window, units: need });
             }
             if !lease.full {
                 let waiting = self.waiting.load(Ordering::Relaxed);
-                let batch = waiting
-                    .max(lease.used_before / BATCH_SHARE_OF_LAST_USE)
-                    .clamp(1, (cap.requests / BATCH_SHARE_OF_WINDOW).max(1));
+                let batch =
+                    waiting.max(lease.used_before / BATCH_SHARE_OF_LAST_USE).clamp(1, (cap.requests / BATCH_SHARE_OF_WINDOW).max(1));
                 let want = RateUnits {
-                    requests: if lease.left.requests >= need.requests {
-                        0
-                    } else {
-                        batch * need.requests
-                    },
+                    requests: if lease.left.requests >= need.requests { 0 } else { batch * need.requests },
                     tokens: if lease.left.tokens >= need.tokens {
                         0
                     } else {
-                        need.tokens
-                            .saturating_mul(u64::from(batch))
-                            .min(cap.tokens)
-                            .max(need.tokens - lease.left.tokens)
+                        need.tokens.saturating_mul(u64::from(batch)).min(cap.tokens).max(need.tokens - lease.left.tokens)
                     },
                 };
                 self.counters.store_writes.fetch_add(1, Ordering::Relaxed);
-                let got = match tokio::time::timeout(
-                    STORE_TIMEOUT,
-                    store.take(&self.model, window, want, cap),
-                )
-                .await
-                {
+                let got = match tokio::time::timeout(STORE_TIMEOUT, store.take(&self.model, window, want, cap)).await {
                     Ok(Ok(got)) => got,
                     Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(BackendError::Transient(format!(
-                            "rate store did not answer in {STORE_TIMEOUT:?}"
-                        )))
-                    }
+                    Err(_) => return Err(BackendError::Transient(format!("rate store did not answer in {STORE_TIMEOUT:?}"))),
                 };
                 telemetry::ratelimit_leased(&self.model, got);
                 if got != RateUnits::default() {
@@ -305,12 +257,7 @@ impl SharedLimit {
 
     /// Gives back a unit taken for a call that was never sent (still the current window only:
     /// a past window's capacity is of no use to anyone).
-    pub(crate) async fn give_back(
-        &self,
-        store: &dyn RateStore,
-        clock: &FleetClock,
-        taken: Taken,
-    ) -> Result<(), BackendError> {
+    pub(crate) async fn give_back(&self, store: &dyn RateStore, clock: &FleetClock, taken: Taken) -> Result<(), BackendError> {
         {
             let mut lease = self.lease.lock().await;
             if lease.window == taken.window && !lease.full {
@@ -324,12 +271,7 @@ impl SharedLimit {
         if self.window_at(clock.now_ms()) != taken.window {
             return Ok(());
         }
-        match tokio::time::timeout(
-            STORE_TIMEOUT,
-            store.give_back(&self.model, taken.window, taken.units),
-        )
-        .await
-        {
+        match tokio::time::timeout(STORE_TIMEOUT, store.give_back(&self.model, taken.window, taken.units)).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Transient("rate store did not answer".into())),
         }
@@ -346,9 +288,7 @@ impl SharedLimit {
         max_windows: u64,
     ) -> Result<(), BackendError> {
         let first = self.window_at(clock.now_ms());
-        let last = self
-            .window_at(until_ms)
-            .min(first + max_windows.saturating_sub(1));
+        let last = self.window_at(until_ms).min(first + max_windows.saturating_sub(1));
         {
             let mut lease = self.lease.lock().await;
             if lease.window == first {
@@ -381,17 +321,10 @@ mod tests {
             let p = plan(rpm, 0, 0).expect("limited");
             let w = p.window_ms / 1000;
             let worst_minute = u64::from(p.cap.requests) * windows_per_minute_span(w);
-            assert!(
-                worst_minute <= rpm.max(2),
-                "rpm {rpm}: window {w}s cap {} allows {worst_minute}",
-                p.cap.requests
-            );
+            assert!(worst_minute <= rpm.max(2), "rpm {rpm}: window {w}s cap {} allows {worst_minute}", p.cap.requests);
             let usable = u64::from(p.cap.requests) * 60 / w;
             if rpm >= 60 {
-                assert!(
-                    usable * 100 >= rpm * 85,
-                    "rpm {rpm}: only {usable}/min usable"
-                );
+                assert!(usable * 100 >= rpm * 85, "rpm {rpm}: only {usable}/min usable");
             }
         }
         let p = plan(0, 2_000_000, 0).expect("limited");

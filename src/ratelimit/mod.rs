@@ -185,10 +185,7 @@ impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&String> = self.models.keys().collect();
         names.sort();
-        f.debug_struct("RateLimits")
-            .field("models", &names)
-            .field("fleet", &self.fleet.is_some())
-            .finish()
+        f.debug_struct("RateLimits").field("models", &names).field("fleet", &self.fleet.is_some()).finish()
     }
 }
 
@@ -254,13 +251,9 @@ impl RateLimits {
     pub fn from_settings(s: &Settings, store: Arc<dyn RateStore>) -> RateLimits {
         match s.rate_limit.scope {
             RateScope::Process => RateLimits::new(&s.models, largest_request(s)),
-            RateScope::Fleet => RateLimits::fleet(
-                &s.models,
-                largest_request(s),
-                store,
-                s.rate_limit.window_secs,
-                s.rate_limit.fallback_replicas,
-            ),
+            RateScope::Fleet => {
+                RateLimits::fleet(&s.models, largest_request(s), store, s.rate_limit.window_secs, s.rate_limit.fallback_replicas)
+            }
         }
     }
 
@@ -321,9 +314,8 @@ impl RateLimits {
         let Ok(mut p) = l.penalty.lock() else {
             return Duration::ZERO;
         };
-        let pause = retry_after
-            .unwrap_or_else(|| DEFAULT_RATE_LIMIT_PAUSE.saturating_mul(1u32 << p.strikes.min(6)))
-            .min(MAX_RATE_LIMIT_PAUSE);
+        let pause =
+            retry_after.unwrap_or_else(|| DEFAULT_RATE_LIMIT_PAUSE.saturating_mul(1u32 << p.strikes.min(6))).min(MAX_RATE_LIMIT_PAUSE);
         p.strikes = p.strikes.saturating_add(1);
         let until = Instant::now() + pause;
         p.until = Some(p.until.map_or(until, |u| u.max(until)));
@@ -410,10 +402,7 @@ impl RateLimits {
     /// True while `model` runs on its fallback share: the shared store failed and has not
     /// answered since (it is tried again every [`STORE_RETRY`]).
     pub fn on_fallback(&self, model: &str) -> bool {
-        self.models
-            .get(model)
-            .and_then(|l| l.fleet.as_ref())
-            .is_some_and(|f| f.down_until.lock().ok().is_some_and(|d| d.is_some()))
+        self.models.get(model).and_then(|l| l.fleet.as_ref()).is_some_and(|f| f.down_until.lock().ok().is_some_and(|d| d.is_some()))
     }
 }
 
@@ -458,14 +447,7 @@ mod tests {
 
     fn table(rpm: u32, tpm: u32) -> BTreeMap<String, ModelSettings> {
         let mut m = BTreeMap::new();
-        m.insert(
-            "m".to_string(),
-            ModelSettings {
-                rpm,
-                tpm,
-                ..ModelSettings::default()
-            },
-        );
+        m.insert("m".to_string(), ModelSettings { rpm, tpm, ..ModelSettings::default() });
         m
     }
 
@@ -507,10 +489,7 @@ mod tests {
         assert_eq!(rl.acquire("m", 1).await.waited, Duration::from_secs(4));
         rl.on_success("m");
         assert_eq!(rl.on_rate_limited("m", None), Duration::from_secs(1));
-        assert_eq!(
-            rl.on_rate_limited("m", Some(Duration::from_secs(3600))),
-            MAX_RATE_LIMIT_PAUSE
-        );
+        assert_eq!(rl.on_rate_limited("m", Some(Duration::from_secs(3600))), MAX_RATE_LIMIT_PAUSE);
         assert_eq!(rl.on_rate_limited("unknown", None), Duration::ZERO);
     }
 }

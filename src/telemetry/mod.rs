@@ -94,14 +94,11 @@ pub mod names {
 use names::*;
 
 /// Histogram buckets (upper bounds, seconds) for one job attempt: 50 ms to 10 min.
-pub const JOB_DURATION_BUCKETS: &[f64] =
-    &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+pub const JOB_DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 /// Histogram buckets (upper bounds, seconds) for queue wait: 100 ms to 12 h (SQS's longest backoff).
-pub const QUEUE_WAIT_BUCKETS: &[f64] =
-    &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0];
+pub const QUEUE_WAIT_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0];
 /// Histogram buckets (upper bounds, seconds) for one model call: 100 ms to 2 min.
-pub const LLM_LATENCY_BUCKETS: &[f64] =
-    &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
+pub const LLM_LATENCY_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
 
 /// How often the recorder's upkeep (draining histogram buffers) runs when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,7 +106,14 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_LABEL_LEN: usize = 64;
 
 /// Log directives added to `telemetry.log_level` unless it names an `aws` target itself.
-const QUIET_SDK_TARGETS: &[&str] = &["aws_config=error", "aws_smithy_runtime=error", "aws_smithy_runtime_api=error", "aws_sdk_sqs=error", "aws_sdk_dynamodb=error", "aws_sdk_s3=error"];
+const QUIET_SDK_TARGETS: &[&str] = &[
+    "aws_config=error",
+    "aws_smithy_runtime=error",
+    "aws_smithy_runtime_api=error",
+    "aws_sdk_sqs=error",
+    "aws_sdk_dynamodb=error",
+    "aws_sdk_s3=error",
+];
 
 /// Sets up structured logging on stderr: JSON or human-readable per `t.log_format`.
 ///
@@ -134,7 +138,9 @@ pub fn init_tracing(t: &TelemetrySettings) {
         None => match EnvFilter::try_new(&t.log_level) {
             // The AWS SDK logs every failed credentials provider and retry at WARN, kilobytes of
             // debug output around one error the worker reports in a line of its own.
-            Ok(f) if !t.log_level.contains("aws") => QUIET_SDK_TARGETS.iter().filter_map(|d| d.parse().ok()).fold(f, |f, d| f.add_directive(d)),
+            Ok(f) if !t.log_level.contains("aws") => {
+                QUIET_SDK_TARGETS.iter().filter_map(|d| d.parse().ok()).fold(f, |f, d| f.add_directive(d))
+            }
             Ok(f) => f,
             Err(e) => {
                 problem = Some(format!("telemetry.log_level is not a valid filter ({e}); using info"));
@@ -144,18 +150,8 @@ pub fn init_tracing(t: &TelemetrySettings) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let installed = match t.log_format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
-            .try_init()
-            .is_ok(),
-        LogFormat::Pretty => builder
-            .with_target(true)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-            .is_ok(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init().is_ok(),
+        LogFormat::Pretty => builder.with_target(true).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init().is_ok(),
     };
     if installed {
         if let Some(p) = problem {
@@ -229,30 +225,77 @@ fn build(stage_label: &str) -> Telemetry {
 fn describe_all() {
     describe_counter!(JOBS_TOTAL, Unit::Count, "Job attempts finished, by outcome (completed, failed, retried, dead_lettered, duplicate, deferred, busy) and low-cardinality reason.");
     describe_histogram!(JOB_DURATION_SECONDS, Unit::Seconds, "Wall time of one job attempt from claim to outcome, in seconds, by outcome.");
-    describe_histogram!(JOB_QUEUE_WAIT_SECONDS, Unit::Seconds, "Time from a message's first send to the start of this attempt, in seconds.");
+    describe_histogram!(
+        JOB_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from a message's first send to the start of this attempt, in seconds."
+    );
     describe_gauge!(JOBS_IN_FLIGHT, Unit::Count, "Job attempts running now in this worker process.");
     describe_counter!(MESSAGES_RECEIVED_TOTAL, Unit::Count, "Messages received from the stage's job queue.");
     describe_counter!(MESSAGES_DELETED_TOTAL, Unit::Count, "Messages deleted from the stage's job queue (job finished for good).");
     describe_counter!(VISIBILITY_EXTENSIONS_TOTAL, Unit::Count, "Visibility-timeout extensions (heartbeats) of in-flight messages.");
-    describe_counter!(LLM_REQUESTS_TOTAL, Unit::Count, "Model calls by model and status (ok, invalid_output, rate_limited, server_error, timeout, bad_request, transport).");
+    describe_counter!(
+        LLM_REQUESTS_TOTAL,
+        Unit::Count,
+        "Model calls by model and status (ok, invalid_output, rate_limited, server_error, timeout, bad_request, transport)."
+    );
     describe_histogram!(LLM_REQUEST_DURATION_SECONDS, Unit::Seconds, "Latency of one model call, in seconds, by model.");
-    describe_counter!(LLM_TOKENS_TOTAL, Unit::Count, "Tokens by model and kind; input includes cached_input and output includes reasoning.");
+    describe_counter!(
+        LLM_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens by model and kind; input includes cached_input and output includes reasoning."
+    );
     describe_gauge!(BUDGET_LIMIT_USD, "The stage's monthly budget limit, in USD.");
     describe_gauge!(BUDGET_SPENT_USD, "Settled spend this calendar month (UTC) for the whole stage, in USD.");
     describe_gauge!(BUDGET_RESERVED_USD, "Live budget reservations this month for the whole stage, in USD.");
     describe_gauge!(BUDGET_REMAINING_USD, "Budget limit minus spent minus reserved, in USD (negative when overspent).");
     describe_counter!(RATELIMIT_WAITS_TOTAL, Unit::Count, "Model calls that had to wait for the per-model rate limiter, by model.");
-    describe_gauge!(RATELIMIT_WAITING, Unit::Count, "Model calls of this worker waiting for rate-limit capacity now, by model (a KEDA trigger: the key is the bottleneck).");
-    describe_counter!(RATELIMIT_LEASED_TOTAL, Unit::Count, "Capacity this worker leased from the stage's shared rate-limit windows, by model and unit (requests, tokens).");
-    describe_counter!(RATELIMIT_USED_TOTAL, Unit::Count, "Leased rate-limit capacity used by model calls, by model and unit (requests, tokens).");
-    describe_counter!(RATELIMIT_STORE_WRITES_TOTAL, Unit::Count, "Takes from the shared rate-limit store, by model and result (granted, full).");
-    describe_counter!(AWS_REQUESTS_TOTAL, Unit::Count, "AWS requests sent (HTTP attempts, retries included), by service (sqs, dynamodb, s3) and operation.");
-    describe_gauge!(RATELIMIT_FALLBACK, "1 while a model runs on this worker's fallback share of its limits because the shared store is unreachable, else 0.");
+    describe_gauge!(
+        RATELIMIT_WAITING,
+        Unit::Count,
+        "Model calls of this worker waiting for rate-limit capacity now, by model (a KEDA trigger: the key is the bottleneck)."
+    );
+    describe_counter!(
+        RATELIMIT_LEASED_TOTAL,
+        Unit::Count,
+        "Capacity this worker leased from the stage's shared rate-limit windows, by model and unit (requests, tokens)."
+    );
+    describe_counter!(
+        RATELIMIT_USED_TOTAL,
+        Unit::Count,
+        "Leased rate-limit capacity used by model calls, by model and unit (requests, tokens)."
+    );
+    describe_counter!(
+        RATELIMIT_STORE_WRITES_TOTAL,
+        Unit::Count,
+        "Takes from the shared rate-limit store, by model and result (granted, full)."
+    );
+    describe_counter!(
+        AWS_REQUESTS_TOTAL,
+        Unit::Count,
+        "AWS requests sent (HTTP attempts, retries included), by service (sqs, dynamodb, s3) and operation."
+    );
+    describe_gauge!(
+        RATELIMIT_FALLBACK,
+        "1 while a model runs on this worker's fallback share of its limits because the shared store is unreachable, else 0."
+    );
     describe_counter!(ROUTE_DECISIONS_TOTAL, Unit::Count, "Routing decisions by tier and reason (score, override, cheaper, forced).");
-    describe_counter!(LLM_ESCALATIONS_TOTAL, Unit::Count, "Escalations to a stronger model after invalid output, by from_model and to_model.");
+    describe_counter!(
+        LLM_ESCALATIONS_TOTAL,
+        Unit::Count,
+        "Escalations to a stronger model after invalid output, by from_model and to_model."
+    );
     describe_counter!(LLM_FALLBACKS_TOTAL, Unit::Count, "Fallbacks to another model after a model error, by from_model and to_model.");
-    describe_counter!(LLM_USAGE_IMPLAUSIBLE_TOTAL, Unit::Count, "Model answers whose reported usage exceeded what the request could use; charged at the bound, by model.");
-    describe_gauge!(QUEUE_MESSAGES, Unit::Count, "Approximate messages in the stage's queues by state (visible, in_flight, delayed, dead_letter).");
+    describe_counter!(
+        LLM_USAGE_IMPLAUSIBLE_TOTAL,
+        Unit::Count,
+        "Model answers whose reported usage exceeded what the request could use; charged at the bound, by model."
+    );
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        Unit::Count,
+        "Approximate messages in the stage's queues by state (visible, in_flight, delayed, dead_letter)."
+    );
     describe_gauge!(WORKER_READY, "1 when this worker is ready (backends reachable, not draining), else 0.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
 }
@@ -333,11 +376,7 @@ fn add_float(name: &'static str, labels: Vec<(&'static str, String)>, millionths
 /// Bounds a label value: at most 64 characters from `[A-Za-z0-9_.:/-]` (others become `_`),
 /// `none` when empty. Keeps a bad caller from blowing up series size or exposition syntax.
 fn label(v: &str) -> String {
-    let s: String = v
-        .chars()
-        .take(MAX_LABEL_LEN)
-        .map(|c| if c.is_ascii_alphanumeric() || "_.:/-".contains(c) { c } else { '_' })
-        .collect();
+    let s: String = v.chars().take(MAX_LABEL_LEN).map(|c| if c.is_ascii_alphanumeric() || "_.:/-".contains(c) { c } else { '_' }).collect();
     if s.is_empty() {
         "none".into()
     } else {
@@ -346,8 +385,7 @@ fn label(v: &str) -> String {
 }
 
 /// The `status` values of `atlas_llm_requests_total` (anything else is counted as `other`).
-pub const LLM_STATUSES: &[&str] =
-    &["ok", "invalid_output", "rate_limited", "server_error", "timeout", "bad_request", "transport"];
+pub const LLM_STATUSES: &[&str] = &["ok", "invalid_output", "rate_limited", "server_error", "timeout", "bad_request", "transport"];
 /// The `reason` values of `atlas_route_decisions_total` (anything else is counted as `other`).
 pub const ROUTE_REASONS: &[&str] = &["score", "override", "cheaper", "forced"];
 
@@ -431,13 +469,7 @@ impl std::fmt::Display for Outcome {
 /// `reason` must be low-cardinality: `ok` for completed, [`crate::error::JobError::kind`] for
 /// failures, `already_completed` / `lease_held` style words otherwise (empty becomes `none`).
 /// `error` is the human-readable detail for the log only; it must never hold secrets.
-pub fn job_outcome(
-    job_id: &str,
-    outcome: Outcome,
-    reason: &str,
-    duration: Duration,
-    error: Option<&str>,
-) {
+pub fn job_outcome(job_id: &str, outcome: Outcome, reason: &str, duration: Duration, error: Option<&str>) {
     let reason = label(reason);
     let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let error = error.map(sanitize_error);
@@ -500,13 +532,7 @@ pub fn visibility_extended() {
 /// `bad_request`, `transport` (anything else is counted as `other`). Tokens are counted by kind
 /// (`input` includes `cached_input`, `output` includes `reasoning`, exactly as in
 /// [`Usage`]); `cost_micros` (micro-USD, negative treated as 0) goes to `atlas_llm_cost_usd_total`.
-pub fn llm_request(
-    model: &str,
-    status: &str,
-    latency: Duration,
-    usage: Option<&Usage>,
-    cost_micros: i64,
-) {
+pub fn llm_request(model: &str, status: &str, latency: Duration, usage: Option<&Usage>, cost_micros: i64) {
     let model = label(model);
     let status = known(status, LLM_STATUSES);
     counter!(LLM_REQUESTS_TOTAL, "model" => model.clone(), "status" => status).increment(1);
@@ -534,23 +560,24 @@ pub fn route_decision(tier: &str, reason: &str) {
 
 /// Invalid output moved a job from one model to a stronger one.
 pub fn escalation(from_model: &str, to_model: &str) {
-    counter!(LLM_ESCALATIONS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model))
-        .increment(1);
+    counter!(LLM_ESCALATIONS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model)).increment(1);
 }
 
 /// A model error moved a job from one model to its configured fallback.
 pub fn fallback(from_model: &str, to_model: &str) {
-    counter!(LLM_FALLBACKS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model))
-        .increment(1);
+    counter!(LLM_FALLBACKS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model)).increment(1);
 }
 
 /// A provider reported more usage than the request could use: logged with both counts and
 /// counted; the call was charged `charged`, not the claim.
 pub fn llm_usage_implausible(job_id: &str, model: &str, claimed: &Usage, charged: &Usage) {
     tracing::warn!(
-        job_id, model,
-        claimed_input = claimed.input_tokens, claimed_output = claimed.output_tokens,
-        charged_input = charged.input_tokens, charged_output = charged.output_tokens,
+        job_id,
+        model,
+        claimed_input = claimed.input_tokens,
+        claimed_output = claimed.output_tokens,
+        charged_input = charged.input_tokens,
+        charged_output = charged.output_tokens,
         "provider usage exceeds what the request could use; charged at the bound"
     );
     counter!(LLM_USAGE_IMPLAUSIBLE_TOTAL, "model" => label(model)).increment(1);

@@ -76,8 +76,7 @@ impl LlmClient for ScriptedLlm {
     async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.models.lock().unwrap().push(request.model.clone());
-        let failing = self.always_fail
-            || self.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let failing = self.always_fail || self.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if failing {
             return Err(LlmError::Server { status: 500, message: "scripted failure".into() });
         }

@@ -19,6 +19,9 @@
 //! Each macro expands to one `#[tokio::test]` per check (put it in its own `mod` to run several
 //! implementations in one file). The `*_contract` functions run a whole suite in one call.
 
+// Each test binary uses the macros of the stores it tests; the rest are unused there.
+#![allow(unused_macros)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -26,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atlas_codex::backend::{
-    ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, RateStore,
-    RateUnits, RedrivePlan, RedriveSelect, Reservation, ReserveOutcome,
+    ArtifactStore, BackendError, BudgetLedger, Charge, Claim, JobStore, Message, Queue, RateStore, RateUnits, RedrivePlan, RedriveSelect,
+    Reservation, ReserveOutcome,
 };
 use atlas_codex::job::{Attempt, JobRecord, JobStatus, Usage};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -308,7 +311,8 @@ pub async fn queue_dlq_redrive(make: &MakeQueue) {
     assert!(!r.moved.contains_key("invalid_message"), "{r:?}");
     assert_eq!(q.dlq_peek(10).await.expect("peek").len(), 3);
     // No more than `examine` looked at.
-    let r = q.dlq_redrive(&plan(1, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["nothing_like_it".to_string()])))).await.expect("examine 1");
+    let r =
+        q.dlq_redrive(&plan(1, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["nothing_like_it".to_string()])))).await.expect("examine 1");
     assert_eq!((r.examined(), r.moved_total()), (1, 0), "{r:?}");
     // The rest of the retryable ones; the permanent one is left, and said so.
     let r = q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::Retryable)).await.expect("redrive retryable");
@@ -317,7 +321,10 @@ pub async fn queue_dlq_redrive(make: &MakeQueue) {
     let dlq = q.dlq_peek(10).await.expect("peek");
     assert_eq!(dlq.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["p1"], "what is left stays in the DLQ");
     // Named, a permanent kind moves.
-    let r = q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["invalid_message".to_string()])))).await.expect("redrive by kind");
+    let r = q
+        .dlq_redrive(&plan(10, u64::MAX, RedriveSelect::Kinds(BTreeSet::from(["invalid_message".to_string()]))))
+        .await
+        .expect("redrive by kind");
     assert_eq!(r.moved, BTreeMap::from([("invalid_message".to_string(), 1)]));
     assert!(q.dlq_peek(10).await.expect("peek").is_empty());
     assert_eq!(q.dlq_redrive(&plan(10, u64::MAX, RedriveSelect::All)).await.expect("redrive empty").moved_total(), 0);
@@ -640,9 +647,7 @@ pub async fn jobs_list(make: &MakeJobs) {
     let s = make().await;
     let base = Utc::now() - ChronoDuration::hours(1);
     let mut ids = Vec::new();
-    for (i, status) in
-        [JobStatus::Pending, JobStatus::Completed, JobStatus::Pending, JobStatus::Failed].iter().enumerate()
-    {
+    for (i, status) in [JobStatus::Pending, JobStatus::Completed, JobStatus::Pending, JobStatus::Failed].iter().enumerate() {
         let id = uniq(&format!("list{i}"));
         let mut r = JobRecord::new(&id, "st", t(base, i as i64 * 10));
         r.status = *status;
@@ -652,8 +657,7 @@ pub async fn jobs_list(make: &MakeJobs) {
     let all: Vec<String> = s.list(None, 100).await.expect("list").into_iter().map(|r| r.id).collect();
     let expected: Vec<String> = ids.iter().rev().cloned().collect();
     assert_eq!(all, expected, "newest first");
-    let pending: Vec<String> =
-        s.list(Some(JobStatus::Pending), 100).await.expect("list").into_iter().map(|r| r.id).collect();
+    let pending: Vec<String> = s.list(Some(JobStatus::Pending), 100).await.expect("list").into_iter().map(|r| r.id).collect();
     assert_eq!(pending, vec![ids[2].clone(), ids[0].clone()]);
     let failed = s.list(Some(JobStatus::Failed), 100).await.expect("list");
     assert_eq!(failed.len(), 1);
@@ -739,9 +743,7 @@ pub async fn jobs_concurrent_claim(make: &MakeJobs) {
     let mut tasks = Vec::new();
     for w in 0..8 {
         let (s, id) = (s.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            s.claim(&id, "st", &format!("w{w}"), t(now, 60), now).await.expect("claim")
-        }));
+        tasks.push(tokio::spawn(async move { s.claim(&id, "st", &format!("w{w}"), t(now, 60), now).await.expect("claim") }));
     }
     let mut winners = 0;
     for task in tasks {
@@ -829,10 +831,13 @@ pub async fn ledger_expiry_frees_budget(make: &MakeLedger) {
     let l = make().await;
     let now = Utc::now();
     assert_eq!(l.reserve(PERIOD, &res("old", 900, t(now, 60)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
-    assert!(matches!(
-        l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
-        ReserveOutcome::Refused { reserved_micros: 900, .. }
-    ), "a lapsed hold still blocks: its money may have been spent");
+    assert!(
+        matches!(
+            l.reserve(PERIOD, &res("new", 200, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
+            ReserveOutcome::Refused { reserved_micros: 900, .. }
+        ),
+        "a lapsed hold still blocks: its money may have been spent"
+    );
     let snap = l.snapshot(PERIOD, t(now, 61)).await.expect("snapshot");
     assert_eq!((snap.reserved_micros, snap.lapsed_micros), (0, 900), "{snap:?}");
     assert_eq!(l.snapshot(PERIOD, t(now, 30)).await.expect("snapshot").reserved_micros, 900);
@@ -856,17 +861,22 @@ pub async fn ledger_settle_idempotent(make: &MakeLedger) {
     let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
     assert_eq!((snap.spent_micros, snap.reserved_micros), (300, 0), "{snap:?}");
     assert_eq!(snap.by_model.get("m1"), Some(&300));
-    assert_eq!(l.reserve(PERIOD, &res("s2", 701, t(now, 600)), 1000, now).await.expect("reserve"),
-        ReserveOutcome::Refused { spent_micros: 300, reserved_micros: 0 });
+    assert_eq!(
+        l.reserve(PERIOD, &res("s2", 701, t(now, 600)), 1000, now).await.expect("reserve"),
+        ReserveOutcome::Refused { spent_micros: 300, reserved_micros: 0 }
+    );
     assert_eq!(l.reserve(PERIOD, &res("s2", 700, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
     // A charge may exceed its reservation.
     l.settle(PERIOD, &charge("s2", "m1", None, 900)).await.expect("settle over");
     let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
     assert_eq!((snap.spent_micros, snap.reserved_micros), (1200, 0));
-    assert!(matches!(
-        l.reserve(PERIOD, &res("s3", 0, t(now, 600)), 1000, now).await.expect("reserve"),
-        ReserveOutcome::Refused { spent_micros: 1200, .. }
-    ), "over the limit nothing more is granted");
+    assert!(
+        matches!(
+            l.reserve(PERIOD, &res("s3", 0, t(now, 600)), 1000, now).await.expect("reserve"),
+            ReserveOutcome::Refused { spent_micros: 1200, .. }
+        ),
+        "over the limit nothing more is granted"
+    );
 }
 
 /// Settling a reservation that expired still records the charge.
@@ -915,10 +925,7 @@ pub async fn ledger_snapshot_breakdown(make: &MakeLedger) {
     assert_eq!(snap.spent_micros, 357);
     assert_eq!(snap.reserved_micros, 1000);
     assert_eq!(snap.by_model, BTreeMap::from([("m1".to_string(), 150), ("m2".to_string(), 207)]));
-    assert_eq!(
-        snap.by_tenant,
-        BTreeMap::from([("-".to_string(), 50), ("a".to_string(), 300), ("b".to_string(), 7)])
-    );
+    assert_eq!(snap.by_tenant, BTreeMap::from([("-".to_string(), 50), ("a".to_string(), 300), ("b".to_string(), 7)]));
     let empty = l.snapshot("2031-01", now).await.expect("snapshot");
     assert_eq!((empty.spent_micros, empty.reserved_micros), (0, 0));
     assert!(empty.by_model.is_empty() && empty.by_tenant.is_empty());

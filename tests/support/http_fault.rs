@@ -71,9 +71,7 @@ impl Drop for AwsFaultProxy {
 
 async fn forward(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let is_write = target
-        .strip_prefix("DynamoDB_20120810.")
-        .is_some_and(|op| WRITES.contains(&op));
+    let is_write = target.strip_prefix("DynamoDB_20120810.").is_some_and(|op| WRITES.contains(&op));
     if is_write && shared.fail_dynamo_writes.load(Ordering::SeqCst) {
         shared.refused.fetch_add(1, Ordering::SeqCst);
         let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error (injected by the test's fault proxy)"}"#;

@@ -136,8 +136,7 @@ pub fn sum_metric(text: &str, name: &str, label_filter: &[(&str, &str)]) -> f64 
 pub fn has_help_and_type(text: &str, name: &str, kind: &str) -> bool {
     let help = format!("# HELP {name} ");
     let ty = format!("# TYPE {name} {kind}");
-    text.lines().any(|l| l.starts_with(&help) && l.len() > help.len())
-        && text.lines().any(|l| l.trim_end() == ty)
+    text.lines().any(|l| l.starts_with(&help) && l.len() > help.len()) && text.lines().any(|l| l.trim_end() == ty)
 }
 
 #[cfg(test)]

@@ -55,9 +55,7 @@ fn moto_binary() -> Option<PathBuf> {
         return Some(venv);
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("moto_server"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join("moto_server")).find(|p| p.is_file())
 }
 
 fn start() -> Result<String, String> {
@@ -68,13 +66,10 @@ fn start() -> Result<String, String> {
         )
     })?;
     let wrapper = atomic_wrapper();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free loopback port for moto: {e}"))?
-        .port();
+    let port =
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free loopback port for moto: {e}"))?.port();
     let log = std::env::temp_dir().join(format!("atlas-moto-{}-{port}.log", std::process::id()));
-    let log_file =
-        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let log_file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     // The watchdog shell runs moto and stops it once this test process is gone.
     let script = r#"
 if [ -n "$4" ]; then "$1" "$4" -H 127.0.0.1 -p "$2" & else "$1" -H 127.0.0.1 -p "$2" & fi
@@ -100,10 +95,7 @@ kill "$child" 2>/dev/null
         Ok(url)
     } else {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        Err(format!(
-            "moto_server ({}) did not answer on {url} within 30 s; log:\n{tail}",
-            bin.display()
-        ))
+        Err(format!("moto_server ({}) did not answer on {url} within 30 s; log:\n{tail}", bin.display()))
     }
 }
 
@@ -116,15 +108,10 @@ fn answers(url: &str, within: Duration) -> bool {
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(hostport) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let req = format!(
-                "GET /moto-api/data.json HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
-            );
+            let req = format!("GET /moto-api/data.json HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
             if s.write_all(req.as_bytes()).is_ok() {
                 let mut head = [0u8; 12];
-                if s.read_exact(&mut head).is_ok()
-                    && head.starts_with(b"HTTP/1.")
-                    && &head[9..12] == b"200"
-                {
+                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200" {
                     return true;
                 }
             }
@@ -143,10 +130,7 @@ pub fn unique_stage() -> String {
 /// Settings for a fresh, test-private stage on moto: AWS backend, moto endpoint, `us-east-1`,
 /// short visibility timeout and a low max receive count so redelivery tests run fast.
 pub fn stage_settings() -> Settings {
-    let mut s = Settings {
-        stage: unique_stage(),
-        ..Settings::default()
-    };
+    let mut s = Settings { stage: unique_stage(), ..Settings::default() };
     s.storage.backend = BackendKind::Aws;
     s.aws.endpoint_url = endpoint();
     s.aws.region = "us-east-1".into();
@@ -160,8 +144,5 @@ pub fn stage_settings() -> Settings {
 /// The SDK config the product builds from `settings`, with static test credentials (moto accepts
 /// any) instead of the default chain.
 pub async fn sdk_config(settings: &Settings) -> aws_config::SdkConfig {
-    atlas_codex::backend::aws::config_loader(settings)
-        .test_credentials()
-        .load()
-        .await
+    atlas_codex::backend::aws::config_loader(settings).test_credentials().load().await
 }

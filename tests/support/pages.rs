@@ -123,9 +123,7 @@ pub fn gzip_bomb() -> &'static [u8] {
 }
 
 fn router(ctx: Arc<Ctx>) -> Router {
-    let site = |page: &'static str| {
-        move |State(c): State<Arc<Ctx>>| async move { html(page.replace("{{PORT}}", &c.port.to_string())) }
-    };
+    let site = |page: &'static str| move |State(c): State<Arc<Ctx>>| async move { html(page.replace("{{PORT}}", &c.port.to_string())) };
     Router::new()
         .route("/robots.txt", get(|| async { ([(header::CONTENT_TYPE, "text/plain")], ROBOTS) }))
         .route("/site/", get(site(SITE_INDEX)))
@@ -165,25 +163,12 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/gzip-bomb",
             get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/html"), (header::CONTENT_ENCODING, "gzip")],
-                    Body::from(gzip_bomb()),
-                )
-                    .into_response()
+                ([(header::CONTENT_TYPE, "text/html"), (header::CONTENT_ENCODING, "gzip")], Body::from(gzip_bomb())).into_response()
             }),
         )
-        .route(
-            "/wrong-type",
-            get(|| async { ([(header::CONTENT_TYPE, "application/octet-stream")], vec![0u8, 1, 2, 3]).into_response() }),
-        )
-        .route(
-            "/image",
-            get(|| async { ([(header::CONTENT_TYPE, "image/png")], vec![0x89u8, b'P', b'N', b'G']).into_response() }),
-        )
-        .route(
-            "/no-type-html",
-            get(|| async { Response::new(Body::from("<!DOCTYPE html><html><body><p>untyped</p></body></html>")) }),
-        )
+        .route("/wrong-type", get(|| async { ([(header::CONTENT_TYPE, "application/octet-stream")], vec![0u8, 1, 2, 3]).into_response() }))
+        .route("/image", get(|| async { ([(header::CONTENT_TYPE, "image/png")], vec![0x89u8, b'P', b'N', b'G']).into_response() }))
+        .route("/no-type-html", get(|| async { Response::new(Body::from("<!DOCTYPE html><html><body><p>untyped</p></body></html>")) }))
         .route("/no-type-binary", get(|| async { Response::new(Body::from(vec![0u8, 159, 146, 150, 1, 2])) }))
         .route(
             "/latin1",
@@ -195,7 +180,8 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/meta-charset",
             get(|| async {
-                let body = b"<html><head><meta charset=\"windows-1252\"></head><body><main><p>\x93quoted\x94 \x80</p></main></body></html>".to_vec();
+                let body = b"<html><head><meta charset=\"windows-1252\"></head><body><main><p>\x93quoted\x94 \x80</p></main></body></html>"
+                    .to_vec();
                 ([(header::CONTENT_TYPE, "text/html")], body).into_response()
             }),
         )
@@ -213,10 +199,8 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/headers",
             get(|headers: HeaderMap| async move {
-                let mut lines: Vec<String> = headers
-                    .iter()
-                    .map(|(k, v)| format!("{}: {}", k.as_str(), String::from_utf8_lossy(v.as_bytes())))
-                    .collect();
+                let mut lines: Vec<String> =
+                    headers.iter().map(|(k, v)| format!("{}: {}", k.as_str(), String::from_utf8_lossy(v.as_bytes()))).collect();
                 lines.sort();
                 ([(header::CONTENT_TYPE, "text/plain")], lines.join("\n")).into_response()
             }),
@@ -226,11 +210,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .with_state(ctx)
 }
 
-async fn log_request(
-    State(c): State<Arc<Ctx>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn log_request(State(c): State<Arc<Ctx>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     if let Ok(mut l) = c.log.lock() {
         l.push((path, Instant::now()));

@@ -60,9 +60,7 @@ impl ProcEnv {
 
     /// The OpenAI provider pointed at a mock server (`base_url` as `MockOpenAi::base_url`).
     pub fn openai_mock(self, base_url: &str, api_key: &str) -> ProcEnv {
-        self.set("ATLAS__LLM__PROVIDER", "openai")
-            .set("OPENAI_BASE_URL", base_url)
-            .set("OPENAI_API_KEY", api_key)
+        self.set("ATLAS__LLM__PROVIDER", "openai").set("OPENAI_BASE_URL", base_url).set("OPENAI_API_KEY", api_key)
     }
 
     /// Stage resources private to one run: `atlas-codex-{queue,dlq,jobs,budget,artifacts}-{stage}-{suffix}`,
@@ -83,12 +81,8 @@ impl ProcEnv {
 
     /// The settings a child of `stage` loads from this environment (same files, same overrides).
     pub fn settings(&self, stage: &str) -> Settings {
-        let src = Sources {
-            stage: Some(stage.to_string()),
-            config_dir: crate_dir().join("config"),
-            extra_file: None,
-            env: self.vars.clone(),
-        };
+        let src =
+            Sources { stage: Some(stage.to_string()), config_dir: crate_dir().join("config"), extra_file: None, env: self.vars.clone() };
         Settings::load(&src).unwrap_or_else(|e| panic!("settings of stage {stage} invalid: {e}"))
     }
 

@@ -70,11 +70,7 @@ impl Intercept for CountRequests {
         let request = context.request();
         // SQS and DynamoDB name the operation in `X-Amz-Target` (`DynamoDB_20120810.PutItem`,
         // `AmazonSQS.ReceiveMessage`); S3 by method and path, so the method is the label.
-        let operation = request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|t| t.rsplit('.').next())
-            .unwrap_or_else(|| request.method());
+        let operation = request.headers().get("x-amz-target").and_then(|t| t.rsplit('.').next()).unwrap_or_else(|| request.method());
         self.0.total().fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = by_operation().lock() {
             *m.entry(format!("{}.{operation}", self.0.as_str())).or_insert(0) += 1;

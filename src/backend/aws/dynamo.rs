@@ -35,18 +35,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 
 use super::classify;
-use crate::backend::{
-    BResult, BackendError, BudgetLedger, Charge, Claim, JobStore, LedgerSnapshot, Reservation,
-    ReserveOutcome,
-};
+use crate::backend::{BResult, BackendError, BudgetLedger, Charge, Claim, JobStore, LedgerSnapshot, Reservation, ReserveOutcome};
 use crate::job::{JobRecord, JobStatus};
 
 /// The job table's GSI for listing by status, newest first.
@@ -67,9 +62,7 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -85,16 +78,11 @@ fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 }
 
 pub(super) fn get_n(item: &Item, k: &str) -> Option<i64> {
-    item.get(k)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse::<i64>().ok())
+    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok())
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
 /// Sleeps a jittered, growing backoff before try `attempt` (1-based) of a contended write.
@@ -120,11 +108,7 @@ impl DynamoJobStore {
     /// The store for `table`; records get a TTL `retention_days` after their last write
     /// (0 keeps them forever).
     pub fn new(client: Client, table: impl Into<String>, retention_days: u32) -> DynamoJobStore {
-        DynamoJobStore {
-            client,
-            table: table.into(),
-            retention_days,
-        }
+        DynamoJobStore { client, table: table.into(), retention_days }
     }
 
     /// The TTL (epoch seconds) for a record last written at `at`.
@@ -134,8 +118,7 @@ impl DynamoJobStore {
 
     /// The whole record as a DynamoDB item.
     fn to_item(&self, r: &JobRecord) -> BResult<Item> {
-        let doc = serde_json::to_string(r)
-            .map_err(|e| BackendError::Other(format!("job {}: cannot encode record: {e}", r.id)))?;
+        let doc = serde_json::to_string(r).map_err(|e| BackendError::Other(format!("job {}: cannot encode record: {e}", r.id)))?;
         let mut item = Item::new();
         item.insert("id".into(), s(&r.id));
         item.insert("status".into(), s(r.status.as_str()));
@@ -166,9 +149,7 @@ impl DynamoJobStore {
         match rec.status {
             JobStatus::Completed => Ok(Some(Claim::AlreadyCompleted(rec))),
             JobStatus::Processing => match (rec.lease_owner.clone(), rec.lease_expires_at) {
-                (Some(owner), Some(until)) if until >= now => {
-                    Ok(Some(Claim::Busy { owner, until }))
-                }
+                (Some(owner), Some(until)) if until >= now => Ok(Some(Claim::Busy { owner, until })),
                 // The state changed since the condition was checked: try again.
                 _ => Ok(None),
             },
@@ -184,14 +165,14 @@ fn from_item(item: &Item) -> BResult<JobRecord> {
     let created_at = get_s(item, "created_at").and_then(parse_ts);
     let stage = get_s(item, "stage").unwrap_or_default();
     let mut rec = match get_s(item, "doc") {
-        Some(doc) => serde_json::from_str::<JobRecord>(doc)
-            .map_err(|e| BackendError::Other(format!("job {id}: stored record unreadable: {e}")))?,
+        Some(doc) => {
+            serde_json::from_str::<JobRecord>(doc).map_err(|e| BackendError::Other(format!("job {id}: stored record unreadable: {e}")))?
+        }
         None => JobRecord::new(id, stage, created_at.unwrap_or_else(Utc::now)),
     };
     rec.id = id.to_string();
     if let Some(st) = get_s(item, "status") {
-        rec.status = JobStatus::parse(st)
-            .ok_or_else(|| BackendError::Other(format!("job {id}: unknown status `{st}`")))?;
+        rec.status = JobStatus::parse(st).ok_or_else(|| BackendError::Other(format!("job {id}: unknown status `{st}`")))?;
     }
     if !stage.is_empty() {
         rec.stage = stage.to_string();
@@ -212,14 +193,7 @@ fn from_item(item: &Item) -> BResult<JobRecord> {
 
 #[async_trait]
 impl JobStore for DynamoJobStore {
-    async fn claim(
-        &self,
-        id: &str,
-        stage: &str,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> BResult<Claim> {
+    async fn claim(&self, id: &str, stage: &str, owner: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>) -> BResult<Claim> {
         for _ in 0..CLAIM_TRIES {
             let mut update = String::from(
                 "SET #status = :processing, #owner = :owner, #lease = :lease, #updated = :now, \
@@ -273,9 +247,7 @@ impl JobStore for DynamoJobStore {
                 .await;
             match res {
                 Ok(out) => {
-                    let item = out.attributes.ok_or_else(|| {
-                        BackendError::Other(format!("job {id}: claim returned no attributes"))
-                    })?;
+                    let item = out.attributes.ok_or_else(|| BackendError::Other(format!("job {id}: claim returned no attributes")))?;
                     return Ok(Claim::Claimed(from_item(&item)?));
                 }
                 Err(e) => {
@@ -296,9 +268,7 @@ impl JobStore for DynamoJobStore {
                 }
             }
         }
-        Err(BackendError::Transient(format!(
-            "job {id}: claim kept racing with other writers"
-        )))
+        Err(BackendError::Transient(format!("job {id}: claim kept racing with other writers")))
     }
 
     async fn renew(&self, id: &str, owner: &str, lease_until: DateTime<Utc>) -> BResult<bool> {
@@ -336,10 +306,7 @@ impl JobStore for DynamoJobStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("#status = :processing AND #owner = :owner")
-            .set_expression_attribute_names(Some(names(&[
-                ("#status", "status"),
-                ("#owner", "lease_owner"),
-            ])))
+            .set_expression_attribute_names(Some(names(&[("#status", "status"), ("#owner", "lease_owner")])))
             .expression_attribute_values(":processing", s("processing"))
             .expression_attribute_values(":owner", s(owner))
             .send()
@@ -347,10 +314,9 @@ impl JobStore for DynamoJobStore {
         match res {
             Ok(_) => Ok(()),
             Err(e) => match classify(&e) {
-                BackendError::Conflict(_) => Err(BackendError::Conflict(format!(
-                    "job {}: lease not held by {owner} (or not processing)",
-                    record.id
-                ))),
+                BackendError::Conflict(_) => {
+                    Err(BackendError::Conflict(format!("job {}: lease not held by {owner} (or not processing)", record.id)))
+                }
                 other => Err(other),
             },
         }
@@ -411,11 +377,7 @@ impl JobStore for DynamoJobStore {
                 }
             },
         }
-        out.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| b.id.cmp(&a.id))
-        });
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
         out.truncate(limit);
         Ok(out)
     }
@@ -496,16 +458,7 @@ impl Month {
         let map_n = |k: &str| -> BTreeMap<String, i64> {
             item.get(k)
                 .and_then(|v| v.as_m().ok())
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| {
-                            v.as_n()
-                                .ok()
-                                .and_then(|x| x.parse().ok())
-                                .map(|x| (k.clone(), x))
-                        })
-                        .collect()
-                })
+                .map(|m| m.iter().filter_map(|(k, v)| v.as_n().ok().and_then(|x| x.parse().ok()).map(|x| (k.clone(), x))).collect())
                 .unwrap_or_default()
         };
         let reservations = item
@@ -542,12 +495,7 @@ impl Month {
     /// settle them with the actual amount.
     fn prune(&mut self, now: DateTime<Utc>) {
         let horizon = now.timestamp_millis().saturating_sub(HOLD_GC_GRACE_MS);
-        let old: Vec<String> = self
-            .reservations
-            .iter()
-            .filter(|(_, h)| h.expires_at_ms <= horizon)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let old: Vec<String> = self.reservations.iter().filter(|(_, h)| h.expires_at_ms <= horizon).map(|(id, _)| id.clone()).collect();
         for id in old {
             if let Some(h) = self.reservations.remove(&id) {
                 self.spent = self.spent.saturating_add(h.amount);
@@ -574,11 +522,7 @@ impl Month {
 
     fn live_reserved(&self, now: DateTime<Utc>) -> i64 {
         let now_ms = now.timestamp_millis();
-        self.reservations
-            .values()
-            .filter(|h| h.expires_at_ms > now_ms)
-            .map(|h| h.amount)
-            .sum()
+        self.reservations.values().filter(|h| h.expires_at_ms > now_ms).map(|h| h.amount).sum()
     }
 
     /// The item to write as the next version.
@@ -599,9 +543,8 @@ impl Month {
                 (id.clone(), AttributeValue::M(m))
             })
             .collect();
-        let map_n = |m: &BTreeMap<String, i64>| -> AttributeValue {
-            AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), n(*v))).collect())
-        };
+        let map_n =
+            |m: &BTreeMap<String, i64>| -> AttributeValue { AttributeValue::M(m.iter().map(|(k, v)| (k.clone(), n(*v))).collect()) };
         [
             ("period".to_string(), s(period)),
             ("version".to_string(), n(self.version + 1)),
@@ -626,10 +569,7 @@ fn charge_key(period: &str, reservation_id: &str) -> String {
 impl DynamoLedger {
     /// The ledger in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> DynamoLedger {
-        DynamoLedger {
-            client,
-            table: table.into(),
-        }
+        DynamoLedger { client, table: table.into() }
     }
 
     async fn read(&self, key: &str) -> BResult<Option<Item>> {
@@ -637,28 +577,20 @@ impl DynamoLedger {
     }
 
     async fn read_month(&self, period: &str) -> BResult<Month> {
-        Ok(self
-            .read(period)
-            .await?
-            .map(|i| Month::from_item(&i))
-            .unwrap_or_default())
+        Ok(self.read(period).await?.map(|i| Month::from_item(&i)).unwrap_or_default())
     }
 
     /// A `Put` of the next version of the month item, conditional on the version read.
     fn month_put(&self, period: &str, month: &Month, now: DateTime<Utc>) -> BResult<Put> {
-        let b = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(month.to_item(period, now)));
+        let b = Put::builder().table_name(&self.table).set_item(Some(month.to_item(period, now)));
         let b = if month.version == 0 {
-            b.condition_expression("attribute_not_exists(#p)")
-                .expression_attribute_names("#p", "period")
+            b.condition_expression("attribute_not_exists(#p)").expression_attribute_names("#p", "period")
         } else {
             b.condition_expression("#v = :v")
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":v", n(month.version))
         };
-        b.build()
-            .map_err(|e| BackendError::Other(format!("ledger put: {e}")))
+        b.build().map_err(|e| BackendError::Other(format!("ledger put: {e}")))
     }
 
     /// Writes the next version of the month item; `Ok(false)` when another writer got there first.
@@ -684,26 +616,15 @@ impl DynamoLedger {
     }
 
     fn contention(period: &str) -> BackendError {
-        BackendError::Transient(format!(
-            "budget ledger {period}: too much contention ({LEDGER_TRIES} tries)"
-        ))
+        BackendError::Transient(format!("budget ledger {period}: too much contention ({LEDGER_TRIES} tries)"))
     }
 }
 
 #[async_trait]
 impl BudgetLedger for DynamoLedger {
-    async fn reserve(
-        &self,
-        period: &str,
-        reservation: &Reservation,
-        limit_micros: i64,
-        now: DateTime<Utc>,
-    ) -> BResult<ReserveOutcome> {
+    async fn reserve(&self, period: &str, reservation: &Reservation, limit_micros: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome> {
         if reservation.amount_micros < 0 {
-            return Err(BackendError::Other(format!(
-                "reservation {}: negative amount",
-                reservation.id
-            )));
+            return Err(BackendError::Other(format!("reservation {}: negative amount", reservation.id)));
         }
         for attempt in 1..=LEDGER_TRIES {
             let mut month = self.read_month(period).await?;
@@ -715,10 +636,7 @@ impl BudgetLedger for DynamoLedger {
             // The bound is computed here: DynamoDB cannot add in a condition.
             let bound = limit_micros.saturating_sub(reservation.amount_micros);
             if month.spent.saturating_add(reserved) > bound {
-                return Ok(ReserveOutcome::Refused {
-                    spent_micros: month.spent,
-                    reserved_micros: reserved,
-                });
+                return Ok(ReserveOutcome::Refused { spent_micros: month.spent, reserved_micros: reserved });
             }
             month.reservations.insert(
                 reservation.id.clone(),
@@ -788,10 +706,7 @@ impl BudgetLedger for DynamoLedger {
             match res {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    let cancelled = matches!(
-                        e.as_service_error(),
-                        Some(TransactWriteItemsError::TransactionCanceledException(_))
-                    );
+                    let cancelled = matches!(e.as_service_error(), Some(TransactWriteItemsError::TransactionCanceledException(_)));
                     let err = classify(&e);
                     if !cancelled && !matches!(err, BackendError::Conflict(_)) {
                         return Err(err);
@@ -836,14 +751,7 @@ impl BudgetLedger for DynamoLedger {
 
 /// One strongly consistent `GetItem` by partition key (job store and ledger alike).
 pub(super) async fn get_consistent(client: &Client, table: &str, key: &str, value: &str) -> BResult<Option<Item>> {
-    let out = client
-        .get_item()
-        .table_name(table)
-        .key(key, s(value))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| classify(&e))?;
+    let out = client.get_item().table_name(table).key(key, s(value)).consistent_read(true).send().await.map_err(|e| classify(&e))?;
     Ok(out.item)
 }
 
@@ -854,10 +762,7 @@ mod tests {
 
     #[test]
     fn stored_timestamps_sort_as_time() {
-        let a = Utc
-            .with_ymd_and_hms(2025, 1, 1, 0, 0, 9)
-            .single()
-            .expect("ts");
+        let a = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 9).single().expect("ts");
         let b = a + chrono::Duration::milliseconds(1);
         let c = a + chrono::Duration::seconds(1);
         assert!(ts(a) < ts(b) && ts(b) < ts(c));
@@ -869,9 +774,7 @@ mod tests {
     fn item_round_trips_a_record() {
         let store = DynamoJobStore::new(
             Client::from_conf(
-                aws_sdk_dynamodb::Config::builder()
-                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-                    .build(),
+                aws_sdk_dynamodb::Config::builder().behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest()).build(),
             ),
             "t",
             30,
@@ -884,44 +787,25 @@ mod tests {
         r.attempts = 2;
         r.cost_micros = 1234;
         let item = store.to_item(&r).expect("item");
-        assert_eq!(
-            get_n(&item, "expires_at"),
-            Some(now.timestamp() + 30 * 86_400)
-        );
+        assert_eq!(get_n(&item, "expires_at"), Some(now.timestamp() + 30 * 86_400));
         assert_eq!(from_item(&item).expect("record"), r);
     }
 
     #[test]
     fn month_folds_long_lapsed_holds_into_spent_and_round_trips() {
         let now = Utc::now();
-        let mut m = Month {
-            version: 3,
-            spent: 10,
-            ..Month::default()
-        };
+        let mut m = Month { version: 3, spent: 10, ..Month::default() };
         m.reservations.insert(
             "live".into(),
-            Hold {
-                amount: 5,
-                expires_at_ms: (now + chrono::Duration::seconds(60)).timestamp_millis(),
-                job_id: "j".into(),
-            },
+            Hold { amount: 5, expires_at_ms: (now + chrono::Duration::seconds(60)).timestamp_millis(), job_id: "j".into() },
         );
         m.reservations.insert(
             "gone".into(),
-            Hold {
-                amount: 7,
-                expires_at_ms: (now - chrono::Duration::seconds(1)).timestamp_millis(),
-                job_id: "j".into(),
-            },
+            Hold { amount: 7, expires_at_ms: (now - chrono::Duration::seconds(1)).timestamp_millis(), job_id: "j".into() },
         );
         m.reservations.insert(
             "long-gone".into(),
-            Hold {
-                amount: 9,
-                expires_at_ms: (now - chrono::Duration::days(2)).timestamp_millis(),
-                job_id: "j".into(),
-            },
+            Hold { amount: 9, expires_at_ms: (now - chrono::Duration::days(2)).timestamp_millis(), job_id: "j".into() },
         );
         assert_eq!(m.live_reserved(now), 5);
         assert_eq!(m.lapsed(now), 16, "lapsed holds count in full");
@@ -934,11 +818,7 @@ mod tests {
         assert_eq!(back.by_model, m.by_model);
         m.prune(now);
         let kept: Vec<&str> = m.reservations.keys().map(String::as_str).collect();
-        assert_eq!(
-            kept,
-            ["gone", "live"],
-            "recently lapsed holds are kept, old ones folded"
-        );
+        assert_eq!(kept, ["gone", "live"], "recently lapsed holds are kept, old ones folded");
         assert_eq!(m.spent, 19, "the folded hold is charged in full");
         assert_eq!(m.by_model.get(crate::backend::LAPSED_MODEL), Some(&9));
     }

@@ -24,8 +24,8 @@ pub mod s3;
 pub mod sqs;
 
 pub use dynamo::{DynamoJobStore, DynamoLedger};
-pub use rate::DynamoRateStore;
 pub use provision::{provision, provision_with, ProvisionReport, ProvisionedResource};
+pub use rate::DynamoRateStore;
 pub use s3::S3Artifacts;
 pub use sqs::SqsQueue;
 
@@ -159,17 +159,10 @@ pub fn explain_open_error(e: BackendError, settings: &Settings) -> BackendError 
 }
 
 /// [`open_backends`] with a given SDK config (tests pass one with static credentials).
-pub async fn open_backends_with(
-    settings: &Settings,
-    sdk: &SdkConfig,
-) -> Result<Backends, BackendError> {
+pub async fn open_backends_with(settings: &Settings, sdk: &SdkConfig) -> Result<Backends, BackendError> {
     let queue = SqsQueue::open(sdk, &settings.queue_name(), &settings.dlq_name()).await?;
     let dynamo = calls::dynamodb(sdk);
-    let jobs = DynamoJobStore::new(
-        dynamo.clone(),
-        settings.jobs_table(),
-        settings.storage.retention_days,
-    );
+    let jobs = DynamoJobStore::new(dynamo.clone(), settings.jobs_table(), settings.storage.retention_days);
     let ledger = DynamoLedger::new(dynamo.clone(), settings.budget_table());
     let rates = DynamoRateStore::new(dynamo, settings.budget_table());
     let artifacts = S3Artifacts::new(s3::client(sdk), settings.bucket());
@@ -264,17 +257,12 @@ where
                 BackendError::Transient(format!("AWS request could not be sent: {kind}"))
             }
         }
-        SdkError::ConstructionFailure(_) => {
-            BackendError::Other("AWS request could not be built (invalid input)".into())
-        }
+        SdkError::ConstructionFailure(_) => BackendError::Other("AWS request could not be built (invalid input)".into()),
         SdkError::ResponseError(r) => {
             // A truncated or garbled body is almost always the network or an overloaded
             // endpoint; the calls that reach here are safe to repeat.
             let status = r.raw().http_status();
-            BackendError::Transient(format!(
-                "unreadable AWS response (HTTP {})",
-                fmt_status(status)
-            ))
+            BackendError::Transient(format!("unreadable AWS response (HTTP {})", fmt_status(status)))
         }
         SdkError::ServiceError(se) => {
             let e = se.err();
@@ -282,11 +270,7 @@ where
             let status = se.raw().http_status();
             let msg = format!(
                 "{} (HTTP {}): {}",
-                if code.is_empty() {
-                    "unknown error"
-                } else {
-                    code
-                },
+                if code.is_empty() { "unknown error" } else { code },
                 fmt_status(status),
                 e.message().unwrap_or("")
             );
@@ -311,10 +295,7 @@ fn classify_code(code: &str, status: Option<u16>, message: &str, msg: String) ->
         if message.contains("ConditionalCheckFailed") {
             return BackendError::Conflict(msg);
         }
-        if message.contains("TransactionConflict")
-            || message.contains("Throttling")
-            || message.contains("ProvisionedThroughputExceeded")
-        {
+        if message.contains("TransactionConflict") || message.contains("Throttling") || message.contains("ProvisionedThroughputExceeded") {
             return BackendError::Transient(msg);
         }
         return BackendError::Conflict(msg);
@@ -347,66 +328,34 @@ mod tests {
     }
 
     fn sqs_err(code: &str, status: u16) -> SdkError<ReceiveMessageError, HttpResponse> {
-        let meta = ErrorMetadata::builder()
-            .code(code)
-            .message("detail")
-            .build();
+        let meta = ErrorMetadata::builder().code(code).message("detail").build();
         SdkError::service_error(ReceiveMessageError::generic(meta), raw(status))
     }
 
     fn ddb_err(code: &str, message: &str, status: u16) -> SdkError<PutItemError, HttpResponse> {
-        let meta = aws_sdk_dynamodb::error::ErrorMetadata::builder()
-            .code(code)
-            .message(message)
-            .build();
+        let meta = aws_sdk_dynamodb::error::ErrorMetadata::builder().code(code).message(message).build();
         SdkError::service_error(PutItemError::generic(meta), raw(status))
     }
 
     #[test]
     fn throttling_and_5xx_are_transient() {
-        assert!(matches!(
-            classify(&sqs_err("ThrottlingException", 400)),
-            BackendError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(&ddb_err(
-                "ProvisionedThroughputExceededException",
-                "slow",
-                400
-            )),
-            BackendError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(&sqs_err("SlowDown", 503)),
-            BackendError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(&sqs_err("Whatever", 500)),
-            BackendError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(&sqs_err("", 502)),
-            BackendError::Transient(_)
-        ));
-        assert!(matches!(
-            classify(&sqs_err("", 429)),
-            BackendError::Transient(_)
-        ));
+        assert!(matches!(classify(&sqs_err("ThrottlingException", 400)), BackendError::Transient(_)));
+        assert!(matches!(classify(&ddb_err("ProvisionedThroughputExceededException", "slow", 400)), BackendError::Transient(_)));
+        assert!(matches!(classify(&sqs_err("SlowDown", 503)), BackendError::Transient(_)));
+        assert!(matches!(classify(&sqs_err("Whatever", 500)), BackendError::Transient(_)));
+        assert!(matches!(classify(&sqs_err("", 502)), BackendError::Transient(_)));
+        assert!(matches!(classify(&sqs_err("", 429)), BackendError::Transient(_)));
     }
 
     #[test]
     fn timeouts_and_dispatch_failures_are_transient() {
-        let t: SdkError<ReceiveMessageError, HttpResponse> =
-            SdkError::timeout_error("took too long");
+        let t: SdkError<ReceiveMessageError, HttpResponse> = SdkError::timeout_error("took too long");
         assert!(classify(&t).is_retryable());
-        let d: SdkError<ReceiveMessageError, HttpResponse> =
-            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        let d: SdkError<ReceiveMessageError, HttpResponse> = SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
         assert!(classify(&d).is_retryable());
-        let d: SdkError<ReceiveMessageError, HttpResponse> =
-            SdkError::dispatch_failure(ConnectorError::timeout("read timed out".into()));
+        let d: SdkError<ReceiveMessageError, HttpResponse> = SdkError::dispatch_failure(ConnectorError::timeout("read timed out".into()));
         assert!(classify(&d).is_retryable());
-        let r: SdkError<ReceiveMessageError, HttpResponse> =
-            SdkError::response_error("truncated", raw(502));
+        let r: SdkError<ReceiveMessageError, HttpResponse> = SdkError::response_error("truncated", raw(502));
         assert!(classify(&r).is_retryable());
     }
 
@@ -415,11 +364,7 @@ mod tests {
         let typed = PutItemError::ConditionalCheckFailedException(
             ConditionalCheckFailedException::builder()
                 .message("The conditional request failed")
-                .meta(
-                    aws_sdk_dynamodb::error::ErrorMetadata::builder()
-                        .code("ConditionalCheckFailedException")
-                        .build(),
-                )
+                .meta(aws_sdk_dynamodb::error::ErrorMetadata::builder().code("ConditionalCheckFailedException").build())
                 .build(),
         );
         let e: SdkError<PutItemError, HttpResponse> = SdkError::service_error(typed, raw(400));
@@ -431,44 +376,27 @@ mod tests {
             400,
         );
         assert!(matches!(classify(&tx), BackendError::Conflict(_)));
-        let tx = ddb_err(
-            "TransactionCanceledException",
-            "Transaction cancelled [TransactionConflict, None]",
-            400,
-        );
+        let tx = ddb_err("TransactionCanceledException", "Transaction cancelled [TransactionConflict, None]", 400);
         assert!(matches!(classify(&tx), BackendError::Transient(_)));
     }
 
     #[test]
     fn missing_resources_are_not_found() {
-        for code in [
-            "ResourceNotFoundException",
-            "AWS.SimpleQueueService.NonExistentQueue",
-            "QueueDoesNotExist",
-            "NoSuchKey",
-            "NoSuchBucket",
-        ] {
-            assert!(
-                matches!(classify(&sqs_err(code, 400)), BackendError::NotFound(_)),
-                "{code}"
-            );
+        for code in
+            ["ResourceNotFoundException", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchKey", "NoSuchBucket"]
+        {
+            assert!(matches!(classify(&sqs_err(code, 400)), BackendError::NotFound(_)), "{code}");
         }
     }
 
     #[test]
     fn everything_else_is_other_and_not_retryable() {
-        for code in [
-            "AccessDenied",
-            "ValidationException",
-            "InvalidParameterValue",
-            "",
-        ] {
+        for code in ["AccessDenied", "ValidationException", "InvalidParameterValue", ""] {
             let e = classify(&sqs_err(code, 400));
             assert!(matches!(e, BackendError::Other(_)), "{code}: {e:?}");
             assert!(!e.is_retryable());
         }
-        let c: SdkError<ReceiveMessageError, HttpResponse> =
-            SdkError::construction_failure("bad input");
+        let c: SdkError<ReceiveMessageError, HttpResponse> = SdkError::construction_failure("bad input");
         assert!(matches!(classify(&c), BackendError::Other(_)));
     }
 
@@ -476,10 +404,7 @@ mod tests {
     fn message_names_code_and_status() {
         let e = classify(&sqs_err("AccessDenied", 403));
         let text = e.to_string();
-        assert!(
-            text.contains("AccessDenied") && text.contains("403"),
-            "{text}"
-        );
+        assert!(text.contains("AccessDenied") && text.contains("403"), "{text}");
     }
 
     #[test]
@@ -488,10 +413,7 @@ mod tests {
         s.aws.region = "eu-west-1".into();
         s.aws.endpoint_url = "http://127.0.0.1:9".into();
         s.aws.max_attempts = 7;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let cfg = rt.block_on(config_loader(&s).test_credentials().load());
         assert_eq!(cfg.region().map(|r| r.as_ref()), Some("eu-west-1"));
         assert_eq!(cfg.endpoint_url(), Some("http://127.0.0.1:9"));

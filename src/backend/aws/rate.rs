@@ -32,10 +32,7 @@ pub struct DynamoRateStore {
 impl DynamoRateStore {
     /// A rate store in `table` (the stage's budget table).
     pub fn new(client: Client, table: impl Into<String>) -> DynamoRateStore {
-        DynamoRateStore {
-            client,
-            table: table.into(),
-        }
+        DynamoRateStore { client, table: table.into() }
     }
 }
 
@@ -48,10 +45,7 @@ fn item_key(key: &str, window: u64) -> AttributeValue {
 }
 
 fn expires_at() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     // The window ends within minutes of now; keep it the retention past that.
     now + 2 * RATE_WINDOW_RETENTION_SECS
 }
@@ -74,22 +68,13 @@ impl DynamoRateStore {
 
 #[async_trait]
 impl RateStore for DynamoRateStore {
-    async fn take(
-        &self,
-        key: &str,
-        window: u64,
-        want: RateUnits,
-        cap: RateUnits,
-    ) -> BResult<RateUnits> {
+    async fn take(&self, key: &str, window: u64, want: RateUnits, cap: RateUnits) -> BResult<RateUnits> {
         let mut ask = want;
         for _ in 0..TAKE_TRIES {
             if ask == RateUnits::default() {
                 return Ok(ask);
             }
-            let (Some(r_bound), Some(t_bound)) = (
-                cap.requests.checked_sub(ask.requests),
-                cap.tokens.checked_sub(ask.tokens),
-            ) else {
+            let (Some(r_bound), Some(t_bound)) = (cap.requests.checked_sub(ask.requests), cap.tokens.checked_sub(ask.tokens)) else {
                 // More than a whole window: see what fits.
                 let (used, full) = self.read(key, window).await?;
                 if full {
@@ -117,9 +102,7 @@ impl RateStore for DynamoRateStore {
                 .expression_attribute_values(":rb", n(r_bound))
                 .expression_attribute_values(":tb", n(t_bound))
                 .expression_attribute_values(":exp", n(expires_at()))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .send()
                 .await;
             match res {
@@ -163,14 +146,7 @@ impl RateStore for DynamoRateStore {
         match res {
             Ok(_) => Ok(()),
             // Nothing (or less) to give back: never below zero.
-            Err(e)
-                if matches!(
-                    e.as_service_error(),
-                    Some(UpdateItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => Ok(()),
             Err(e) => Err(classify(&e)),
         }
     }

@@ -29,10 +29,7 @@ pub struct S3Artifacts {
 impl S3Artifacts {
     /// The store for `bucket` (which `provision` creates).
     pub fn new(client: Client, bucket: impl Into<String>) -> S3Artifacts {
-        S3Artifacts {
-            client,
-            bucket: bucket.into(),
-        }
+        S3Artifacts { client, bucket: bucket.into() }
     }
 
     /// The bucket's name.
@@ -72,14 +69,7 @@ impl ArtifactStore for S3Artifacts {
     }
 
     async fn get(&self, key: &str) -> BResult<Option<Vec<u8>>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => out,
             Err(e) => {
                 if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) {
@@ -87,17 +77,13 @@ impl ArtifactStore for S3Artifacts {
                 }
                 return match classify(&e) {
                     // A missing bucket is a misconfiguration, not a missing object.
-                    BackendError::NotFound(m) if m.contains("NoSuchBucket") => {
-                        Err(BackendError::NotFound(m))
-                    }
+                    BackendError::NotFound(m) if m.contains("NoSuchBucket") => Err(BackendError::NotFound(m)),
                     BackendError::NotFound(_) => Ok(None),
                     other => Err(other),
                 };
             }
         };
-        let bytes = out.body.collect().await.map_err(|e| {
-            BackendError::Transient(format!("reading s3://{}/{key}: {e}", self.bucket))
-        })?;
+        let bytes = out.body.collect().await.map_err(|e| BackendError::Transient(format!("reading s3://{}/{key}: {e}", self.bucket)))?;
         Ok(Some(bytes.into_bytes().to_vec()))
     }
 
@@ -112,10 +98,7 @@ mod tests {
 
     #[test]
     fn json_keys_default_to_json() {
-        assert_eq!(
-            content_type_for("jobs/a/result.json", ""),
-            "application/json"
-        );
+        assert_eq!(content_type_for("jobs/a/result.json", ""), "application/json");
         assert_eq!(content_type_for("inputs/a", ""), "application/octet-stream");
         assert_eq!(content_type_for("inputs/a", "text/html"), "text/html");
     }

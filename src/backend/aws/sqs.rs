@@ -26,17 +26,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::classify;
-use crate::backend::{
-    BResult, BackendError, DeadLetter, Message, Queue, QueueDepth, RedrivePlan, RedriveReport,
-    RedriveSelect,
-};
+use crate::backend::{BResult, BackendError, DeadLetter, Message, Queue, QueueDepth, RedrivePlan, RedriveReport, RedriveSelect};
 
 /// SQS's longest long poll, seconds.
 const MAX_WAIT_SECS: u64 = 20;
@@ -75,17 +71,8 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     /// A queue from known URLs.
-    pub fn new(
-        client: Client,
-        queue_url: impl Into<String>,
-        dlq_url: impl Into<String>,
-    ) -> SqsQueue {
-        SqsQueue {
-            client,
-            queue_url: queue_url.into(),
-            dlq_url: dlq_url.into(),
-            no_move_task: Arc::new(AtomicBool::new(false)),
-        }
+    pub fn new(client: Client, queue_url: impl Into<String>, dlq_url: impl Into<String>) -> SqsQueue {
+        SqsQueue { client, queue_url: queue_url.into(), dlq_url: dlq_url.into(), no_move_task: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Resolves both queues by name (`NotFound` when either is missing: provision first).
@@ -132,12 +119,8 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| classify(&e))?;
-        let get = |name: QueueAttributeName| -> u64 {
-            out.attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let get =
+            |name: QueueAttributeName| -> u64 { out.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse().ok()).unwrap_or(0) };
         Ok((
             get(QueueAttributeName::ApproximateNumberOfMessages),
             get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -188,23 +171,14 @@ impl SqsQueue {
                             .map_err(|e| BackendError::Other(format!("send batch entry: {e}")))?,
                     );
                 }
-                let out = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))?;
+                let out =
+                    self.client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await.map_err(|e| classify(&e))?;
                 let failed: HashSet<&str> = out.failed().iter().map(|f| f.id()).collect();
                 if let Some(f) = out.failed().first() {
                     last_error = format!("{}: {}", f.code(), f.message().unwrap_or(""));
                     // Sender faults (bad body) will not get better by retrying.
                     if out.failed().iter().any(|f| f.sender_fault()) {
-                        return Err(BackendError::Other(format!(
-                            "{} message(s) refused by SQS: {last_error}",
-                            out.failed().len()
-                        )));
+                        return Err(BackendError::Other(format!("{} message(s) refused by SQS: {last_error}", out.failed().len())));
                     }
                 }
                 pending.retain(|(i, _)| failed.contains(format!("m{i}").as_str()));
@@ -236,20 +210,11 @@ impl SqsQueue {
                         .map_err(|e| BackendError::Other(format!("delete batch entry: {e}")))?,
                 );
             }
-            let out = self
-                .client
-                .delete_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
+            let out = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
             match out {
                 Ok(out) => {
                     for f in out.failed() {
-                        let idx = f
-                            .id()
-                            .strip_prefix('d')
-                            .and_then(|n| n.parse::<usize>().ok());
+                        let idx = f.id().strip_prefix('d').and_then(|n| n.parse::<usize>().ok());
                         if let Some(r) = idx.and_then(|i| chunk.get(i)) {
                             not_deleted.push(r.clone());
                         }
@@ -272,18 +237,11 @@ impl SqsQueue {
 
 /// The URL of a queue by name.
 pub(crate) async fn queue_url_of(client: &Client, name: &str) -> BResult<String> {
-    let out = client
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(|e| match classify(&e) {
-            BackendError::NotFound(m) => BackendError::NotFound(format!("queue {name}: {m}")),
-            other => other,
-        })?;
-    out.queue_url()
-        .map(str::to_string)
-        .ok_or_else(|| BackendError::Other(format!("queue {name}: no URL returned")))
+    let out = client.get_queue_url().queue_name(name).send().await.map_err(|e| match classify(&e) {
+        BackendError::NotFound(m) => BackendError::NotFound(format!("queue {name}: {m}")),
+        other => other,
+    })?;
+    out.queue_url().map(str::to_string).ok_or_else(|| BackendError::Other(format!("queue {name}: no URL returned")))
 }
 
 fn string_attr(value: &str) -> BResult<MessageAttributeValue> {
@@ -318,9 +276,7 @@ fn sent_at_of(m: &aws_sdk_sqs::types::Message) -> Option<DateTime<Utc>> {
 }
 
 fn user_attr<'a>(m: &'a aws_sdk_sqs::types::Message, name: &str) -> Option<&'a str> {
-    m.message_attributes()
-        .and_then(|a| a.get(name))
-        .and_then(|v| v.string_value())
+    m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value())
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -338,13 +294,7 @@ fn truncate(s: &str, max: usize) -> &str {
 fn to_message(m: aws_sdk_sqs::types::Message) -> Option<Message> {
     let receive_count = receive_count_of(&m);
     let sent_at = sent_at_of(&m);
-    Some(Message {
-        message_id: m.message_id?,
-        receipt: m.receipt_handle?,
-        body: m.body.unwrap_or_default(),
-        receive_count,
-        sent_at,
-    })
+    Some(Message { message_id: m.message_id?, receipt: m.receipt_handle?, body: m.body.unwrap_or_default(), receive_count, sent_at })
 }
 
 fn to_dead_letter(m: &aws_sdk_sqs::types::Message) -> Option<DeadLetter> {
@@ -356,22 +306,14 @@ fn to_dead_letter(m: &aws_sdk_sqs::types::Message) -> Option<DeadLetter> {
         // counted one more receive.
         None => receive_count_of(m).saturating_sub(1).max(1),
     };
-    Some(DeadLetter {
-        message_id,
-        body: m.body().unwrap_or_default().to_string(),
-        reason,
-        receive_count,
-    })
+    Some(DeadLetter { message_id, body: m.body().unwrap_or_default().to_string(), reason, receive_count })
 }
 
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, body: &str, delay: Duration) -> BResult<String> {
         if delay.as_secs() > MAX_DELAY_SECS {
-            return Err(BackendError::Other(format!(
-                "delay of {}s is over SQS's {MAX_DELAY_SECS}s limit",
-                delay.as_secs()
-            )));
+            return Err(BackendError::Other(format!("delay of {}s is over SQS's {MAX_DELAY_SECS}s limit", delay.as_secs())));
         }
         let delay = delay.as_secs() as i32;
         let out = self
@@ -383,9 +325,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| classify(&e))?;
-        out.message_id()
-            .map(str::to_string)
-            .ok_or_else(|| BackendError::Other("SQS returned no message id".into()))
+        out.message_id().map(str::to_string).ok_or_else(|| BackendError::Other("SQS returned no message id".into()))
     }
 
     async fn send_batch(&self, bodies: &[String]) -> BResult<()> {
@@ -419,34 +359,21 @@ impl Queue for SqsQueue {
     async fn dead_letter(&self, message: &Message, reason: &str) -> BResult<()> {
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let reason = truncate(reason, MAX_REASON_BYTES);
-        let reason = if reason.is_empty() {
-            "unspecified"
-        } else {
-            reason
-        };
+        let reason = if reason.is_empty() { "unspecified" } else { reason };
         self.client
             .send_message()
             .queue_url(&self.dlq_url)
             .message_body(&message.body)
             .message_attributes(ATTR_REASON, string_attr(reason)?)
             .message_attributes(ATTR_ORIGINAL_ID, string_attr(&message.message_id)?)
-            .message_attributes(
-                ATTR_RECEIVE_COUNT,
-                number_attr(message.receive_count as u64)?,
-            )
+            .message_attributes(ATTR_RECEIVE_COUNT, number_attr(message.receive_count as u64)?)
             .message_attributes(ATTR_DEAD_LETTERED_AT, string_attr(&now)?)
             .send()
             .await
             .map_err(|e| classify(&e))?;
         // The copy is safe in the DLQ; now remove the original. If this fails the message
         // comes back once and is dead-lettered again (at-least-once, like every SQS move).
-        self.client
-            .delete_message()
-            .queue_url(&self.queue_url)
-            .receipt_handle(&message.receipt)
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
+        self.client.delete_message().queue_url(&self.queue_url).receipt_handle(&message.receipt).send().await.map_err(|e| classify(&e))?;
         Ok(())
     }
 
@@ -460,15 +387,9 @@ impl Queue for SqsQueue {
             if order.len() >= max {
                 break;
             }
-            let wait = if i == 0 {
-                Duration::from_secs(1)
-            } else {
-                Duration::ZERO
-            };
+            let wait = if i == 0 { Duration::from_secs(1) } else { Duration::ZERO };
             let asked = (max - order.len()).min(BATCH);
-            let raw = self
-                .receive_from(&self.dlq_url, asked, wait, Some(0))
-                .await?;
+            let raw = self.receive_from(&self.dlq_url, asked, wait, Some(0)).await?;
             let mut new = 0;
             for m in &raw {
                 if let Some(d) = to_dead_letter(m) {
@@ -485,18 +406,11 @@ impl Queue for SqsQueue {
                 break;
             }
         }
-        Ok(order
-            .into_iter()
-            .take(max)
-            .filter_map(|id| seen.remove(&id))
-            .collect())
+        Ok(order.into_iter().take(max).filter_map(|id| seen.remove(&id)).collect())
     }
 
     async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport> {
-        if plan.select == RedriveSelect::All
-            && plan.max_moved >= plan.examine
-            && !self.no_move_task.load(Ordering::Relaxed)
-        {
+        if plan.select == RedriveSelect::All && plan.max_moved >= plan.examine && !self.no_move_task.load(Ordering::Relaxed) {
             // SQS's own redrive moves everything server-side; emulators may not have it and it
             // needs sqs:StartMessageMoveTask, so fall back on any refusal (and remember it).
             match self.start_move_task().await {
@@ -519,14 +433,7 @@ impl Queue for SqsQueue {
         let mut left_receipts = Vec::new();
         while report.examined() < plan.examine && report.moved_total() < plan.max_moved {
             let want = (plan.examine - report.examined()).min(BATCH as u64) as usize;
-            let raw = self
-                .receive_from(
-                    &self.dlq_url,
-                    want,
-                    Duration::from_secs(1),
-                    Some(REDRIVE_VISIBILITY_SECS),
-                )
-                .await?;
+            let raw = self.receive_from(&self.dlq_url, want, Duration::from_secs(1), Some(REDRIVE_VISIBILITY_SECS)).await?;
             if raw.is_empty() {
                 break;
             }
@@ -572,14 +479,7 @@ impl Queue for SqsQueue {
         for r in &left_receipts {
             // Back to visible at once; if this fails they reappear after the redrive's
             // visibility timeout anyway.
-            let _ = self
-                .client
-                .change_message_visibility()
-                .queue_url(&self.dlq_url)
-                .receipt_handle(r)
-                .visibility_timeout(0)
-                .send()
-                .await;
+            let _ = self.client.change_message_visibility().queue_url(&self.dlq_url).receipt_handle(r).visibility_timeout(0).send().await;
         }
         Ok(report)
     }
@@ -587,12 +487,7 @@ impl Queue for SqsQueue {
     async fn depth(&self) -> BResult<QueueDepth> {
         let (visible, in_flight, delayed) = self.counts(&self.queue_url).await?;
         let (dv, dn, dd) = self.counts(&self.dlq_url).await?;
-        Ok(QueueDepth {
-            visible,
-            in_flight,
-            delayed,
-            dead_letters: dv + dn + dd,
-        })
+        Ok(QueueDepth { visible, in_flight, delayed, dead_letters: dv + dn + dd })
     }
 }
 
@@ -613,10 +508,7 @@ impl SqsQueue {
             .source_arn(source)
             .destination_arn(dest)
             .customize()
-            .config_override(
-                aws_sdk_sqs::config::Builder::default()
-                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
-            )
+            .config_override(aws_sdk_sqs::config::Builder::default().retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()))
             .send()
             .await
             .map_err(|e| classify(&e))?;

@@ -29,9 +29,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use tokio::sync::{oneshot, Notify};
 
 use super::{
-    ArtifactStore, BResult, Backends, BackendError, BudgetLedger, Charge, Claim, DeadLetter,
-    JobStore, LedgerSnapshot, Message, Queue, QueueDepth, RedrivePlan, RedriveReport, Reservation,
-    ReserveOutcome,
+    ArtifactStore, BResult, BackendError, Backends, BudgetLedger, Charge, Claim, DeadLetter, JobStore, LedgerSnapshot, Message, Queue,
+    QueueDepth, RedrivePlan, RedriveReport, Reservation, ReserveOutcome,
 };
 use crate::job::{JobRecord, JobStatus, MAX_MESSAGE_BYTES};
 
@@ -148,9 +147,7 @@ impl<T> DbResult<T> for rusqlite::Result<T> {
 
 fn db_error(e: rusqlite::Error) -> BackendError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
-        {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             BackendError::Transient(format!("sqlite busy: {e}"))
         }
         _ => BackendError::Other(format!("sqlite: {e}")),
@@ -204,9 +201,7 @@ impl Db {
     /// thread that serves it.
     pub fn open(path: &Path) -> BResult<Db> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                BackendError::Other(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent).map_err(|e| BackendError::Other(format!("cannot create {}: {e}", parent.display())))?;
         }
         let mut conn = Connection::open(path).db()?;
         init_connection(&mut conn)?;
@@ -256,8 +251,7 @@ fn init_connection(conn: &mut Connection) -> BResult<()> {
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         return Err(BackendError::Other(format!("sqlite refused WAL mode (got {mode})")));
     }
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=OFF;")
-        .db()?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=OFF;").db()?;
     conn.set_prepared_statement_cache_capacity(64);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
     tx.execute_batch(SCHEMA).db()?;
@@ -319,18 +313,12 @@ impl LocalBackend {
     /// removed when the last store of this backend is dropped. For tests and demos.
     pub fn open_scratch(queue: QueueOptions) -> BResult<LocalBackend> {
         let dir = std::env::temp_dir().join(format!("atlas-scratch-{}", new_id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BackendError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| BackendError::Other(format!("cannot create {}: {e}", dir.display())))?;
         let guard = Arc::new(ScratchDir(dir.clone()));
         LocalBackend::open_with_guard(&dir, "atlas-scratch.sqlite", queue, Some(guard))
     }
 
-    fn open_with_guard(
-        data_dir: &Path,
-        db_file: &str,
-        queue: QueueOptions,
-        guard: Option<Arc<ScratchDir>>,
-    ) -> BResult<LocalBackend> {
+    fn open_with_guard(data_dir: &Path, db_file: &str, queue: QueueOptions, guard: Option<Arc<ScratchDir>>) -> BResult<LocalBackend> {
         let db = Db::open(&data_dir.join(db_file))?;
         let mut artifacts = DirArtifactStore::open(&data_dir.join("artifacts"))?;
         let mut q = SqliteQueue::new(db.clone(), queue)?;
@@ -372,11 +360,7 @@ pub fn db_file_name(stage: &str) -> String {
 /// Opens the embedded backends of `settings.stage`: `{data_dir}/atlas-{stage}.sqlite` (with the
 /// stage's queue and DLQ names) and `{data_dir}/artifacts`.
 pub fn open_backends(settings: &crate::settings::Settings) -> Result<Backends, BackendError> {
-    let b = LocalBackend::open(
-        &settings.storage.data_dir,
-        &db_file_name(&settings.stage),
-        QueueOptions::from_settings(settings),
-    )?;
+    let b = LocalBackend::open(&settings.storage.data_dir, &db_file_name(&settings.stage), QueueOptions::from_settings(settings))?;
     Ok(b.backends())
 }
 
@@ -430,9 +414,7 @@ impl SqliteQueue {
                 let now = wall_ms();
                 // Cheap read first: most idle polls end here without taking the write lock.
                 let any: Option<i64> = conn
-                    .prepare_cached(
-                        "SELECT 1 FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2 LIMIT 1",
-                    )
+                    .prepare_cached("SELECT 1 FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2 LIMIT 1")
                     .db()?
                     .query_row(params![opts.queue_name, now], |r| r.get(0))
                     .optional()
@@ -477,10 +459,7 @@ impl SqliteQueue {
                             .db()?
                             .execute(params![opts.dlq_name, id, crate::redact::message_body(&body), sent_at, count, now])
                             .db()?;
-                            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
-                                .db()?
-                                .execute(params![seq])
-                                .db()?;
+                            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1").db()?.execute(params![seq]).db()?;
                             continue;
                         }
                         let receipt = format!("{id}.{}", new_id());
@@ -491,13 +470,7 @@ impl SqliteQueue {
                         .db()?
                         .execute(params![hidden_until, receipt, seq])
                         .db()?;
-                        out.push(Message {
-                            message_id: id,
-                            receipt,
-                            body,
-                            receive_count: count + 1,
-                            sent_at: from_ms(sent_at),
-                        });
+                        out.push(Message { message_id: id, receipt, body, receive_count: count + 1, sent_at: from_ms(sent_at) });
                     }
                     if exhausted || out.len() >= max {
                         break;
@@ -512,10 +485,7 @@ impl SqliteQueue {
 
 fn check_body(body: &str) -> BResult<()> {
     if body.len() > MAX_MESSAGE_BYTES {
-        return Err(BackendError::Other(format!(
-            "message body is {} bytes; the queue accepts at most {MAX_MESSAGE_BYTES}",
-            body.len()
-        )));
+        return Err(BackendError::Other(format!("message body is {} bytes; the queue accepts at most {MAX_MESSAGE_BYTES}", body.len())));
     }
     Ok(())
 }
@@ -525,11 +495,7 @@ impl Queue for SqliteQueue {
     async fn send(&self, body: &str, delay: Duration) -> BResult<String> {
         check_body(body)?;
         if delay > MAX_SEND_DELAY {
-            return Err(BackendError::Other(format!(
-                "send delay {}s is longer than {}s",
-                delay.as_secs(),
-                MAX_SEND_DELAY.as_secs()
-            )));
+            return Err(BackendError::Other(format!("send delay {}s is longer than {}s", delay.as_secs(), MAX_SEND_DELAY.as_secs())));
         }
         let opts = self.opts.clone();
         let body = body.to_string();
@@ -590,9 +556,7 @@ impl Queue for SqliteQueue {
             return Ok(Vec::new());
         }
         // SQS caps a long poll at 20 s; here any wait works, but an absurd one must not overflow.
-        let deadline = Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
+        let deadline = Instant::now().checked_add(wait).unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 60 * 60));
         loop {
             // Register interest before looking, so a send in between is not missed.
             let notified = self.notify.notified();
@@ -621,18 +585,14 @@ impl Queue for SqliteQueue {
             .db
             .call(move |conn| {
                 let at = wall_ms().saturating_add(duration_ms(timeout));
-                conn.prepare_cached(
-                    "UPDATE queue_messages SET visible_at = ?1 WHERE queue = ?2 AND receipt = ?3",
-                )
-                .db()?
-                .execute(params![at, opts.queue_name, receipt])
-                .db()
+                conn.prepare_cached("UPDATE queue_messages SET visible_at = ?1 WHERE queue = ?2 AND receipt = ?3")
+                    .db()?
+                    .execute(params![at, opts.queue_name, receipt])
+                    .db()
             })
             .await?;
         if changed == 0 {
-            return Err(BackendError::Conflict(
-                "receipt is stale: the message was deleted, dead-lettered or received again".into(),
-            ));
+            return Err(BackendError::Conflict("receipt is stale: the message was deleted, dead-lettered or received again".into()));
         }
         if timeout.is_zero() {
             self.notify.notify_waiters();
@@ -651,9 +611,7 @@ impl Queue for SqliteQueue {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
                 let mut failed = Vec::new();
                 {
-                    let mut st = tx
-                        .prepare_cached("DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2")
-                        .db()?;
+                    let mut st = tx.prepare_cached("DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2").db()?;
                     for r in receipts {
                         if st.execute(params![opts.queue_name, r]).db()? == 0 {
                             failed.push(r);
@@ -680,9 +638,7 @@ impl Queue for SqliteQueue {
                          WHERE queue = ?1 AND receipt = ?2",
                     )
                     .db()?
-                    .query_row(params![opts.queue_name, receipt], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                    })
+                    .query_row(params![opts.queue_name, receipt], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                     .optional()
                     .db()?;
                 let Some((seq, id, _stored, sent_at, count)) = row else {
@@ -716,12 +672,7 @@ impl Queue for SqliteQueue {
                 let limit = i64::try_from(max).unwrap_or(i64::MAX);
                 let it = st
                     .query_map(params![opts.dlq_name, limit], |r| {
-                        Ok(DeadLetter {
-                            message_id: r.get(0)?,
-                            body: r.get(1)?,
-                            reason: r.get(2)?,
-                            receive_count: r.get(3)?,
-                        })
+                        Ok(DeadLetter { message_id: r.get(0)?, body: r.get(1)?, reason: r.get(2)?, receive_count: r.get(3)? })
                     })
                     .db()?;
                 it.collect::<rusqlite::Result<Vec<_>>>().db()
@@ -835,33 +786,22 @@ impl SqliteJobStore {
 }
 
 fn parse_record(id: &str, json: &str) -> BResult<JobRecord> {
-    serde_json::from_str(json)
-        .map_err(|e| BackendError::Other(format!("stored record of job {id} is unreadable: {e}")))
+    serde_json::from_str(json).map_err(|e| BackendError::Other(format!("stored record of job {id} is unreadable: {e}")))
 }
 
 fn record_json(r: &JobRecord) -> BResult<String> {
-    serde_json::to_string(r)
-        .map_err(|e| BackendError::Other(format!("cannot serialise record of job {}: {e}", r.id)))
+    serde_json::to_string(r).map_err(|e| BackendError::Other(format!("cannot serialise record of job {}: {e}", r.id)))
 }
 
 #[async_trait]
 impl JobStore for SqliteJobStore {
-    async fn claim(
-        &self,
-        id: &str,
-        stage: &str,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> BResult<Claim> {
+    async fn claim(&self, id: &str, stage: &str, owner: &str, lease_until: DateTime<Utc>, now: DateTime<Utc>) -> BResult<Claim> {
         let (id, stage, owner) = (id.to_string(), stage.to_string(), owner.to_string());
         self.db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
                 let row: Option<(String, Option<String>, Option<i64>, String)> = tx
-                    .prepare_cached(
-                        "SELECT status, lease_owner, lease_expires_at, record FROM jobs WHERE id = ?1",
-                    )
+                    .prepare_cached("SELECT status, lease_owner, lease_expires_at, record FROM jobs WHERE id = ?1")
                     .db()?
                     .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()
@@ -885,17 +825,13 @@ impl JobStore for SqliteJobStore {
                     }
                     Some((status, lease_owner, lease_exp, json)) => {
                         let rec = parse_record(&id, &json)?;
-                        let status = JobStatus::parse(&status).ok_or_else(|| {
-                            BackendError::Other(format!("job {id} has an unknown stored status `{status}`"))
-                        })?;
+                        let status = JobStatus::parse(&status)
+                            .ok_or_else(|| BackendError::Other(format!("job {id} has an unknown stored status `{status}`")))?;
                         match status {
                             JobStatus::Completed => return Ok(Claim::AlreadyCompleted(rec)),
                             JobStatus::Processing => {
                                 if let Some(exp) = lease_exp.filter(|e| *e >= micros(now)) {
-                                    let until = rec
-                                        .lease_expires_at
-                                        .or_else(|| DateTime::from_timestamp_micros(exp))
-                                        .unwrap_or(now);
+                                    let until = rec.lease_expires_at.or_else(|| DateTime::from_timestamp_micros(exp)).unwrap_or(now);
                                     return Ok(Claim::Busy { owner: lease_owner.unwrap_or_default(), until });
                                 }
                             }
@@ -973,10 +909,9 @@ impl JobStore for SqliteJobStore {
                     .db()?;
                 Err(BackendError::Conflict(match current {
                     None => format!("job {id} does not exist"),
-                    Some((s, o)) => format!(
-                        "job {id} is `{s}` with lease owner {}; `{owner}` does not hold it",
-                        o.as_deref().unwrap_or("(none)")
-                    ),
+                    Some((s, o)) => {
+                        format!("job {id} is `{s}` with lease owner {}; `{owner}` does not hold it", o.as_deref().unwrap_or("(none)"))
+                    }
                 }))
             })
             .await
@@ -993,14 +928,7 @@ impl JobStore for SqliteJobStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING",
                     )
                     .db()?
-                    .execute(params![
-                        r.id,
-                        r.status.as_str(),
-                        r.lease_owner,
-                        r.lease_expires_at.map(micros),
-                        micros(r.created_at),
-                        json
-                    ])
+                    .execute(params![r.id, r.status.as_str(), r.lease_owner, r.lease_expires_at.map(micros), micros(r.created_at), json])
                     .db()?;
                 Ok(n == 1)
             })
@@ -1013,11 +941,7 @@ impl JobStore for SqliteJobStore {
         let json: Option<String> = self
             .db
             .call(move |conn| {
-                conn.prepare_cached("SELECT record FROM jobs WHERE id = ?1")
-                    .db()?
-                    .query_row(params![id2], |r| r.get(0))
-                    .optional()
-                    .db()
+                conn.prepare_cached("SELECT record FROM jobs WHERE id = ?1").db()?.query_row(params![id2], |r| r.get(0)).optional().db()
             })
             .await?;
         json.map(|j| parse_record(&id, &j)).transpose()
@@ -1040,11 +964,8 @@ impl JobStore for SqliteJobStore {
                         it.collect::<rusqlite::Result<Vec<_>>>()
                     }
                     None => {
-                        let mut st = conn
-                            .prepare_cached(
-                                "SELECT id, record FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1",
-                            )
-                            .db()?;
+                        let mut st =
+                            conn.prepare_cached("SELECT id, record FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?1").db()?;
                         let it = st.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?))).db()?;
                         it.collect::<rusqlite::Result<Vec<_>>>()
                     }
@@ -1133,9 +1054,8 @@ fn add_spent(conn: &Connection, period: &str, amount: i64) -> BResult<()> {
 fn fold_lapsed(conn: &Connection, period: &str, now_us: i64) -> BResult<()> {
     let horizon = now_us.saturating_sub(RESERVATION_GC_GRACE_MICROS);
     let old: Vec<(String, String, i64)> = {
-        let mut st = conn
-            .prepare_cached("SELECT id, job_id, amount FROM budget_reservations WHERE period = ?1 AND expires_at < ?2")
-            .db()?;
+        let mut st =
+            conn.prepare_cached("SELECT id, job_id, amount FROM budget_reservations WHERE period = ?1 AND expires_at < ?2").db()?;
         let it = st.query_map(params![period, horizon], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).db()?;
         it.collect::<rusqlite::Result<_>>().db()?
     };
@@ -1203,13 +1123,7 @@ fn breakdown(conn: &Connection, period: &str, column: &str) -> BResult<std::coll
 
 #[async_trait]
 impl BudgetLedger for SqliteLedger {
-    async fn reserve(
-        &self,
-        period: &str,
-        reservation: &Reservation,
-        limit_micros: i64,
-        now: DateTime<Utc>,
-    ) -> BResult<ReserveOutcome> {
+    async fn reserve(&self, period: &str, reservation: &Reservation, limit_micros: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome> {
         if reservation.amount_micros < 0 {
             return Err(BackendError::Other("a reservation cannot be negative".into()));
         }
@@ -1220,9 +1134,7 @@ impl BudgetLedger for SqliteLedger {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
                 let now_us = micros(now);
                 let settled: Option<i64> = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM budget_charges WHERE period = ?1 AND reservation_id = ?2",
-                    )
+                    .prepare_cached("SELECT 1 FROM budget_charges WHERE period = ?1 AND reservation_id = ?2")
                     .db()?
                     .query_row(params![period, r.id], |row| row.get(0))
                     .optional()
@@ -1232,9 +1144,7 @@ impl BudgetLedger for SqliteLedger {
                     return Ok(ReserveOutcome::Granted);
                 }
                 let existing: Option<i64> = tx
-                    .prepare_cached(
-                        "SELECT expires_at FROM budget_reservations WHERE period = ?1 AND id = ?2",
-                    )
+                    .prepare_cached("SELECT expires_at FROM budget_reservations WHERE period = ?1 AND id = ?2")
                     .db()?
                     .query_row(params![period, r.id], |row| row.get(0))
                     .optional()
@@ -1331,14 +1241,9 @@ pub struct DirArtifactStore {
 impl DirArtifactStore {
     /// Uses (creating when absent) `root` as the store's directory.
     pub fn open(root: &Path) -> BResult<DirArtifactStore> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| BackendError::Other(format!("cannot create {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root).map_err(|e| BackendError::Other(format!("cannot create {}: {e}", root.display())))?;
         let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-        Ok(DirArtifactStore {
-            root,
-            writers: Arc::new(tokio::sync::Semaphore::new(ARTIFACT_WRITE_PARALLELISM)),
-            _guard: None,
-        })
+        Ok(DirArtifactStore { root, writers: Arc::new(tokio::sync::Semaphore::new(ARTIFACT_WRITE_PARALLELISM)), _guard: None })
     }
 
     /// The directory the objects live in.
@@ -1376,17 +1281,10 @@ pub fn validate_key(key: &str) -> BResult<()> {
 impl ArtifactStore for DirArtifactStore {
     async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> BResult<()> {
         let path = self.path_for(key)?;
-        let permit = self
-            .writers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| BackendError::Other("the artifact store is closed".into()))?;
+        let permit = self.writers.clone().acquire_owned().await.map_err(|_| BackendError::Other("the artifact store is closed".into()))?;
         tokio::task::spawn_blocking(move || -> BResult<()> {
             let _permit = permit;
-            let io = |what: &str, e: std::io::Error| {
-                BackendError::Other(format!("cannot {what} {}: {e}", path.display()))
-            };
+            let io = |what: &str, e: std::io::Error| BackendError::Other(format!("cannot {what} {}: {e}", path.display()));
             let parent = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
             let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("object");

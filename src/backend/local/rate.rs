@@ -34,13 +34,7 @@ fn to_i64(v: u64) -> i64 {
 
 #[async_trait]
 impl RateStore for SqliteRateStore {
-    async fn take(
-        &self,
-        key: &str,
-        window: u64,
-        want: RateUnits,
-        cap: RateUnits,
-    ) -> BResult<RateUnits> {
+    async fn take(&self, key: &str, window: u64, want: RateUnits, cap: RateUnits) -> BResult<RateUnits> {
         let key = key.to_string();
         self.db
             .call(move |conn| {
