@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use tokio::time::Instant;
 
-use crate::backend::{BResult, BudgetLedger, Charge, ChargeLine, LedgerSnapshot, Reservation, ReserveOutcome};
+use crate::backend::{BResult, BackendError, BudgetLedger, Charge, ChargeLine, LedgerSnapshot, Reservation, ReserveOutcome};
 use crate::error::JobError;
 use crate::pricing::micros_to_usd;
 use crate::settings::Settings;
@@ -183,6 +183,8 @@ struct Inner {
     refreshing: AtomicBool,
     /// Ledger writes made (lease requests and returns), for the benchmark.
     ledger_writes: AtomicU64,
+    /// Leases taken out of the state and being returned right now (by the ticker or a call).
+    returning: AtomicU64,
     estimated_calls: AtomicU64,
 }
 
@@ -219,7 +221,9 @@ impl Inner {
     /// Returns leases to the ledger: settled with their spend, or released when nothing was spent.
     async fn give_back(&self, leases: Vec<Lease>) -> BResult<()> {
         let mut result = Ok(());
+        self.returning.fetch_add(leases.len() as u64, Ordering::AcqRel);
         for lease in leases {
+            let _returned = Returned(&self.returning);
             self.ledger_writes.fetch_add(1, Ordering::Relaxed);
             let r = if lease.used > 0 {
                 let charge = lease.charge();
@@ -239,6 +243,15 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+/// Counts one lease as no longer being returned when dropped.
+struct Returned<'a>(&'a AtomicU64);
+
+impl Drop for Returned<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -279,6 +292,7 @@ impl Budget {
                 cache: Mutex::new(None),
                 refreshing: AtomicBool::new(false),
                 ledger_writes: AtomicU64::new(0),
+                returning: AtomicU64::new(0),
                 estimated_calls: AtomicU64::new(0),
             }),
         }
@@ -523,8 +537,13 @@ impl Budget {
         loop {
             let all = self.inner.take_due(true);
             let r = self.inner.give_back(all).await;
-            if r.is_ok() || started.elapsed() >= DRAIN_RETURN_FOR {
-                return r;
+            // Done when nothing is left to return here or in the ticker's hands.
+            let left = self.inner.returning.load(Ordering::Acquire) > 0 || self.inner.lock().leases.iter().any(|l| l.calls.is_empty());
+            if !left && r.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() >= DRAIN_RETURN_FOR {
+                return r.and(Err(BackendError::Transient("budget leases not returned before the drain ended".into())));
             }
             tokio::time::sleep(LEASE_TICK).await;
         }

@@ -549,13 +549,19 @@ async fn ledger_outages_are_transient_and_writes_are_retried() {
     assert_eq!(l.calls.load(Ordering::SeqCst), 3);
     assert_eq!(b.snapshot(now).await.expect("snap").spent_micros, 4_000);
 
-    // Down for good: gives up after LEDGER_WRITE_TRIES and reports the error.
+    // Down for good: each return gives up after LEDGER_WRITE_TRIES and reports the error, and
+    // the lease is kept and returned again later (drain keeps trying for DRAIN_RETURN_FOR).
     let h = b.reserve("j", "j:2", 1_000, now).await.expect("fits");
     l.calls.store(0, Ordering::SeqCst);
-    l.fail_next.store(100, Ordering::SeqCst);
-    b.release(h).await.expect("the call ends in memory");
+    l.fail_next.store(usize::MAX, Ordering::SeqCst);
+    let _ = b.release(h).await; // the call ends in memory whatever the ledger says
     assert!(b.drain().await.is_err(), "returning the lease fails for good");
-    assert_eq!(l.calls.load(Ordering::SeqCst), LEDGER_WRITE_TRIES as usize);
+    let tries = l.calls.load(Ordering::SeqCst);
+    assert!(tries > LEDGER_WRITE_TRIES as usize, "the kept lease was returned again: {tries} tries");
+    // Once the ledger answers again, the kept lease goes back.
+    l.fail_next.store(0, Ordering::SeqCst);
+    b.drain().await.expect("returned once the ledger is back");
+    assert_eq!(b.snapshot(now).await.expect("snap").reserved_micros, 0, "nothing left held");
 
     // A non-retryable error is not retried.
     let l = flaky(0, BackendError::Other("access denied".into()));
