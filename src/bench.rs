@@ -493,7 +493,8 @@ pub async fn serve_mock(latency_ms: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Counts the writes the worker makes to the budget ledger (reserve, settle, release).
+/// Counts the writes the worker makes to the budget ledger (reserve, settle, release, declare,
+/// close).
 struct CountingLedger {
     inner: Arc<dyn BudgetLedger>,
     writes: Arc<AtomicU64>,
@@ -521,6 +522,17 @@ impl BudgetLedger for CountingLedger {
     }
     async fn snapshot(&self, period: &str, now: chrono::DateTime<Utc>) -> BResult<LedgerSnapshot> {
         self.inner.snapshot(period, now).await
+    }
+    async fn declare(&self, period: &str, id: &str, bound: i64, expires_at: chrono::DateTime<Utc>) -> BResult<bool> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.declare(period, id, bound, expires_at).await
+    }
+    async fn close(&self, period: &str, id: &str) -> BResult<Option<i64>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.close(period, id).await
+    }
+    async fn lapsed(&self, period: &str, before: chrono::DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        self.inner.lapsed(period, before).await
     }
 }
 

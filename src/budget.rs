@@ -13,9 +13,16 @@
 //! at the very end a lease is one call's worst case, returned as soon as the call ends, so the
 //! last few percent are still usable by every worker.
 //!
-//! A worker that dies never returns its lease: the lease lapses and the ledger keeps counting
-//! it **in full** (see the [`BudgetLedger`] contract), so the ledger over-counts by the lease's
-//! unspent remainder and never under-counts what the provider billed.
+//! Before a call would take a lease's spend past the last ceiling it declared, the worker
+//! declares a new one on the ledger ([`BudgetLedger::declare`], write-ahead: the call is sent
+//! only once the declaration is stored). The ceiling is what the lease has spent plus its
+//! calls in flight plus a step of [`DECLARE_STEPS`]th of the lease, so a lease costs a handful
+//! of declarations, not one per call. A worker that dies never returns its lease: the lease
+//! lapses (after `budget.reservation_ttl_secs`), and any worker's maintenance task recovers it
+//! ([`recover_lapsed`]): it closes the lease's ceiling (a live but slow holder can then declare
+//! no more) and settles the lease at that ceiling. So the ledger over-counts a dead worker by at
+//! most one step plus its calls in flight, never under-counts what the provider billed, and the
+//! rest of the slice flows back to the fleet within about 1.5 × the lease lifetime.
 //!
 //! A call the worker stopped waiting for (timeout, job timeout, drain) may still be generated
 //! and billed: its [`Hold`] is charged at its worst case when dropped unsettled ("estimated").
@@ -53,8 +60,15 @@ pub const LEASE_COVER: Duration = Duration::from_secs(30);
 pub const LEASE_SHARE_OF_REMAINING: i64 = 32;
 /// A lease covers at least this many calls of the size asked for (when the budget allows).
 pub const LEASE_MIN_CALLS: i64 = 4;
-/// A lease takes no new calls after this age; it is returned once its calls end.
+/// A lease takes no new calls after this age (or half the lease lifetime, if shorter); it is
+/// returned once its calls end.
 pub const LEASE_MAX_AGE: Duration = Duration::from_secs(60);
+/// A declared ceiling runs this fraction of the lease ahead of what is spent and in flight
+/// (at most this many declarations per lease, plus one per call near the budget's end).
+pub const DECLARE_STEPS: i64 = 8;
+/// How long the ledger keeps a declared ceiling after its lease expires (longer than lapsed
+/// holds are kept before they are folded into spend, a day).
+const DECLARATION_KEPT: chrono::Duration = chrono::Duration::days(2);
 /// A lease with no call in flight for this long is returned (budget flows back to the fleet).
 pub const LEASE_IDLE_RETURN: Duration = Duration::from_secs(2);
 /// How often the maintenance task looks for leases to return.
@@ -126,6 +140,10 @@ struct Lease {
     lines: BTreeMap<(String, Option<String>), i64>,
     taken_at: Instant,
     last_active: Instant,
+    /// The ceiling last declared on the ledger (spend never passes it), micro-USD.
+    declared: i64,
+    /// When the lease lapses on the ledger.
+    expires_at: DateTime<Utc>,
     /// Takes no new calls; returned once its calls end.
     retired: bool,
     /// Sized to a single call (the budget is nearly spent): returned as soon as it is idle.
@@ -139,12 +157,18 @@ impl Lease {
     fn free(&self) -> i64 {
         self.amount - self.used - self.in_flight()
     }
-    fn due(&self, now: Instant) -> bool {
+    fn due(&self, now: Instant, max_age: Duration) -> bool {
         self.calls.is_empty()
             && (self.retired
                 || self.single
                 || now.saturating_duration_since(self.last_active) >= LEASE_IDLE_RETURN
-                || now.saturating_duration_since(self.taken_at) >= LEASE_MAX_AGE)
+                || now.saturating_duration_since(self.taken_at) >= max_age)
+    }
+    /// The ceiling to declare before the calls in flight may be sent, if the last one does
+    /// not cover them: spent + in flight + one step, at most the lease.
+    fn ceiling_needed(&self) -> Option<i64> {
+        let need = self.used.saturating_add(self.in_flight());
+        (need > self.declared).then(|| need.saturating_add(self.amount / DECLARE_STEPS).min(self.amount).max(need))
     }
     fn charge(&self) -> Charge {
         Charge {
@@ -172,10 +196,14 @@ struct Inner {
     ledger: Arc<dyn BudgetLedger>,
     limit_micros: i64,
     ttl: Duration,
+    /// A lease takes no new calls after this age: [`LEASE_MAX_AGE`] or half of `ttl`.
+    max_age: Duration,
     owner: String,
     state: Mutex<State>,
     /// One lease request at a time per worker.
     acquiring: tokio::sync::Mutex<()>,
+    /// One ceiling declaration at a time per worker.
+    declaring: tokio::sync::Mutex<()>,
     next_lease: AtomicU64,
     ticker: AtomicBool,
     /// Last used fraction read and when (tokio clock, so paused-time tests see it expire).
@@ -213,7 +241,9 @@ impl Inner {
     fn take_due(&self, all: bool) -> Vec<Lease> {
         let now = Instant::now();
         let mut st = self.lock();
-        let (due, keep): (Vec<Lease>, Vec<Lease>) = st.leases.drain(..).partition(|l| if all { l.calls.is_empty() } else { l.due(now) });
+        let max_age = self.max_age;
+        let (due, keep): (Vec<Lease>, Vec<Lease>) =
+            st.leases.drain(..).partition(|l| if all { l.calls.is_empty() } else { l.due(now, max_age) });
         st.leases = keep;
         due
     }
@@ -244,6 +274,45 @@ impl Inner {
         }
         result
     }
+}
+
+impl Inner {
+    /// Recovers the leases of this period (and of the last one, at a month's turn) that lapsed
+    /// more than `grace` ago (see [`recover_lapsed`]).
+    async fn recover(&self, grace: Duration) {
+        let now = Utc::now();
+        let before = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::zero());
+        let mut periods = vec![period(now)];
+        let earlier = period(before - chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::zero()));
+        if earlier != periods[0] {
+            periods.push(earlier);
+        }
+        for p in periods {
+            match recover_lapsed(self.ledger.as_ref(), &p, before).await {
+                Ok(n) => {
+                    self.ledger_writes.fetch_add(2 * n as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(period = %p, error = %e, "could not recover lapsed budget leases; trying again later"),
+            }
+        }
+    }
+}
+
+/// Settles every reservation of `period` that lapsed before `before` (its holder died) at the
+/// ceiling its holder declared, or in full when it declared none; the number recovered.
+///
+/// The ceiling is closed first, so a holder that is alive after all can declare no more and
+/// spends at most what is charged here: the ledger never under-counts. Any worker may run it,
+/// several at once: close and settle are idempotent per reservation.
+pub async fn recover_lapsed(ledger: &dyn BudgetLedger, period: &str, before: DateTime<Utc>) -> BResult<usize> {
+    let lapsed = ledger.lapsed(period, before).await?;
+    for r in &lapsed {
+        let ceiling = ledger.close(period, &r.id).await?;
+        let charged = ceiling.map_or(r.amount_micros, |c| c.clamp(0, r.amount_micros));
+        ledger.settle(period, &Charge::single(r.id.clone(), r.job_id.clone(), crate::backend::RECOVERED_MODEL, None, charged)).await?;
+        crate::telemetry::budget_lease_recovered(&r.id, r.amount_micros, charged);
+    }
+    Ok(lapsed.len())
 }
 
 /// Counts one lease as no longer being returned when dropped.
@@ -284,9 +353,11 @@ impl Budget {
                 ledger,
                 limit_micros: limit_micros.max(0),
                 ttl,
+                max_age: LEASE_MAX_AGE.min(ttl / 2),
                 owner: owner.to_string(),
                 state: Mutex::new(State::default()),
                 acquiring: tokio::sync::Mutex::new(()),
+                declaring: tokio::sync::Mutex::new(()),
                 next_lease: AtomicU64::new(0),
                 ticker: AtomicBool::new(false),
                 cache: Mutex::new(None),
@@ -359,17 +430,67 @@ impl Budget {
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
         };
         self.ensure_ticker();
-        if let Some(hold) = self.hold_in_lease(&period, &reservation) {
+        // A lease whose ceiling was closed (it lapsed and was recovered) is retired: try another.
+        for _ in 0..3 {
+            let hold = self.hold_or_lease(&period, &reservation, now).await?;
+            if let Some(hold) = self.cover(hold).await? {
+                return Ok(hold);
+            }
+        }
+        Err(JobError::transient("budget_unavailable", "budget ledger: three leases were closed under the call"))
+    }
+
+    /// A hold in a held lease with room, or in a new lease.
+    async fn hold_or_lease(&self, period: &str, reservation: &Reservation, now: DateTime<Utc>) -> Result<Hold, JobError> {
+        if let Some(hold) = self.hold_in_lease(period, reservation) {
             return Ok(hold);
         }
         let _one = self.inner.acquiring.lock().await;
         // Another task may have leased meanwhile.
-        if let Some(hold) = self.hold_in_lease(&period, &reservation) {
+        if let Some(hold) = self.hold_in_lease(period, reservation) {
             return Ok(hold);
         }
-        self.lease(&period, &reservation, now).await?;
-        self.hold_in_lease(&period, &reservation)
+        self.lease(period, reservation, now).await?;
+        self.hold_in_lease(period, reservation)
             .ok_or_else(|| JobError::transient("budget_unavailable", "a fresh budget lease had no room for the call"))
+    }
+
+    /// Makes sure the lease's declared ceiling covers the call before it is sent (write-ahead,
+    /// see the module doc). `None` (the hold given back) when the ceiling was closed: the lease
+    /// lapsed and was recovered, so it is retired and the call must go into another one.
+    async fn cover(&self, mut hold: Hold) -> Result<Option<Hold>, JobError> {
+        if hold.budget.is_none() {
+            return Ok(Some(hold));
+        }
+        let _one = self.inner.declaring.lock().await;
+        let wanted = {
+            let st = self.inner.lock();
+            st.leases.iter().find(|l| l.id == hold.lease_id).and_then(|l| Some((l.ceiling_needed()?, l.expires_at)))
+        };
+        let Some((ceiling, expires_at)) = wanted else { return Ok(Some(hold)) };
+        self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
+        let kept = expires_at.checked_add_signed(DECLARATION_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let declared = self.inner.ledger.declare(&hold.period, &hold.lease_id, ceiling, kept).await;
+        {
+            let mut st = self.inner.lock();
+            if let Some(lease) = st.leases.iter_mut().find(|l| l.id == hold.lease_id) {
+                match declared {
+                    Ok(true) => lease.declared = lease.declared.max(ceiling),
+                    Ok(false) => lease.retired = true,
+                    Err(_) => {}
+                }
+            }
+        }
+        if matches!(declared, Ok(true)) {
+            return Ok(Some(hold));
+        }
+        // Not sent: given back without a charge.
+        hold.budget = None;
+        self.inner.finish_call(&hold.lease_id, &hold.reservation.id, None);
+        match declared {
+            Err(e) => Err(JobError::transient("budget_unavailable", format!("budget ledger: {e}"))),
+            Ok(_) => Ok(None),
+        }
     }
 
     /// Puts the call into a held lease with room for it, if any.
@@ -382,7 +503,7 @@ impl Budget {
             return Some(Hold { period: period.to_string(), reservation: r.clone(), lease_id, budget: None });
         }
         for l in st.leases.iter_mut() {
-            if !l.retired && (l.period != period || now.saturating_duration_since(l.taken_at) >= LEASE_MAX_AGE) {
+            if !l.retired && (l.period != period || now.saturating_duration_since(l.taken_at) >= self.inner.max_age) {
                 l.retired = true;
             }
         }
@@ -442,6 +563,8 @@ impl Budget {
                         lines: BTreeMap::new(),
                         taken_at: t,
                         last_active: t,
+                        declared: 0,
+                        expires_at: lease.expires_at,
                         retired: false,
                         single: size <= r.amount_micros,
                     });
@@ -481,14 +604,20 @@ impl Budget {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
+        let every = (self.inner.ttl / 4).max(Duration::from_secs(1));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                let mut next_recovery = Instant::now() + every;
                 loop {
                     tokio::time::sleep(LEASE_TICK).await;
                     let Some(inner) = weak.upgrade() else { return };
                     let due = inner.take_due(false);
                     if !due.is_empty() {
                         let _ = inner.give_back(due).await;
+                    }
+                    if Instant::now() >= next_recovery {
+                        next_recovery = Instant::now() + every;
+                        inner.recover(every).await;
                     }
                 }
             });

@@ -323,7 +323,8 @@ impl Default for ModelSettings {
 pub struct BudgetSettings {
     /// Monthly limit in USD for the whole stage (`MONTHLY_BUDGET`).
     pub monthly_usd: f64,
-    /// How long a reservation holds before it lapses, seconds.
+    /// A budget lease's lifetime, seconds: a dead worker's lease lapses after this and is
+    /// recovered at its declared ceiling about a quarter of it later.
     pub reservation_ttl_secs: u64,
     /// Fraction at which the budget counts as nearly spent (alerts, cheaper routing).
     pub warn_fraction: f64,
@@ -518,7 +519,7 @@ impl Default for Settings {
                 prefer_cheaper_above: 0.8,
             },
             models,
-            budget: BudgetSettings { monthly_usd: 100.0, reservation_ttl_secs: 900, warn_fraction: 0.8 },
+            budget: BudgetSettings { monthly_usd: 100.0, reservation_ttl_secs: 300, warn_fraction: 0.8 },
             rate_limit: RateLimitSettings { scope: RateScope::Fleet, window_secs: 0, fallback_replicas: 4 },
             fetch: FetchSettings {
                 allow_private_networks: false,

@@ -9,8 +9,12 @@
 //!
 //! 1. the provider's bill never passes `MONTHLY_BUDGET`;
 //! 2. the ledger never shows less than the bill, and more only by leased-but-unspent money
-//!    (held or lapsed) and calls charged at their worst case (`estimated`);
-//! 3. at least 90% of the budget is billed before the work is deferred;
+//!    (held or lapsed), calls charged at their worst case (`estimated`) and the killed
+//!    workers' leases, recovered at the ceilings they declared (`budget.reservation_ttl_secs`
+//!    is 12 s here, so they lapse and are recovered within the run);
+//! 3. at least 90% of the budget is spent on the ledger before the work is deferred, and
+//!    nothing is left held or lapsed (the bill shows less by the worst cases of calls whose
+//!    price the ledger cannot know: 82-88% billed here, see docs/performance.md);
 //! 4. every job is terminal, or pending for budget.
 
 #[allow(dead_code)]
@@ -25,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atlas_codex::backend::local::{LocalBackend, QueueOptions};
-use atlas_codex::backend::{aws, BudgetLedger, JobStore, Queue};
+use atlas_codex::backend::{aws, BudgetLedger, JobStore, Queue, RECOVERED_MODEL};
 use atlas_codex::job::{JobRecord, JobStatus};
 use atlas_codex::mock_openai::{Behavior, MockBill, MockConfig, MockOpenAi, MockPrice};
 use serde_json::{json, Value};
@@ -48,6 +52,9 @@ const QUEUE_FLOOR: u64 = 30;
 /// The run ends once nothing has changed for this long (longer than a budget deferral's short
 /// retry, 5-10 s, so work that waits on another worker's lease has come back).
 const QUIET: Duration = Duration::from_secs(14);
+/// The lease lifetime (`budget.reservation_ttl_secs`): a killed worker's leases lapse after it
+/// and are recovered at their declared ceilings a quarter to a half of it later.
+const LEASE_TTL_SECS: u64 = 12;
 const DEADLINE: Duration = Duration::from_secs(200);
 /// Jobs in flight per worker.
 const CONCURRENCY: i64 = 8;
@@ -81,7 +88,7 @@ fn job(run: &str, i: usize) -> String {
 /// The stage's view of the models for this test: a small output cap (so a worst-case call is
 /// close to a real one and the budget is a few dozen of them wide) and a short request timeout.
 fn config_file(dir: &std::path::Path) -> String {
-    let mut toml = format!("[llm]\nrequest_timeout_secs = {REQUEST_TIMEOUT_SECS}\n\n");
+    let mut toml = format!("[llm]\nrequest_timeout_secs = {REQUEST_TIMEOUT_SECS}\n\n[budget]\nreservation_ttl_secs = {LEASE_TTL_SECS}\n\n");
     for m in ["gpt-5", "gpt-5-mini", "gpt-5-nano"] {
         toml.push_str(&format!("[models.\"{m}\"]\nmax_output_tokens = 512\n\n"));
     }
@@ -143,7 +150,7 @@ async fn run_fleet(stage: Stage<'_>, mock: &MockOpenAi, logs: &std::path::Path) 
     let start = Instant::now();
     let mut next = 0usize;
     let mut last_change = Instant::now();
-    let mut last_seen: (u64, usize) = (0, 0);
+    let mut last_seen: (u64, usize, i64) = (0, 0, 0);
     let records: BTreeMap<String, JobRecord> = loop {
         if start.elapsed() >= DEADLINE {
             let listed = stage.jobs.list(None, 2 * JOBS).await.unwrap_or_default();
@@ -198,11 +205,18 @@ async fn run_fleet(stage: Stage<'_>, mock: &MockOpenAi, logs: &std::path::Path) 
             });
         let bill = mock.bill();
         let done = records.values().filter(|r| matches!(r.status, JobStatus::Completed | JobStatus::Failed)).count();
-        if (bill.answers(), done) != last_seen {
-            last_seen = (bill.answers(), done);
+        // A killed worker's lapsed lease, and its recovery, count as changes: the money it frees
+        // goes to deferred jobs when they come back.
+        let now = chrono::Utc::now();
+        let snap = stage.ledger.snapshot(&atlas_codex::budget::period(now), now).await.ok();
+        let recovered = snap.as_ref().and_then(|s| s.by_model.get(RECOVERED_MODEL).copied()).unwrap_or(0);
+        if (bill.answers(), done, recovered) != last_seen || snap.is_some_and(|s| s.lapsed_micros > 0) {
+            last_seen = (bill.answers(), done, recovered);
             last_change = Instant::now();
         }
-        if settled && killed == kills.len() && last_change.elapsed() >= QUIET {
+        // The last killed worker's leases have lapsed (so they show as lapsed or recovered).
+        let lapse_seen = start.elapsed() >= kills[kills.len() - 1].0 + Duration::from_secs(LEASE_TTL_SECS + 2);
+        if settled && killed == kills.len() && lapse_seen && last_change.elapsed() >= QUIET {
             break records;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -231,6 +245,7 @@ async fn check(stage: &Stage<'_>, bill: &MockBill, records: &BTreeMap<String, Jo
     let committed = snap.spent_micros + snap.reserved_micros + snap.lapsed_micros;
     let calls: Vec<_> = records.values().flat_map(|r| r.calls.iter()).collect();
     let estimated: i64 = calls.iter().filter(|c| c.estimated).map(|c| c.cost_micros).sum();
+    let recovered = snap.by_model.get(RECOVERED_MODEL).copied().unwrap_or(0);
     let by_kind = |k: &str| records.values().filter(|r| r.error.as_ref().is_some_and(|e| e.kind == k)).count();
     let completed = records.values().filter(|r| r.status == JobStatus::Completed).count();
     let deferred = records.values().filter(|r| pending_for_budget(r)).count();
@@ -245,7 +260,8 @@ async fn check(stage: &Stage<'_>, bill: &MockBill, records: &BTreeMap<String, Jo
         })
         .collect();
     eprintln!(
-        "{}: bill ${:.5} of ${BUDGET_USD} ({:.1}%) [{}]; ledger spent {} + held {} + lapsed {} = {} µUSD; {} estimated calls {} µUSD; \
+        "{}: bill ${:.5} of ${BUDGET_USD} ({:.1}%) [{}]; ledger spent {} (of which {recovered} recovered from killed workers' leases) + held {} + lapsed {} = {} µUSD; \
+         {} estimated calls {} µUSD; \
          {} jobs: {completed} completed, {} refused, {deferred} pending for budget; logs in {}",
         stage.name,
         bill.total_usd,
@@ -264,36 +280,39 @@ async fn check(stage: &Stage<'_>, bill: &MockBill, records: &BTreeMap<String, Jo
     assert!(bill.unpriced_models.is_empty(), "every billed model is priced: {:?}", bill.unpriced_models);
     // 1. The bill never passes the budget.
     assert!(bill.total_usd <= BUDGET_USD, "{}: billed ${} over the ${BUDGET_USD} budget", stage.name, bill.total_usd);
-    // 2. The ledger never shows less than the bill; more only by leased money and estimates.
+    // 2. The ledger never shows less than the bill; more only by leased money, estimates and
+    //    the killed workers' recovered leases (charged at their declared ceilings).
     assert!(committed >= billed, "{}: the ledger's {committed} µUSD is under the bill's {billed} µUSD", stage.name);
     let rounding = calls.len() as i64 + 1;
     assert!(
-        committed - billed <= snap.reserved_micros + snap.lapsed_micros + estimated + rounding,
-        "{}: the ledger over-counts by {} µUSD, more than held {} + lapsed {} + estimated {estimated}",
+        committed - billed <= snap.reserved_micros + snap.lapsed_micros + estimated + recovered + rounding,
+        "{}: the ledger over-counts by {} µUSD, more than held {} + lapsed {} + estimated {estimated} + recovered {recovered}",
         stage.name,
         committed - billed,
         snap.reserved_micros,
         snap.lapsed_micros
     );
     assert!(committed <= budget, "{}: committed {committed} µUSD over the budget", stage.name);
-    // 3. At least 90% of the budget billed before work was deferred, apart from what the killed
-    //    workers still hold: every live worker has drained and returned its leases, so what is
-    //    still held or lapsed is the killed workers' in-flight worst cases and unspent slices,
-    //    which stay committed (never under-count) until they lapse. That is bounded by their
-    //    calls in flight: at most `concurrency` worst-case calls (+2 for the slice's slack).
-    let stranded = snap.reserved_micros + snap.lapsed_micros;
+    // 3. The budget was used to its end before work was deferred: every live worker has drained
+    //    and returned its leases, and the killed workers' leases lapsed and were recovered at
+    //    their declared ceilings (the rest of each went back to the fleet), so nothing is left
+    //    held and at least 90% of the budget is spent on the ledger. What the bill shows less
+    //    is the worst case of the calls the ledger cannot know the price of (the killed
+    //    workers' calls in flight, calls the worker stopped waiting for), bounded here and in 2.
     let kills = 2;
+    assert_eq!(snap.reserved_micros + snap.lapsed_micros, 0, "{}: budget left held or lapsed after the run", stage.name);
     assert!(
-        stranded <= kills * (CONCURRENCY + 2) * WORST_CALL_MICROS,
-        "{}: {stranded} µUSD stranded, more than the killed workers' calls in flight could hold",
+        recovered <= kills * (CONCURRENCY + 2) * WORST_CALL_MICROS,
+        "{}: {recovered} µUSD charged for the killed workers' leases, more than their calls in flight could spend",
         stage.name
     );
     assert!(
-        (billed + stranded) as f64 >= 0.90 * budget as f64,
-        "{}: only {:.1}% of the budget billed (+{:.1}% held by killed workers)",
+        snap.spent_micros as f64 >= 0.90 * budget as f64,
+        "{}: only {:.1}% of the budget spent ({:.1}% billed, {:.1}% charged for the killed workers' leases)",
         stage.name,
+        100.0 * snap.spent_micros as f64 / budget as f64,
         100.0 * billed as f64 / budget as f64,
-        100.0 * stranded as f64 / budget as f64
+        100.0 * recovered as f64 / budget as f64
     );
     assert!(deferred > 0, "{}: the budget ran out before the jobs did", stage.name);
     // 4. Every job terminal, or pending for budget (checked when the run settled); the faults

@@ -360,6 +360,8 @@ struct MemState {
     holds: HashMap<(String, String), Reservation>,
     /// (period, id) → charge.
     charges: HashMap<(String, String), Charge>,
+    /// (period, id) → (declared bound, closed).
+    bounds: HashMap<(String, String), (Option<i64>, bool)>,
 }
 
 impl MemLedger {
@@ -427,6 +429,25 @@ impl BudgetLedger for MemLedger {
         }
         Ok(snap)
     }
+    async fn declare(&self, period: &str, id: &str, bound: i64, _expires_at: DateTime<Utc>) -> BResult<bool> {
+        let mut st = self.lock()?;
+        let e = st.bounds.entry((period.to_string(), id.to_string())).or_insert((None, false));
+        if e.1 {
+            return Ok(false);
+        }
+        e.0 = Some(bound);
+        Ok(true)
+    }
+    async fn close(&self, period: &str, id: &str) -> BResult<Option<i64>> {
+        let mut st = self.lock()?;
+        let e = st.bounds.entry((period.to_string(), id.to_string())).or_insert((None, false));
+        e.1 = true;
+        Ok(e.0)
+    }
+    async fn lapsed(&self, period: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        let st = self.lock()?;
+        Ok(st.holds.iter().filter(|((p, _), r)| p == period && r.expires_at < before).map(|(_, r)| r.clone()).collect())
+    }
 }
 
 /// A ledger whose settles and releases fail transiently (or for good) a number of times.
@@ -463,6 +484,18 @@ impl BudgetLedger for FlakyLedger {
     }
     async fn snapshot(&self, p: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot> {
         self.inner.snapshot(p, now).await
+    }
+    async fn declare(&self, p: &str, id: &str, bound: i64, expires_at: DateTime<Utc>) -> BResult<bool> {
+        if self.fail_next.load(Ordering::SeqCst) == usize::MAX {
+            return Err(self.error.clone());
+        }
+        self.inner.declare(p, id, bound, expires_at).await
+    }
+    async fn close(&self, p: &str, id: &str) -> BResult<Option<i64>> {
+        self.inner.close(p, id).await
+    }
+    async fn lapsed(&self, p: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        self.inner.lapsed(p, before).await
     }
 }
 
@@ -526,6 +559,66 @@ async fn a_crashed_workers_lease_keeps_counting_so_the_ledger_never_under_counts
     std::mem::forget(crashed);
     let other = Budget::new(ledger.clone(), 10_000, Duration::from_secs(60));
     assert!(other.reserve("j", "j:1", 2_000, t0 + chrono::Duration::seconds(61)).await.is_err());
+}
+
+#[tokio::test]
+async fn a_dead_workers_lease_is_recovered_at_its_declared_ceiling_and_the_rest_flows_back() {
+    let ledger = Arc::new(MemLedger::default());
+    let ttl = Duration::from_secs(2);
+    let limit = 10_000_000;
+    let now = Utc::now();
+    let p = period(now);
+    let dead = Budget::new(ledger.clone(), limit, ttl);
+    let lost = dead.reserve("dead", "dead:1", 10_000, now).await.expect("fits");
+    let lease = lost.lease_id().to_string();
+    let leased = ledger.snapshot(&p, now).await.expect("snap").reserved_micros;
+    assert!(leased >= 40_000, "a lease covers several calls: {leased}");
+    // The worker dies mid-call: the call is never ended and the lease never returned.
+    std::mem::forget(lost);
+    drop(dead);
+
+    // Another worker's maintenance task recovers the lease once it lapsed (ttl + ttl/4).
+    let survivor = Budget::new(ledger.clone(), limit, ttl);
+    let h = survivor.reserve("alive", "alive:1", 10_000, Utc::now()).await.expect("fits");
+    survivor.settle(h, 1_000, "gpt-5-nano", None).await.expect("settle");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let snap = loop {
+        let snap = ledger.snapshot(&p, Utc::now()).await.expect("snap");
+        if snap.by_model.contains_key(atlas_codex::backend::RECOVERED_MODEL) || std::time::Instant::now() > deadline {
+            break snap;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Declared before the call was sent: the call plus one step of the lease.
+    let ceiling = (10_000 + leased / atlas_codex::budget::DECLARE_STEPS).min(leased);
+    assert_eq!(snap.by_model.get(atlas_codex::backend::RECOVERED_MODEL), Some(&ceiling), "{snap:?}");
+    assert_eq!(snap.lapsed_micros, 0, "nothing left lapsed: {snap:?}");
+    assert!(snap.spent_micros >= 10_000, "never under the dead worker's call: {snap:?}");
+    assert!(ledger.lapsed(&p, Utc::now()).await.expect("lapsed").iter().all(|r| r.id != lease), "settled");
+    survivor.drain().await.expect("drain");
+    let snap = ledger.snapshot(&p, Utc::now()).await.expect("snap");
+    assert_eq!(snap.reserved_micros, 0, "{snap:?}");
+    assert_eq!(snap.spent_micros, ceiling + 1_000, "the dead lease's unspent {} is back in the budget", leased - ceiling);
+}
+
+#[tokio::test]
+async fn a_live_worker_whose_lease_was_recovered_moves_its_next_call_to_a_new_lease() {
+    let ledger = Arc::new(MemLedger::default());
+    let now = Utc::now();
+    let p = period(now);
+    let b = Budget::new(ledger.clone(), 1_000_000, TTL);
+    let h1 = b.reserve("j", "j:1", 10_000, now).await.expect("fits");
+    // Someone took the slow worker for dead and closed its lease's ceiling (at call + a step).
+    let closed = ledger.close(&p, h1.lease_id()).await.expect("close").expect("declared before the call");
+    assert!(closed >= 10_000, "the call in flight is covered: {closed}");
+    let h2 = b.reserve("j", "j:2", 10_000, now).await.expect("fits in another lease");
+    assert_ne!(h2.lease_id(), h1.lease_id(), "no call is sent past a closed ceiling");
+    assert!(!ledger.declare(&p, h1.lease_id(), closed + 1, Utc::now()).await.expect("declare"));
+    b.settle(h1, 4_000, "gpt-5", None).await.expect("settle");
+    b.settle(h2, 4_000, "gpt-5", None).await.expect("settle");
+    b.drain().await.expect("drain");
+    let snap = ledger.snapshot(&p, now).await.expect("snap");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (8_000, 0), "{snap:?}");
 }
 
 #[tokio::test]

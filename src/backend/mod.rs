@@ -327,6 +327,9 @@ impl Charge {
 
 /// The model name under which a lapsed hold is charged once it is folded into spend.
 pub const LAPSED_MODEL: &str = "(lapsed lease)";
+/// The model name under which a lapsed lease is charged when it is recovered at its declared
+/// bound (the real spend by model is known only to its dead holder).
+pub const RECOVERED_MODEL: &str = "(recovered lease)";
 
 /// A period's totals.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -365,6 +368,16 @@ pub struct LedgerSnapshot {
 ///   reservation that lapsed replaces its full amount with the charge (the real spend is known).
 /// - `release` drops a reservation without a charge; idempotent.
 /// - `snapshot` reports the period's totals: live reservations and lapsed ones apart.
+/// - `declare` records, ahead of spending, a ceiling on what the holder of a reservation spends
+///   of it (write-ahead: the holder declares before it sends a call that would pass the last
+///   ceiling). It answers `false` once the reservation's bound was closed: the holder must not
+///   spend more of it. `close` closes the bound (every later `declare` answers `false`) and
+///   returns the last ceiling declared, `None` when there was none. Both are atomic per
+///   reservation across every worker, and neither touches the period's totals.
+/// - `lapsed` lists the reservations that expired before `before` and are neither settled nor
+///   released. Together: anyone may settle a lapsed reservation at its closed bound (or in full
+///   when it had none), which never under-counts and gives its dead holder's unspent part
+///   back to the fleet (see [`crate::budget::recover_lapsed`]).
 #[async_trait]
 pub trait BudgetLedger: Send + Sync + 'static {
     /// Atomically holds `reservation.amount_micros` unless the limit would be passed.
@@ -375,6 +388,14 @@ pub trait BudgetLedger: Send + Sync + 'static {
     async fn release(&self, period: &str, reservation_id: &str) -> BResult<()>;
     /// The period's totals.
     async fn snapshot(&self, period: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot>;
+    /// Declares that the holder spends at most `bound_micros` of `reservation_id` (until it
+    /// declares again); `false` when the bound was closed. `expires_at` is when the
+    /// declaration may be forgotten (well after the reservation lapsed).
+    async fn declare(&self, period: &str, reservation_id: &str, bound_micros: i64, expires_at: DateTime<Utc>) -> BResult<bool>;
+    /// Closes the bound of `reservation_id`; the last ceiling declared, if any.
+    async fn close(&self, period: &str, reservation_id: &str) -> BResult<Option<i64>>;
+    /// Reservations that expired before `before`, neither settled nor released.
+    async fn lapsed(&self, period: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>>;
 }
 
 /// What a [`RateStore::take`] asks for and gets: request slots and tokens of one window.

@@ -60,6 +60,10 @@ pub mod names {
     pub const BUDGET_RESERVED_USD: &str = "atlas_budget_reserved_usd";
     /// Gauge: limit − spent − reserved, USD.
     pub const BUDGET_REMAINING_USD: &str = "atlas_budget_remaining_usd";
+    /// Counter: lapsed budget leases of dead workers settled at their declared bound.
+    pub const BUDGET_LEASES_RECOVERED_TOTAL: &str = "atlas_budget_leases_recovered_total";
+    /// Counter (fractional): USD given back to the stage by recovered leases (leased, unspent).
+    pub const BUDGET_RECOVERED_USD_TOTAL: &str = "atlas_budget_recovered_usd_total";
     /// Counter: waits imposed by the per-model rate limiter, by `model`.
     pub const RATELIMIT_WAITS_TOTAL: &str = "atlas_ratelimit_waits_total";
     /// Counter (fractional): seconds spent waiting on the rate limiter, by `model`.
@@ -249,6 +253,11 @@ fn describe_all() {
     describe_gauge!(BUDGET_SPENT_USD, "Settled spend this calendar month (UTC) for the whole stage, in USD.");
     describe_gauge!(BUDGET_RESERVED_USD, "Live budget reservations this month for the whole stage, in USD.");
     describe_gauge!(BUDGET_REMAINING_USD, "Budget limit minus spent minus reserved, in USD (negative when overspent).");
+    describe_counter!(
+        BUDGET_LEASES_RECOVERED_TOTAL,
+        Unit::Count,
+        "Lapsed budget leases of dead workers settled at the ceiling their holder declared."
+    );
     describe_counter!(RATELIMIT_WAITS_TOTAL, Unit::Count, "Model calls that had to wait for the per-model rate limiter, by model.");
     describe_gauge!(
         RATELIMIT_WAITING,
@@ -308,6 +317,7 @@ fn register_defaults() {
     counter!(MESSAGES_RECEIVED_TOTAL).increment(0);
     counter!(MESSAGES_DELETED_TOTAL).increment(0);
     counter!(VISIBILITY_EXTENSIONS_TOTAL).increment(0);
+    counter!(BUDGET_LEASES_RECOVERED_TOTAL).increment(0);
     gauge!(JOBS_IN_FLIGHT).set(0.0);
     gauge!(WORKER_READY).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -322,6 +332,7 @@ pub fn render_metrics() -> String {
     for (name, help) in [
         (LLM_COST_USD_TOTAL, "USD charged for model calls (list price of the tokens used), by model."),
         (RATELIMIT_WAIT_SECONDS_TOTAL, "Seconds model calls spent waiting for the per-model rate limiter, by model."),
+        (BUDGET_RECOVERED_USD_TOTAL, "USD of dead workers' lapsed budget leases given back to the stage (leased, never spent)."),
     ] {
         let series: Vec<_> = map.iter().filter(|((n, _), _)| *n == name).collect();
         if series.is_empty() {
@@ -648,6 +659,21 @@ pub fn budget_snapshot(limit_micros: i64, spent_micros: i64, reserved_micros: i6
     gauge!(BUDGET_RESERVED_USD).set(usd(reserved_micros));
     let remaining = limit_micros.saturating_sub(spent_micros).saturating_sub(reserved_micros);
     gauge!(BUDGET_REMAINING_USD).set(usd(remaining));
+}
+
+/// A lapsed lease of a dead worker settled at its declared bound: `freed_micros` of its
+/// `amount_micros` went back to the stage's budget.
+pub fn budget_lease_recovered(lease_id: &str, amount_micros: i64, charged_micros: i64) {
+    let freed = amount_micros.saturating_sub(charged_micros).max(0);
+    counter!(BUDGET_LEASES_RECOVERED_TOTAL).increment(1);
+    add_float(BUDGET_RECOVERED_USD_TOTAL, vec![], u128::try_from(freed).unwrap_or(0));
+    tracing::info!(
+        lease = lease_id,
+        leased_usd = amount_micros as f64 / 1e6,
+        charged_usd = charged_micros as f64 / 1e6,
+        freed_usd = freed as f64 / 1e6,
+        "recovered a lapsed budget lease at its declared bound"
+    );
 }
 
 /// The queue's approximate counts: `atlas_queue_messages{state}`.

@@ -958,6 +958,97 @@ pub async fn ledger_concurrent_reserve(make: &MakeLedger) {
     assert_eq!(l.snapshot(PERIOD, now).await.expect("snapshot").reserved_micros, limit);
 }
 
+/// `declare` records a ceiling ahead of spending until `close` closes it: close returns the last
+/// ceiling declared (`None` when there was none), later declares answer `false`, and neither
+/// touches the period's totals. Ceilings of different reservations are apart.
+pub async fn ledger_declare_until_closed(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    let kept = t(now, 86_400);
+    assert_eq!(l.reserve(PERIOD, &res("d1", 900, t(now, 600)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    assert!(l.declare(PERIOD, "d1", 100, kept).await.expect("declare"), "an open bound takes a ceiling");
+    assert!(l.declare(PERIOD, "d1", 250, kept).await.expect("declare"), "and a higher one");
+    assert!(l.declare(PERIOD, "d2", 40, kept).await.expect("declare"), "another reservation's bound is apart");
+    let snap = l.snapshot(PERIOD, now).await.expect("snapshot");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (0, 900), "a declaration is not a charge: {snap:?}");
+    assert_eq!(l.close(PERIOD, "d1").await.expect("close"), Some(250), "close returns the last ceiling");
+    assert!(!l.declare(PERIOD, "d1", 300, kept).await.expect("declare"), "a closed bound takes no more");
+    assert_eq!(l.close(PERIOD, "d1").await.expect("close"), Some(250), "closing again changes nothing");
+    assert_eq!(l.close(PERIOD, "never-declared").await.expect("close"), None, "no ceiling, none returned");
+    assert!(!l.declare(PERIOD, "never-declared", 1, kept).await.expect("declare"), "closed before any declaration");
+    assert!(l.declare(PERIOD, "d2", 60, kept).await.expect("declare"), "d2 is still open");
+    assert!(l.declare("2031-08", "d1", 5, kept).await.expect("declare"), "another month is another bound");
+}
+
+/// A holder declaring ever higher ceilings while another worker closes the bound: every ceiling
+/// answered `true` is at most what `close` returned (none slips in after the close), and the
+/// highest one is exactly it.
+pub async fn ledger_declare_races_close(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    let kept = t(now, 86_400);
+    let holder = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            // Declares 1, 2, 3, ... until refused, then three more times.
+            let mut accepted = Vec::new();
+            for bound in 1..=20_000 {
+                if !l.declare(PERIOD, "race", bound, kept).await.expect("declare") {
+                    let later = [bound + 1, bound + 2, bound + 3];
+                    for b in later {
+                        assert!(
+                            !l.declare(PERIOD, "race", b, kept).await.expect("declare"),
+                            "once refused, every later declare is refused"
+                        );
+                    }
+                    return accepted;
+                }
+                accepted.push(bound);
+            }
+            panic!("20,000 declarations and the bound was never closed");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let closed = l.close(PERIOD, "race").await.expect("close");
+    let accepted = holder.await.expect("holder");
+    assert_eq!(closed, accepted.last().copied(), "close saw exactly the last accepted ceiling ({} accepted)", accepted.len());
+}
+
+/// `lapsed` lists exactly the reservations that expired before the instant given and were
+/// neither settled nor released; recovering them settles each at its declared ceiling (in full
+/// without one) and gives the rest of the budget back.
+pub async fn ledger_lapsed_are_recovered_at_their_ceiling(make: &MakeLedger) {
+    let l = make().await;
+    let now = Utc::now();
+    for (id, amount, secs) in [("dead", 400, 60), ("undeclared", 200, 60), ("alive", 100, 600), ("settled", 100, 60), ("released", 100, 60)]
+    {
+        assert_eq!(l.reserve(PERIOD, &res(id, amount, t(now, secs)), 1000, now).await.expect("reserve"), ReserveOutcome::Granted);
+    }
+    l.settle(PERIOD, &charge("settled", "m1", None, 80)).await.expect("settle");
+    l.release(PERIOD, "released").await.expect("release");
+    assert!(l.declare(PERIOD, "dead", 150, t(now, 86_400)).await.expect("declare"));
+    assert!(l.lapsed(PERIOD, t(now, 30)).await.expect("lapsed").is_empty(), "nothing had expired at +30 s");
+    let mut lapsed: Vec<(String, i64)> =
+        l.lapsed(PERIOD, t(now, 61)).await.expect("lapsed").into_iter().map(|r| (r.id, r.amount_micros)).collect();
+    lapsed.sort();
+    assert_eq!(lapsed, vec![("dead".to_string(), 400), ("undeclared".to_string(), 200)]);
+
+    let recovered = atlas_codex::budget::recover_lapsed(l.as_ref(), PERIOD, t(now, 61)).await.expect("recover");
+    assert_eq!(recovered, 2);
+    let snap = l.snapshot(PERIOD, t(now, 61)).await.expect("snapshot");
+    assert_eq!(snap.spent_micros, 80 + 150 + 200, "the dead lease at its ceiling, the undeclared one in full: {snap:?}");
+    assert_eq!((snap.reserved_micros, snap.lapsed_micros), (100, 0), "{snap:?}");
+    assert_eq!(snap.by_model.get(atlas_codex::backend::RECOVERED_MODEL), Some(&350));
+    assert!(l.lapsed(PERIOD, t(now, 61)).await.expect("lapsed").is_empty(), "a recovered lease is settled");
+    assert_eq!(atlas_codex::budget::recover_lapsed(l.as_ref(), PERIOD, t(now, 61)).await.expect("recover"), 0, "idempotent");
+    assert!(!l.declare(PERIOD, "dead", 400, t(now, 86_400)).await.expect("declare"), "its holder, if alive, can declare no more");
+    assert_eq!(
+        l.reserve(PERIOD, &res("next", 1000 - 430 - 100, t(now, 600)), 1000, t(now, 61)).await.expect("reserve"),
+        ReserveOutcome::Granted,
+        "the unspent part of the dead lease is reservable again"
+    );
+}
+
 /// Runs every ledger check in turn.
 pub async fn ledger_contract(make: &MakeLedger) {
     ledger_refuses_at_limit(make).await;
@@ -968,6 +1059,9 @@ pub async fn ledger_contract(make: &MakeLedger) {
     ledger_release_idempotent(make).await;
     ledger_snapshot_breakdown(make).await;
     ledger_concurrent_reserve(make).await;
+    ledger_declare_until_closed(make).await;
+    ledger_declare_races_close(make).await;
+    ledger_lapsed_are_recovered_at_their_ceiling(make).await;
 }
 
 /// One `#[tokio::test]` per ledger check, against the [`MakeLedger`] expression given.
@@ -976,7 +1070,8 @@ macro_rules! ledger_tests {
         $crate::support::conformance::__tests!(make_ledger_: $make; MakeLedger;
             ledger_refuses_at_limit, ledger_rereserve_is_single_hold, ledger_expiry_frees_budget,
             ledger_settle_idempotent, ledger_settle_after_expiry, ledger_release_idempotent,
-            ledger_snapshot_breakdown, ledger_concurrent_reserve);
+            ledger_snapshot_breakdown, ledger_concurrent_reserve, ledger_declare_until_closed, ledger_declare_races_close,
+            ledger_lapsed_are_recovered_at_their_ceiling);
     };
 }
 pub(crate) use ledger_tests;

@@ -566,6 +566,12 @@ fn charge_key(period: &str, reservation_id: &str) -> String {
     format!("{period}#charge#{reservation_id}")
 }
 
+/// The item holding the ceiling a reservation's holder declared (`bound`, `closed`, a TTL on
+/// `expires_at`): one small item per lease, written without touching the month item.
+fn bound_key(period: &str, reservation_id: &str) -> String {
+    format!("{period}#bound#{reservation_id}")
+}
+
 impl DynamoLedger {
     /// The ledger in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> DynamoLedger {
@@ -746,6 +752,62 @@ impl BudgetLedger for DynamoLedger {
             by_model: month.by_model,
             by_tenant: month.by_tenant,
         })
+    }
+
+    async fn declare(&self, period: &str, reservation_id: &str, bound_micros: i64, expires_at: DateTime<Utc>) -> BResult<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("period", s(bound_key(period, reservation_id)))
+            .update_expression("SET #b = :b, expires_at = :e")
+            .condition_expression("attribute_not_exists(#c)")
+            .expression_attribute_names("#b", "bound")
+            .expression_attribute_names("#c", "closed")
+            .expression_attribute_values(":b", n(bound_micros))
+            .expression_attribute_values(":e", n(expires_at.timestamp()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(&e) {
+                BackendError::Conflict(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn close(&self, period: &str, reservation_id: &str) -> BResult<Option<i64>> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("period", s(bound_key(period, reservation_id)))
+            .update_expression("SET #c = :t, expires_at = if_not_exists(expires_at, :e)")
+            .expression_attribute_names("#c", "closed")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":e", n((Utc::now() + chrono::Duration::days(2)).timestamp()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.attributes.as_ref().and_then(|a| get_n(a, "bound")))
+    }
+
+    async fn lapsed(&self, period: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        let month = self.read_month(period).await?;
+        let before_ms = before.timestamp_millis();
+        Ok(month
+            .reservations
+            .into_iter()
+            .filter(|(_, h)| h.expires_at_ms < before_ms)
+            .map(|(id, h)| Reservation {
+                id,
+                job_id: h.job_id,
+                amount_micros: h.amount,
+                expires_at: DateTime::<Utc>::from_timestamp_millis(h.expires_at_ms).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            })
+            .collect())
     }
 }
 

@@ -122,6 +122,16 @@ CREATE TABLE IF NOT EXISTS budget_charge_lines (
     amount          INTEGER NOT NULL,  -- micro-USD
     PRIMARY KEY (period, reservation_id, model, tenant)
 ) WITHOUT ROWID;
+-- Ceilings declared by a reservation's holder ahead of spending (write-ahead), and whether the
+-- ceiling was closed by a recovery of the lapsed reservation.
+CREATE TABLE IF NOT EXISTS budget_bounds (
+    period      TEXT    NOT NULL,
+    id          TEXT    NOT NULL,
+    bound       INTEGER,           -- micro-USD; NULL when closed before any declaration
+    closed      INTEGER NOT NULL DEFAULT 0,
+    expires_at  INTEGER NOT NULL,  -- unix µs; forgotten after this
+    PRIMARY KEY (period, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rate_windows (
     key      TEXT    NOT NULL,
     window   INTEGER NOT NULL,
@@ -1216,6 +1226,73 @@ impl BudgetLedger for SqliteLedger {
                 snap.by_tenant = breakdown(&tx, &period, "tenant")?;
                 tx.commit().db()?;
                 Ok(snap)
+            })
+            .await
+    }
+
+    async fn declare(&self, period: &str, reservation_id: &str, bound_micros: i64, expires_at: DateTime<Utc>) -> BResult<bool> {
+        let (period, id) = (period.to_string(), reservation_id.to_string());
+        self.db
+            .call(move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "INSERT INTO budget_bounds (period, id, bound, closed, expires_at) VALUES (?1, ?2, ?3, 0, ?4)
+                         ON CONFLICT(period, id) DO UPDATE SET bound = excluded.bound, expires_at = excluded.expires_at
+                         WHERE budget_bounds.closed = 0",
+                    )
+                    .db()?
+                    .execute(params![period, id, bound_micros, micros(expires_at)])
+                    .db()?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn close(&self, period: &str, reservation_id: &str) -> BResult<Option<i64>> {
+        let (period, id) = (period.to_string(), reservation_id.to_string());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
+                tx.prepare_cached(
+                    "INSERT INTO budget_bounds (period, id, bound, closed, expires_at) VALUES (?1, ?2, NULL, 1, ?3)
+                     ON CONFLICT(period, id) DO UPDATE SET closed = 1",
+                )
+                .db()?
+                .execute(params![period, id, micros(Utc::now() + chrono::Duration::days(2))])
+                .db()?;
+                let bound: Option<i64> = tx
+                    .prepare_cached("SELECT bound FROM budget_bounds WHERE period = ?1 AND id = ?2")
+                    .db()?
+                    .query_row(params![period, id], |row| row.get(0))
+                    .db()?;
+                tx.execute("DELETE FROM budget_bounds WHERE expires_at < ?1", params![micros(Utc::now())]).db()?;
+                tx.commit().db()?;
+                Ok(bound)
+            })
+            .await
+    }
+
+    async fn lapsed(&self, period: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        let period = period.to_string();
+        self.db
+            .call(move |conn| {
+                let mut st = conn
+                    .prepare_cached(
+                        "SELECT id, job_id, amount, expires_at FROM budget_reservations WHERE period = ?1 AND expires_at < ?2 ORDER BY expires_at",
+                    )
+                    .db()?;
+                let rows = st
+                    .query_map(params![period, micros(before)], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                    })
+                    .db()?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, job_id, amount_micros, exp) = row.db()?;
+                    let expires_at = DateTime::<Utc>::from_timestamp_micros(exp).unwrap_or(DateTime::<Utc>::MIN_UTC);
+                    out.push(Reservation { id, job_id, amount_micros, expires_at });
+                }
+                Ok(out)
             })
             .await
     }
