@@ -315,6 +315,27 @@ pub async fn recover_lapsed(ledger: &dyn BudgetLedger, period: &str, before: Dat
     Ok(lapsed.len())
 }
 
+/// While a call's ceiling is being declared: dropped (the caller gave up), it gives the call
+/// back without a charge, since nothing was sent; [`Unsent::disarm`] once the declaration ended.
+struct Unsent<'a> {
+    inner: &'a Inner,
+    hold: &'a mut Hold,
+}
+
+impl Unsent<'_> {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.hold.budget.take().is_some() {
+            self.inner.finish_call(&self.hold.lease_id, &self.hold.reservation.id, None);
+        }
+    }
+}
+
 /// Counts one lease as no longer being returned when dropped.
 struct Returned<'a>(&'a AtomicU64);
 
@@ -470,7 +491,11 @@ impl Budget {
         let Some((ceiling, expires_at)) = wanted else { return Ok(Some(hold)) };
         self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
         let kept = expires_at.checked_add_signed(DECLARATION_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let declared = self.inner.ledger.declare(&hold.period, &hold.lease_id, ceiling, kept).await;
+        // Nothing is sent before the declaration is stored: a caller that gives up meanwhile
+        // (job timeout, drain) drops an unsent call, which is given back without a charge.
+        let unsent = Unsent { inner: &self.inner, hold: &mut hold };
+        let declared = self.inner.ledger.declare(&unsent.hold.period, &unsent.hold.lease_id, ceiling, kept).await;
+        unsent.disarm();
         {
             let mut st = self.inner.lock();
             if let Some(lease) = st.leases.iter_mut().find(|l| l.id == hold.lease_id) {

@@ -621,6 +621,47 @@ async fn a_live_worker_whose_lease_was_recovered_moves_its_next_call_to_a_new_le
     assert_eq!((snap.spent_micros, snap.reserved_micros), (8_000, 0), "{snap:?}");
 }
 
+/// A ledger whose ceiling declarations never answer.
+struct StuckDeclare(MemLedger);
+
+#[async_trait]
+impl BudgetLedger for StuckDeclare {
+    async fn reserve(&self, p: &str, r: &Reservation, l: i64, now: DateTime<Utc>) -> BResult<ReserveOutcome> {
+        self.0.reserve(p, r, l, now).await
+    }
+    async fn settle(&self, p: &str, c: &Charge) -> BResult<()> {
+        self.0.settle(p, c).await
+    }
+    async fn release(&self, p: &str, id: &str) -> BResult<()> {
+        self.0.release(p, id).await
+    }
+    async fn snapshot(&self, p: &str, now: DateTime<Utc>) -> BResult<LedgerSnapshot> {
+        self.0.snapshot(p, now).await
+    }
+    async fn declare(&self, _: &str, _: &str, _: i64, _: DateTime<Utc>) -> BResult<bool> {
+        std::future::pending().await
+    }
+    async fn close(&self, p: &str, id: &str) -> BResult<Option<i64>> {
+        self.0.close(p, id).await
+    }
+    async fn lapsed(&self, p: &str, before: DateTime<Utc>) -> BResult<Vec<Reservation>> {
+        self.0.lapsed(p, before).await
+    }
+}
+
+#[tokio::test]
+async fn a_call_given_up_while_its_ceiling_is_declared_is_not_charged() {
+    let ledger = Arc::new(StuckDeclare(MemLedger::default()));
+    let b = Budget::new(ledger.clone(), 1_000_000, TTL);
+    let now = Utc::now();
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), b.reserve("j", "j:1", 10_000, now)).await;
+    assert!(gave_up.is_err(), "the declaration never answers");
+    assert_eq!(b.estimated_calls(), 0, "an unsent call is not charged at its worst case");
+    b.drain().await.expect("drain");
+    let snap = ledger.snapshot(&period(now), now).await.expect("snap");
+    assert_eq!((snap.spent_micros, snap.reserved_micros), (0, 0), "the lease went back without a charge: {snap:?}");
+}
+
 #[tokio::test]
 async fn ledger_outages_are_transient_and_writes_are_retried() {
     let flaky = |fail: usize, error: BackendError| {
