@@ -2,7 +2,8 @@
 # The one test command (README; `.ci/run` calls exactly this). Installs what the tests need
 # (idempotently), starts a moto server on loopback, builds once in release mode (the same
 # `cargo build --release --locked` the Dockerfile runs) after `cargo fmt --check` and
-# `cargo clippy --all-targets -D warnings`, then runs every test:
+# `cargo clippy --all-targets -D warnings`, checks `cargo doc` with warnings as errors, then runs
+# every test:
 #   1. the Rust suite (unit, conformance on SQLite and moto, engine, extraction, cost, AWS end to
 #      end, observability, chaos, bad input) with cargo-nextest;
 #   2. the observability checks (promtool check/test rules, dashboard vs metrics catalogue);
@@ -37,6 +38,10 @@ fi
 echo "== build (release) =="
 cargo build --release --locked
 export ATLAS_BIN="$ROOT/target/release/atlas-codex"
+
+echo "== docs =="
+# Doc warnings (broken or private intra-doc links) fail; after the build, whose artefacts it reuses.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --release --locked
 
 echo "== rust tests =="
 cargo nextest run --release --locked --no-fail-fast --profile ci

@@ -29,7 +29,7 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, BackendError> {
 const OPEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// [`open_backends`], waiting out an unreachable endpoint: transient failures are retried with
-/// exponential backoff (1 s doubling to [`OPEN_RETRY_MAX`]), one warning per attempt, until the
+/// exponential backoff (1 s doubling to `OPEN_RETRY_MAX`), one warning per attempt, until the
 /// backends answer or `shutdown` fires (`Ok(None)`). Anything else (no credentials, access
 /// denied, a missing queue, table or bucket) fails at once.
 pub async fn open_backends_patiently(s: &Settings, shutdown: &Shutdown) -> Result<Option<Backends>, BackendError> {

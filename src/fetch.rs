@@ -2,7 +2,7 @@
 //!
 //! A job's URL is attacker-controlled, so every request is guarded against SSRF:
 //! - only `http` and `https` URLs; credentials in the URL are refused;
-//! - a host name is resolved once by [`GuardedResolver`], the resolver reqwest itself uses to
+//! - a host name is resolved once by `GuardedResolver`, the resolver reqwest itself uses to
 //!   connect: **every** resolved address is checked and the whole answer is refused if any one is
 //!   not public, so the connection can only go to an address that was checked (no second lookup,
 //!   no DNS-rebinding window between check and connect);

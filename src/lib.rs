@@ -28,7 +28,7 @@
 //! | [`telemetry`] | logs and metrics; one function per outcome emits both |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`app`] | wiring: settings → backends, provider, processor, worker, admin server |
-//! | [`cli`], [`demo`], [`bench`] | the `atlas-codex` commands |
+//! | [`cli`], [`demo`], [`mod@bench`] | the `atlas-codex` commands |
 
 /// `println!` for command output that ends the process quietly (exit 0) when stdout is closed
 /// (`atlas-codex ... | head`), where `println!` would panic.

@@ -5,7 +5,7 @@
 //! `DEFAULT_MODEL_STRATEGY`, `MONTHLY_BUDGET`, `OPENAI_BASE_URL`) → `ATLAS__SECTION__KEY`.
 //! `OPENAI_API_KEY` is read from the environment only and never serialised.
 //!
-//! [`Settings::validate`] lists every problem at once; [`check_isolation`] is the cross-stage check
+//! [`Settings::problems`] lists every problem at once; [`check_isolation`] is the cross-stage check
 //! behind `atlas-codex validate --all-stages`.
 
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@
 //! wrong: a `failed` record is claimed again by a later delivery (`dlq redrive`), so no job is
 //! lost.
 //!
-//! Every worker sweeps every [`SWEEP_EVERY`] (jittered), reading the [`SWEEP_BATCH`] oldest
+//! Every worker sweeps every `SWEEP_EVERY` (jittered), reading the `SWEEP_BATCH` oldest
 //! `processing` records: a stuck record only gets older, so it reaches the front. The mark is
 //! a claim (one conditional write, so two sweeping workers cannot both mark it) and a finish.
 

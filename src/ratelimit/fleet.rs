@@ -7,7 +7,7 @@
 //! most `⌈60 / w⌉ + 1` windows, so a window may hold `L / (⌈60 / w⌉ + 1)` of a per-minute limit
 //! `L` and no 60 s span (the provider's sliding minute) ever sees more than `L`. The long-run
 //! rate is that cap per `w` seconds: for 120 rpm and `w = 5`, 9 per window, 108 per minute
-//! (90% of the key), at most 117 in any minute. [`plan`] picks the `w` in `1..=30` that leaves
+//! (90% of the key), at most 117 in any minute. `plan` picks the `w` in `1..=30` that leaves
 //! the largest usable share, unless `rate_limit.window_secs` fixes it.
 //!
 //! ## Leases
