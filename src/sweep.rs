@@ -8,20 +8,25 @@
 //! than one visibility timeout ago (so its message has been visible again since), and it was
 //! claimed at least `max_receive_count` times. Claims never outnumber receives, so such a
 //! message cannot be delivered again; a message received more often than claimed (a worker died
-//! between receive and claim) is missed, never wrongly marked. Marking is also safe if it were
+//! between receive and claim) is missed here, never wrongly marked. Marking is also safe if it were
 //! wrong: a `failed` record is claimed again by a later delivery (`dlq redrive`), so no job is
 //! lost.
 //!
+//! A second pass closes that gap from the other side ([`sweep_dead_letters`]): it peeks at the
+//! DLQ (without taking the messages) and makes terminal every record whose message is there and
+//! that is still `pending`, or `processing` with an expired lease, whatever its claim count.
+//!
 //! Every worker sweeps every `SWEEP_EVERY` (jittered), reading the `SWEEP_BATCH` oldest
-//! `processing` records: a stuck record only gets older, so it reaches the front. The mark is
-//! a claim (one conditional write, so two sweeping workers cannot both mark it) and a finish.
+//! `processing` records (a stuck record only gets older, so it reaches the front) and up to
+//! `SWEEP_BATCH` dead letters. The mark is a claim (one conditional write, so two sweeping
+//! workers cannot both mark it) and a finish.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::backend::{BResult, Backends, Claim, JobStore};
+use crate::backend::{BResult, Backends, Claim, JobStore, Queue, RECEIVE_LIMIT_KIND};
 use crate::job::{ErrorInfo, JobRecord, JobStatus};
 use crate::settings::Settings;
 use crate::telemetry::{self, Outcome};
@@ -48,26 +53,65 @@ pub async fn sweep_once(jobs: &dyn JobStore, s: &Settings, owner: &str, now: Dat
         if !abandoned_at_receive_limit(&rec, s, now) {
             continue;
         }
-        // The claim re-checks the lease atomically: a worker that took the job meanwhile wins.
-        let Claim::Claimed(mut rec) = jobs.claim(&rec.id, &s.stage, owner, now + MARK_LEASE, now).await? else {
-            continue;
-        };
-        rec.attempts = rec.attempts.saturating_sub(1); // the sweep's claim is not an attempt
         let message = format!(
             "the queue moved the message to the dead-letter queue after {} receives; the worker that held it last stopped without an outcome",
             s.queue.max_receive_count
         );
-        rec.status = JobStatus::Failed;
-        rec.pending_reason = None;
-        rec.error = Some(ErrorInfo { kind: "receive_limit".into(), message: message.clone(), permanent: true });
-        rec.lease_owner = None;
-        rec.lease_expires_at = None;
-        rec.updated_at = now;
-        jobs.finish(&rec, owner).await?;
-        telemetry::job_outcome(&rec.id, Outcome::DeadLettered, "receive_limit", Duration::ZERO, Some(&message));
-        marked += 1;
+        if mark(jobs, &rec.id, s, owner, now, RECEIVE_LIMIT_KIND, &message).await? {
+            marked += 1;
+        }
     }
     Ok(marked)
+}
+
+/// Marks every record whose message is on the DLQ (among the first `SWEEP_BATCH` dead
+/// letters) and that is `pending`, or `processing` with an expired lease, as failed for the
+/// kind the DLQ shows; returns how many. Catches what [`sweep_once`] misses: a message the queue
+/// received more often than a worker claimed it (a worker died between receive and claim).
+pub async fn sweep_dead_letters(queue: &dyn Queue, jobs: &dyn JobStore, s: &Settings, owner: &str, now: DateTime<Utc>) -> BResult<usize> {
+    let mut marked = 0;
+    for d in queue.dlq_peek(SWEEP_BATCH).await? {
+        let Ok(job) = crate::job::parse_message(&d.body) else { continue };
+        let id = job.job_id.to_string();
+        let Some(rec) = jobs.get(&id).await? else { continue };
+        let stuck = match rec.status {
+            JobStatus::Pending => true,
+            JobStatus::Processing => rec.lease_expires_at.is_some_and(|until| until < now),
+            _ => false,
+        };
+        if !stuck {
+            continue;
+        }
+        let message = match &d.reason {
+            None => format!(
+                "the queue moved the message to the dead-letter queue after {} receives; no worker recorded an outcome",
+                d.receive_count
+            ),
+            Some(reason) => format!("the message is on the dead-letter queue ({reason}); no worker recorded an outcome"),
+        };
+        if mark(jobs, &id, s, owner, now, d.kind(), &message).await? {
+            marked += 1;
+        }
+    }
+    Ok(marked)
+}
+
+/// Claims `id` (re-checking its lease atomically: a worker that took the job meanwhile wins)
+/// and finishes it as failed, permanently, for `kind`; whether it was marked.
+async fn mark(jobs: &dyn JobStore, id: &str, s: &Settings, owner: &str, now: DateTime<Utc>, kind: &str, message: &str) -> BResult<bool> {
+    let Claim::Claimed(mut rec) = jobs.claim(id, &s.stage, owner, now + MARK_LEASE, now).await? else {
+        return Ok(false);
+    };
+    rec.attempts = rec.attempts.saturating_sub(1); // the sweep's claim is not an attempt
+    rec.status = JobStatus::Failed;
+    rec.pending_reason = None;
+    rec.error = Some(ErrorInfo { kind: kind.into(), message: message.to_string(), permanent: true });
+    rec.lease_owner = None;
+    rec.lease_expires_at = None;
+    rec.updated_at = now;
+    jobs.finish(&rec, owner).await?;
+    telemetry::job_outcome(&rec.id, Outcome::DeadLettered, kind, Duration::ZERO, Some(message));
+    Ok(true)
 }
 
 /// Sweeps every [`SWEEP_EVERY`] until the task is aborted; errors are logged and retried next time.
@@ -78,6 +122,9 @@ pub(crate) fn spawn(b: Backends, s: std::sync::Arc<Settings>, owner: String) -> 
             tokio::time::sleep(SWEEP_EVERY.mul_f64(jitter)).await;
             if let Err(e) = sweep_once(b.jobs.as_ref(), &s, &owner, Utc::now()).await {
                 tracing::warn!(error = %e, "sweep of abandoned records failed; next sweep retries");
+            }
+            if let Err(e) = sweep_dead_letters(b.queue.as_ref(), b.jobs.as_ref(), &s, &owner, Utc::now()).await {
+                tracing::warn!(error = %e, "sweep of dead-lettered records failed; next sweep retries");
             }
         }
     })

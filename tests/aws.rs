@@ -331,3 +331,11 @@ async fn classify_maps_real_moto_errors() {
     let e = aws_sdk_sqs::Client::new(&sdk).get_queue_url().queue_name("q").send().await.expect_err("connection refused");
     assert!(aws::classify(&e).is_retryable(), "{:?}", aws::classify(&e));
 }
+
+/// The DLQ pass of the sweep on SQS and DynamoDB: the redrive policy's move is seen from the DLQ.
+#[tokio::test]
+async fn the_dlq_sweep_marks_records_whose_message_was_dead_lettered_with_fewer_claims_than_receives() {
+    let queue = aws_queue()(QueueSpec { visibility_timeout: Duration::from_secs(1), max_receive_count: 2 }).await;
+    let jobs = aws_jobs()().await;
+    support::conformance::sweep_marks_records_whose_message_was_dead_lettered(queue, jobs).await;
+}

@@ -454,3 +454,10 @@ async fn separate_processes_share_one_file_safely() {
     assert_eq!(grants * 100, 3_000, "the shared ledger never passes its limit");
     assert!(parent.queue.depth().await.expect("depth").is_drained());
 }
+
+/// The DLQ pass of the sweep on the embedded backend (the check is shared with moto).
+#[tokio::test]
+async fn the_dlq_sweep_marks_records_whose_message_was_dead_lettered_with_fewer_claims_than_receives() {
+    let b = scratch(QueueSpec { visibility_timeout: Duration::from_secs(1), max_receive_count: 2 });
+    support::conformance::sweep_marks_records_whose_message_was_dead_lettered(b.queue.clone(), b.jobs.clone()).await;
+}

@@ -735,6 +735,58 @@ pub async fn jobs_sweep_marks_only_records_left_at_the_receive_limit(make: &Make
     assert!(matches!(s.claim(&dead, "st", "w3", t(now, 60), now).await.expect("claim"), Claim::Claimed(_)));
 }
 
+/// The DLQ pass of the sweep (`atlas_codex::sweep::sweep_dead_letters`): a record whose message
+/// the queue moved to the DLQ after more receives than claims (a worker died between receive and
+/// claim) is made terminal as `receive_limit`; records with a live lease or already terminal are
+/// left alone, and the DLQ keeps its messages. `queue` must have a visibility timeout of 1 s and
+/// a receive limit of 2, and be empty, like its DLQ.
+pub async fn sweep_marks_records_whose_message_was_dead_lettered(queue: Arc<dyn Queue>, jobs: Arc<dyn JobStore>) {
+    let mut settings = atlas_codex::settings::Settings { stage: "st".into(), ..Default::default() };
+    settings.queue.max_receive_count = 2;
+    let now = Utc::now();
+    let past = now - ChronoDuration::hours(1);
+    let id = |p: &str| format!("{p}-{}", uuid::Uuid::new_v4().simple());
+    let (stuck, live, done, never) = (id("stuck"), id("live"), id("done"), id("never"));
+    let body = |id: &str| serde_json::json!({"job_id": id, "text": "Ridge tent, $120.", "schema": {"type": "object"}}).to_string();
+    for j in [&stuck, &live, &done, &never] {
+        queue.send(&body(j), Duration::ZERO).await.expect("send");
+    }
+    // Claimed once each (below the receive limit): the plain sweep cannot tell these are stuck.
+    let claimed = |c: Claim| match c {
+        Claim::Claimed(r) => r,
+        other => panic!("{other:?}"),
+    };
+    claimed(jobs.claim(&stuck, "st", "w1", past + ChronoDuration::seconds(60), past).await.expect("claim"));
+    claimed(jobs.claim(&live, "st", "w1", now + ChronoDuration::seconds(600), now).await.expect("claim"));
+    let mut rec = claimed(jobs.claim(&done, "st", "w1", now + ChronoDuration::seconds(60), now).await.expect("claim"));
+    rec.status = JobStatus::Completed;
+    jobs.finish(&rec, "w1").await.expect("finish");
+    // Received past the limit and never claimed again: the queue moves them to the DLQ.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while queue.dlq_peek(10).await.expect("peek").len() < 4 {
+        assert!(Instant::now() < deadline, "the queue did not dead-letter the messages");
+        let _ = queue.receive(10, Duration::ZERO).await.expect("receive");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    assert_eq!(atlas_codex::sweep::sweep_once(jobs.as_ref(), &settings, "sweeper", Utc::now()).await.expect("sweep"), 0);
+
+    let marked =
+        atlas_codex::sweep::sweep_dead_letters(queue.as_ref(), jobs.as_ref(), &settings, "sweeper", Utc::now()).await.expect("dlq sweep");
+    assert_eq!(marked, 1, "only the stuck record");
+    let r = jobs.get(&stuck).await.expect("get").expect("record");
+    assert_eq!(r.status, JobStatus::Failed);
+    let e = r.error.expect("error");
+    assert_eq!((e.kind.as_str(), e.permanent), ("receive_limit", true), "{e:?}");
+    assert!(e.message.contains("dead-letter queue"), "{e:?}");
+    assert_eq!(r.attempts, 1, "the sweep is not an attempt");
+    assert_eq!(jobs.get(&live).await.expect("get").expect("record").status, JobStatus::Processing, "a live lease is left alone");
+    assert_eq!(jobs.get(&done).await.expect("get").expect("record").status, JobStatus::Completed);
+    assert!(jobs.get(&never).await.expect("get").is_none(), "no record, nothing to mark");
+    assert_eq!(queue.dlq_peek(10).await.expect("peek").len(), 4, "the DLQ keeps its messages");
+    let again = atlas_codex::sweep::sweep_dead_letters(queue.as_ref(), jobs.as_ref(), &settings, "sweeper", Utc::now()).await;
+    assert_eq!(again.expect("dlq sweep"), 0, "nothing left");
+}
+
 /// Concurrent claims of one job: exactly one worker gets it.
 pub async fn jobs_concurrent_claim(make: &MakeJobs) {
     let s = make().await;
