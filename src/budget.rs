@@ -308,7 +308,8 @@ pub async fn recover_lapsed(ledger: &dyn BudgetLedger, period: &str, before: Dat
     let lapsed = ledger.lapsed(period, before).await?;
     for r in &lapsed {
         let ceiling = ledger.close(period, &r.id).await?;
-        let charged = ceiling.map_or(r.amount_micros, |c| c.clamp(0, r.amount_micros));
+        // A ceiling may pass the lease when charges passed their calls' worst cases.
+        let charged = ceiling.map_or(r.amount_micros, |c| c.max(0));
         ledger.settle(period, &Charge::single(r.id.clone(), r.job_id.clone(), crate::backend::RECOVERED_MODEL, None, charged)).await?;
         crate::telemetry::budget_lease_recovered(&r.id, r.amount_micros, charged);
     }
@@ -483,29 +484,11 @@ impl Budget {
         if hold.budget.is_none() {
             return Ok(Some(hold));
         }
-        let _one = self.inner.declaring.lock().await;
-        let wanted = {
-            let st = self.inner.lock();
-            st.leases.iter().find(|l| l.id == hold.lease_id).and_then(|l| Some((l.ceiling_needed()?, l.expires_at)))
-        };
-        let Some((ceiling, expires_at)) = wanted else { return Ok(Some(hold)) };
-        self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
-        let kept = expires_at.checked_add_signed(DECLARATION_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
         // Nothing is sent before the declaration is stored: a caller that gives up meanwhile
         // (job timeout, drain) drops an unsent call, which is given back without a charge.
         let unsent = Unsent { inner: &self.inner, hold: &mut hold };
-        let declared = self.inner.ledger.declare(&unsent.hold.period, &unsent.hold.lease_id, ceiling, kept).await;
+        let declared = self.declare_ceiling(&unsent.hold.period, &unsent.hold.lease_id).await;
         unsent.disarm();
-        {
-            let mut st = self.inner.lock();
-            if let Some(lease) = st.leases.iter_mut().find(|l| l.id == hold.lease_id) {
-                match declared {
-                    Ok(true) => lease.declared = lease.declared.max(ceiling),
-                    Ok(false) => lease.retired = true,
-                    Err(_) => {}
-                }
-            }
-        }
         if matches!(declared, Ok(true)) {
             return Ok(Some(hold));
         }
@@ -516,6 +499,30 @@ impl Budget {
             Err(e) => Err(JobError::transient("budget_unavailable", format!("budget ledger: {e}"))),
             Ok(_) => Ok(None),
         }
+    }
+
+    /// Declares a new ceiling for the lease when its spend and calls in flight passed the last
+    /// one. `true` when the ceiling covers them (or the lease is no longer held here); `false`
+    /// when the ledger closed the bound (the lease is then retired).
+    async fn declare_ceiling(&self, period: &str, lease_id: &str) -> BResult<bool> {
+        let _one = self.inner.declaring.lock().await;
+        let wanted = {
+            let st = self.inner.lock();
+            st.leases.iter().find(|l| l.id == lease_id).and_then(|l| Some((l.ceiling_needed()?, l.expires_at)))
+        };
+        let Some((ceiling, expires_at)) = wanted else { return Ok(true) };
+        self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
+        let kept = expires_at.checked_add_signed(DECLARATION_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let declared = self.inner.ledger.declare(period, lease_id, ceiling, kept).await;
+        let mut st = self.inner.lock();
+        if let Some(lease) = st.leases.iter_mut().find(|l| l.id == lease_id) {
+            match declared {
+                Ok(true) => lease.declared = lease.declared.max(ceiling),
+                Ok(false) => lease.retired = true,
+                Err(_) => {}
+            }
+        }
+        declared
     }
 
     /// Puts the call into a held lease with room for it, if any.
@@ -661,6 +668,16 @@ impl Budget {
     pub async fn settle(&self, mut hold: Hold, actual_micros: i64, model: &str, tenant: Option<&str>) -> BResult<()> {
         if hold.budget.take().is_some() {
             self.inner.finish_call(&hold.lease_id, &hold.reservation.id, Some((actual_micros, model, tenant)));
+            if actual_micros > hold.reservation.amount_micros {
+                // Charged above its worst case (the provider counted more input than the worker):
+                // the spend may now pass the declared ceiling, so declare it at once.
+                match self.declare_ceiling(&hold.period, &hold.lease_id).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(lease = %hold.lease_id, error = %e, "could not declare a budget lease's ceiling after a charge above its worst case")
+                    }
+                }
+            }
         }
         self.return_due().await
     }

@@ -621,6 +621,21 @@ async fn a_live_worker_whose_lease_was_recovered_moves_its_next_call_to_a_new_le
     assert_eq!((snap.spent_micros, snap.reserved_micros), (8_000, 0), "{snap:?}");
 }
 
+#[tokio::test]
+async fn a_charge_above_the_calls_worst_case_is_declared_at_once() {
+    let ledger = Arc::new(MemLedger::default());
+    let now = Utc::now();
+    let p = period(now);
+    let b = Budget::new(ledger.clone(), 10_000_000, TTL);
+    let h = b.reserve("j", "j:1", 10_000, now).await.expect("fits");
+    let lease = h.lease_id().to_string();
+    // The provider counted more input than the worker: 30,000 for a call of worst case 10,000.
+    b.settle(h, 30_000, "gpt-5", None).await.expect("settle");
+    // Were the worker to die now, the recovery charges at least what was spent.
+    let ceiling = ledger.close(&p, &lease).await.expect("close").expect("declared");
+    assert!(ceiling >= 30_000, "the ceiling covers the charge: {ceiling}");
+}
+
 /// A ledger whose ceiling declarations never answer.
 struct StuckDeclare(MemLedger);
 
