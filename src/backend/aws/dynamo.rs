@@ -40,7 +40,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 
-use super::classify;
+use super::{classify, condition_held};
 use crate::backend::{BResult, BackendError, BudgetLedger, Charge, Claim, JobStore, LedgerSnapshot, Reservation, ReserveOutcome};
 use crate::job::{JobRecord, JobStatus};
 
@@ -289,13 +289,7 @@ impl JobStore for DynamoJobStore {
             .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => match classify(&e) {
-                BackendError::Conflict(_) => Ok(false),
-                other => Err(other),
-            },
-        }
+        condition_held(res)
     }
 
     async fn finish(&self, record: &JobRecord, owner: &str) -> BResult<()> {
@@ -333,13 +327,7 @@ impl JobStore for DynamoJobStore {
             .expression_attribute_names("#id", "id")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => match classify(&e) {
-                BackendError::Conflict(_) => Ok(false),
-                other => Err(other),
-            },
-        }
+        condition_held(res)
     }
 
     async fn get(&self, id: &str) -> BResult<Option<JobRecord>> {
@@ -612,13 +600,7 @@ impl DynamoLedger {
             .set_expression_attribute_values(put.expression_attribute_values().cloned())
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => match classify(&e) {
-                BackendError::Conflict(_) => Ok(false),
-                other => Err(other),
-            },
-        }
+        condition_held(res)
     }
 
     fn contention(period: &str) -> BackendError {
@@ -768,13 +750,7 @@ impl BudgetLedger for DynamoLedger {
             .expression_attribute_values(":e", n(expires_at.timestamp()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => match classify(&e) {
-                BackendError::Conflict(_) => Ok(false),
-                other => Err(other),
-            },
-        }
+        condition_held(res)
     }
 
     async fn close(&self, period: &str, reservation_id: &str) -> BResult<Option<i64>> {

@@ -13,7 +13,7 @@ use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
-use crate::backend::{BackendError, Backends};
+use crate::backend::{BResult, BackendError, Backends};
 use crate::settings::Settings;
 
 pub mod calls;
@@ -229,6 +229,22 @@ const NOT_FOUND_CODES: &[&str] = &[
 
 /// Error codes that mean a conditional write lost.
 const CONFLICT_CODES: &[&str] = &["ConditionalCheckFailedException", "ConditionalCheckFailed"];
+
+/// A conditional write's answer: `true` when it was applied, `false` when its condition failed
+/// ([`BackendError::Conflict`]), any other error as [`classify`] maps it.
+pub(crate) fn condition_held<T, E, R>(res: Result<T, SdkError<E, R>>) -> BResult<bool>
+where
+    E: ProvideErrorMetadata,
+    R: HttpStatus,
+{
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) => match classify(&e) {
+            BackendError::Conflict(_) => Ok(false),
+            other => Err(other),
+        },
+    }
+}
 
 /// The one place that decides what an AWS SDK error means for the caller:
 /// throttling codes, 5xx, timeouts and dispatch failures are [`BackendError::Transient`];
