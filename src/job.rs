@@ -632,12 +632,12 @@ impl Usage {
 }
 
 /// How a job was routed: the model, its tier, the complexity score and why.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// The model first chosen.
     pub model: String,
-    /// `nano`, `mini`, `full` or `production`.
-    pub tier: String,
+    /// `nano`, `mini`, `full`, `production` or `override`.
+    pub tier: crate::route::Tier,
     /// The complexity score (0-100).
     pub score: u32,
     /// A short explanation of the decision.

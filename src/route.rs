@@ -16,16 +16,40 @@ use crate::error::JobError;
 use crate::job::{Job, JobType, Route};
 use crate::settings::{RoutingSettings, Settings, Strategy};
 
-/// Tier name of the cheapest gpt-5 model.
-pub const TIER_NANO: &str = "nano";
-/// Tier name of the middle gpt-5 model.
-pub const TIER_MINI: &str = "mini";
-/// Tier name of the top gpt-5 model.
-pub const TIER_FULL: &str = "full";
-/// Tier name of the GPT-4-class model used by `gpt4_stable`.
-pub const TIER_PRODUCTION: &str = "production";
-/// Tier name when the job named its own model.
-pub const TIER_OVERRIDE: &str = "override";
+/// Where a job's first call was routed (kept on the job record as its lowercase name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The cheapest gpt-5 model (`routing.nano_model`).
+    Nano,
+    /// The middle gpt-5 model (`routing.mini_model`).
+    Mini,
+    /// The top gpt-5 model (`routing.full_model`).
+    Full,
+    /// The GPT-4-class model used by `gpt4_stable` (`routing.production_model`).
+    Production,
+    /// The job named its own model.
+    Override,
+}
+
+impl Tier {
+    /// The name on records, in reasons and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Nano => "nano",
+            Tier::Mini => "mini",
+            Tier::Full => "full",
+            Tier::Production => "production",
+            Tier::Override => "override",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Deepest schema nesting walked when measuring a schema (job validation caps schemas at 32).
 const MAX_SCHEMA_WALK: usize = 64;
@@ -214,8 +238,8 @@ fn split_words(text: &str) -> Vec<String> {
 pub struct Decision {
     /// The model id to call (a key of the `[models]` table).
     pub model: String,
-    /// `nano`, `mini`, `full`, `production` or `override`.
-    pub tier: String,
+    /// The tier chosen.
+    pub tier: Tier,
     /// The complexity score (0-100) from [`score`].
     pub score: u32,
     /// The explanation kept on the job record.
@@ -286,7 +310,7 @@ impl Router {
             }
             return Ok(Decision {
                 model: m.clone(),
-                tier: TIER_OVERRIDE.into(),
+                tier: Tier::Override,
                 score,
                 reason: format!("{explanation}; the job asked for `{m}` and this stage allows it"),
                 downgraded: false,
@@ -296,22 +320,22 @@ impl Router {
         let (model, tier, mut reason) = match self.strategy {
             Strategy::Gpt4Stable => (
                 r.production_model.clone(),
-                TIER_PRODUCTION,
+                Tier::Production,
                 format!("{explanation}; strategy gpt4_stable sends every job to the production model"),
             ),
             Strategy::Gpt5Preview | Strategy::Auto => {
                 let tier = if score >= r.full_threshold {
-                    TIER_FULL
+                    Tier::Full
                 } else if score >= r.mini_threshold {
-                    TIER_MINI
+                    Tier::Mini
                 } else {
-                    TIER_NANO
+                    Tier::Nano
                 };
                 let mut reason = format!("{explanation}; tiers: nano < {} ≤ mini < {} ≤ full → {tier}", r.mini_threshold, r.full_threshold);
                 let tier = if budget_used_fraction > r.prefer_cheaper_above {
                     let cheaper = match tier {
-                        TIER_FULL => TIER_MINI,
-                        _ => TIER_NANO,
+                        Tier::Full => Tier::Mini,
+                        _ => Tier::Nano,
                     };
                     if cheaper != tier {
                         downgraded = true;
@@ -337,7 +361,7 @@ impl Router {
                 format!("tier {tier} routes to `{model}`, which this stage cannot call (not in [models] or gpt-5 not allowed)"),
             ));
         }
-        Ok(Decision { model, tier: tier.into(), score, reason, downgraded })
+        Ok(Decision { model, tier, score, reason, downgraded })
     }
 
     /// The next tier up after an invalid answer from `current_model`: nano → mini → full.
@@ -372,13 +396,13 @@ impl Router {
         out
     }
 
-    fn tier_model(&self, tier: &str) -> &str {
+    fn tier_model(&self, tier: Tier) -> &str {
         let r = &self.settings.routing;
         match tier {
-            TIER_FULL => &r.full_model,
-            TIER_MINI => &r.mini_model,
-            TIER_NANO => &r.nano_model,
-            _ => &r.production_model,
+            Tier::Full => &r.full_model,
+            Tier::Mini => &r.mini_model,
+            Tier::Nano => &r.nano_model,
+            Tier::Production | Tier::Override => &r.production_model,
         }
     }
 

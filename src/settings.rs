@@ -274,12 +274,71 @@ pub struct RoutingSettings {
     pub prefer_cheaper_above: f64,
 }
 
+/// A model's API family: which call parameters it takes. Written as `gpt5` or `gpt4` in
+/// configuration; any other name is kept as [`ModelFamily::Unknown`] so that validation can
+/// name the key ([`Settings::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ModelFamily {
+    /// gpt-5 class: reasoning parameters (`reasoning_effort`, `verbosity`), no temperature.
+    Gpt5,
+    /// GPT-4 class: `temperature`.
+    Gpt4,
+    /// A name this worker does not know (refused by validation).
+    Unknown(String),
+}
+
+impl ModelFamily {
+    /// The name in configuration.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ModelFamily::Gpt5 => "gpt5",
+            ModelFamily::Gpt4 => "gpt4",
+            ModelFamily::Unknown(name) => name,
+        }
+    }
+}
+
+impl From<&str> for ModelFamily {
+    fn from(name: &str) -> Self {
+        match name {
+            "gpt5" => ModelFamily::Gpt5,
+            "gpt4" => ModelFamily::Gpt4,
+            other => ModelFamily::Unknown(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for ModelFamily {
+    fn from(name: String) -> Self {
+        ModelFamily::from(name.as_str())
+    }
+}
+
+impl From<ModelFamily> for String {
+    fn from(f: ModelFamily) -> String {
+        f.as_str().to_string()
+    }
+}
+
+impl PartialEq<&str> for ModelFamily {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ModelFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One model's prices, limits and call parameters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
     /// `gpt5` (reasoning parameters) or `gpt4` (temperature).
-    pub family: String,
+    pub family: ModelFamily,
     /// USD per 1M input tokens.
     pub input_usd_per_mtok: f64,
     /// USD per 1M cached input tokens.
@@ -303,7 +362,7 @@ pub struct ModelSettings {
 impl Default for ModelSettings {
     fn default() -> Self {
         ModelSettings {
-            family: "gpt4".into(),
+            family: ModelFamily::Gpt4,
             input_usd_per_mtok: 0.0,
             cached_input_usd_per_mtok: 0.0,
             output_usd_per_mtok: 0.0,
@@ -418,10 +477,10 @@ pub struct TelemetrySettings {
     pub metrics_namespace: String,
 }
 
-fn model(family: &str, i: f64, c: f64, o: f64) -> ModelSettings {
-    let gpt5 = family == "gpt5";
+fn model(family: ModelFamily, i: f64, c: f64, o: f64) -> ModelSettings {
+    let gpt5 = family == ModelFamily::Gpt5;
     ModelSettings {
-        family: family.into(),
+        family,
         input_usd_per_mtok: i,
         cached_input_usd_per_mtok: c,
         output_usd_per_mtok: o,
@@ -437,13 +496,13 @@ fn model(family: &str, i: f64, c: f64, o: f64) -> ModelSettings {
 impl Default for Settings {
     fn default() -> Self {
         let mut models = BTreeMap::new();
-        models.insert("gpt-5".into(), model("gpt5", 1.25, 0.125, 10.0));
-        models.insert("gpt-5-mini".into(), model("gpt5", 0.25, 0.025, 2.0));
-        let mut nano = model("gpt5", 0.05, 0.005, 0.40);
+        models.insert("gpt-5".into(), model(ModelFamily::Gpt5, 1.25, 0.125, 10.0));
+        models.insert("gpt-5-mini".into(), model(ModelFamily::Gpt5, 0.25, 0.025, 2.0));
+        let mut nano = model(ModelFamily::Gpt5, 0.05, 0.005, 0.40);
         nano.reasoning_effort = Some("minimal".into()); // as in config/default.toml
         models.insert("gpt-5-nano".into(), nano);
-        models.insert("gpt-4o".into(), model("gpt4", 2.50, 1.25, 10.0));
-        models.insert("gpt-4.1".into(), model("gpt4", 2.00, 0.50, 8.0));
+        models.insert("gpt-4o".into(), model(ModelFamily::Gpt4, 2.50, 1.25, 10.0));
+        models.insert("gpt-4.1".into(), model(ModelFamily::Gpt4, 2.00, 0.50, 8.0));
         let mut fallbacks = BTreeMap::new();
         fallbacks.insert("gpt-5".into(), vec!["gpt-5-mini".into()]);
         fallbacks.insert("gpt-5-mini".into(), vec!["gpt-5-nano".into()]);
@@ -725,14 +784,14 @@ impl Settings {
             match self.models.get(&m) {
                 None => p.push(format!("model `{m}` is routed to but has no [models.\"{m}\"] entry")),
                 Some(ms) => {
-                    if ms.family == "gpt5" && !self.gpt5_allowed() {
+                    if ms.family == ModelFamily::Gpt5 && !self.gpt5_allowed() {
                         p.push(format!("model `{m}` is gpt-5 class but reachable while GPT-5 is not allowed in `{stage}`"));
                     }
                 }
             }
         }
         for (id, m) in &self.models {
-            if !matches!(m.family.as_str(), "gpt5" | "gpt4") {
+            if matches!(m.family, ModelFamily::Unknown(_)) {
                 p.push(format!("models.{id}.family must be `gpt5` or `gpt4`"));
             }
             for (k, v) in [
@@ -912,7 +971,7 @@ impl Settings {
     pub fn model_allowed(&self, model: &str) -> bool {
         match self.models.get(model) {
             None => false,
-            Some(m) => m.family != "gpt5" || self.gpt5_allowed(),
+            Some(m) => m.family != ModelFamily::Gpt5 || self.gpt5_allowed(),
         }
     }
 

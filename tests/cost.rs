@@ -103,7 +103,7 @@ fn decide_all(router: &Router, used: f64) -> BTreeMap<&'static str, (String, Str
                 Ok(d) => d,
                 Err(e) => panic!("{name}: {e}"),
             };
-            (name, (d.model, d.tier))
+            (name, (d.model, d.tier.to_string()))
         })
         .collect()
 }

@@ -104,7 +104,7 @@ impl Processor {
             user: prompt.user.clone(),
             response_format: format.clone(),
             params: CallParams {
-                reasoning_model: price.family == "gpt5",
+                reasoning_model: price.family == crate::settings::ModelFamily::Gpt5,
                 max_output_tokens: price.max_output_tokens,
                 temperature: price.temperature,
                 reasoning_effort: price.reasoning_effort.clone(),

@@ -465,7 +465,7 @@ impl Processor {
         let features = Features::from_job(job, prompt.input_tokens as usize);
         let used = self.budget.used_fraction(Utc::now()).await;
         let decision = self.router.decide(job, &features, used)?;
-        telemetry::route_decision(&decision.tier, route_reason_label(&decision));
+        telemetry::route_decision(decision.tier.as_str(), route_reason_label(&decision));
         tracing::Span::current().record("model", decision.model.as_str());
         if rec.route.is_none() {
             rec.route = Some(decision.clone().into());
@@ -635,14 +635,11 @@ fn llm_status(e: &LlmError) -> &'static str {
 }
 
 fn route_reason_label(d: &crate::route::Decision) -> &'static str {
-    if d.tier == "override" {
-        "override"
-    } else if d.tier == "production" {
-        "forced"
-    } else if d.downgraded {
-        "cheaper"
-    } else {
-        "score"
+    match d.tier {
+        crate::route::Tier::Override => "override",
+        crate::route::Tier::Production => "forced",
+        _ if d.downgraded => "cheaper",
+        _ => "score",
     }
 }
 
