@@ -631,6 +631,32 @@ impl Usage {
     }
 }
 
+/// Why a `pending` job is waiting (kept on the record as its snake_case name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingReason {
+    /// A transient failure: the message comes back after its backoff.
+    Retry,
+    /// Deferred for budget: the message comes back when budget may have freed up.
+    BudgetExhausted,
+}
+
+impl PendingReason {
+    /// The name on records and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingReason::Retry => "retry",
+            PendingReason::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+impl std::fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a job was routed: the model, its tier, the complexity score and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
@@ -731,7 +757,7 @@ pub struct JobRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Why a pending job is waiting (`retry`, `budget_exhausted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_reason: Option<String>,
+    pub pending_reason: Option<PendingReason>,
     /// The last error (current one when `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,

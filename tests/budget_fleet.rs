@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use atlas_codex::backend::local::{LocalBackend, QueueOptions};
 use atlas_codex::backend::{aws, BudgetLedger, JobStore, Queue, RECOVERED_MODEL};
-use atlas_codex::job::{JobRecord, JobStatus};
+use atlas_codex::job::{JobRecord, JobStatus, PendingReason};
 use atlas_codex::mock_openai::{Behavior, MockBill, MockConfig, MockOpenAi, MockPrice};
 use serde_json::{json, Value};
 use support::http_fault::AwsFaultProxy;
@@ -129,7 +129,8 @@ struct Stage<'a> {
 /// Deferred for budget: `pending`, or being tried again right now (`processing` with the
 /// deferral's reason still on it: a deferred job comes back every 5-10 s while budget is held).
 fn pending_for_budget(r: &JobRecord) -> bool {
-    matches!(r.status, JobStatus::Pending | JobStatus::Processing) && r.pending_reason.as_deref() == Some("budget_exhausted")
+    matches!(r.status, JobStatus::Pending | JobStatus::Processing)
+        && r.pending_reason.map(PendingReason::as_str) == Some("budget_exhausted")
 }
 
 async fn run_fleet(stage: Stage<'_>, mock: &MockOpenAi, logs: &std::path::Path) {

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use atlas_codex::job::JobStatus;
+use atlas_codex::job::{JobStatus, PendingReason};
 use atlas_codex::worker::RunOptions;
 use support::app::{second_worker, spawn_app, text_job, ScriptedLlm};
 
@@ -133,7 +133,7 @@ async fn budget_exhaustion_defers_without_dead_lettering() {
     assert_eq!(llm.calls(), 0);
     let r = t.record("poor-1").await;
     assert_eq!(r.status, JobStatus::Pending);
-    assert_eq!(r.pending_reason.as_deref(), Some("budget_exhausted"));
+    assert_eq!(r.pending_reason.map(PendingReason::as_str), Some("budget_exhausted"));
     let d = t.backends.queue.depth().await.unwrap();
     assert_eq!(d.dead_letters, 0);
     assert_eq!(d.delayed + d.visible + d.in_flight, 1, "the message is kept: {d:?}");

@@ -16,7 +16,7 @@ use crate::budget::Budget;
 use crate::crawl;
 use crate::error::{Disposition, JobError};
 use crate::fetch::Fetcher;
-use crate::job::{self, ErrorInfo, Job, JobRecord, JobStatus, Source};
+use crate::job::{self, ErrorInfo, Job, JobRecord, JobStatus, PendingReason, Source};
 use crate::llm::{schema, LlmClient, LlmError, ResponseFormat, Unfinished};
 use crate::page::{self, Page};
 use crate::pricing;
@@ -171,7 +171,7 @@ impl Processor {
         if let Ok(Some(mut rec)) = self.backends.jobs.get(job_id).await {
             if rec.status == JobStatus::Processing && rec.lease_owner.as_deref() == Some(&self.worker_id) {
                 rec.status = JobStatus::Pending;
-                rec.pending_reason = Some("retry".into());
+                rec.pending_reason = Some(PendingReason::Retry);
                 rec.error = Some(ErrorInfo { kind: "abandoned".into(), message: why.into(), permanent: false });
                 clear_lease(&mut rec);
                 let _ = self.backends.jobs.finish(&rec, &self.worker_id).await;
@@ -340,8 +340,8 @@ impl Processor {
             Disposition::DeadLetter | Disposition::Fail => JobStatus::Failed,
         };
         rec.pending_reason = match disposition {
-            Disposition::Defer => Some("budget_exhausted".into()),
-            Disposition::Retry => Some("retry".into()),
+            Disposition::Defer => Some(PendingReason::BudgetExhausted),
+            Disposition::Retry => Some(PendingReason::Retry),
             _ => None,
         };
         rec.error = Some(ErrorInfo {

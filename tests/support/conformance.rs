@@ -584,7 +584,7 @@ pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
     let now = Utc::now();
     let mut r = claimed(s.claim(&id, "st", "w1", t(now, 60), now).await.expect("claim"));
     r.status = JobStatus::Pending;
-    r.pending_reason = Some("retry".into());
+    r.pending_reason = Some(atlas_codex::job::PendingReason::Retry);
     r.lease_owner = None;
     r.lease_expires_at = None;
     r.calls.push(Attempt {
