@@ -66,9 +66,6 @@ pub const LEASE_MAX_AGE: Duration = Duration::from_secs(60);
 /// A declared ceiling runs this fraction of the lease ahead of what is spent and in flight
 /// (at most this many declarations per lease, plus one per call near the budget's end).
 pub const DECLARE_STEPS: i64 = 8;
-/// How long the ledger keeps a declared ceiling after its lease expires (longer than lapsed
-/// holds are kept before they are folded into spend, a day).
-const DECLARATION_KEPT: chrono::Duration = chrono::Duration::days(2);
 /// A lease with no call in flight for this long is returned (budget flows back to the fleet).
 pub const LEASE_IDLE_RETURN: Duration = Duration::from_secs(2);
 /// How often the maintenance task looks for leases to return.
@@ -274,9 +271,7 @@ impl Inner {
         }
         result
     }
-}
 
-impl Inner {
     /// Recovers the leases of this period (and of the last one, at a month's turn) that lapsed
     /// more than `grace` ago (see [`recover_lapsed`]).
     async fn recover(&self, grace: Duration) {
@@ -512,7 +507,7 @@ impl Budget {
         };
         let Some((ceiling, expires_at)) = wanted else { return Ok(true) };
         self.inner.ledger_writes.fetch_add(1, Ordering::Relaxed);
-        let kept = expires_at.checked_add_signed(DECLARATION_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let kept = expires_at.checked_add_signed(crate::backend::BOUND_KEPT).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let declared = self.inner.ledger.declare(period, lease_id, ceiling, kept).await;
         let mut st = self.inner.lock();
         if let Some(lease) = st.leases.iter_mut().find(|l| l.id == lease_id) {
@@ -671,11 +666,8 @@ impl Budget {
             if actual_micros > hold.reservation.amount_micros {
                 // Charged above its worst case (the provider counted more input than the worker):
                 // the spend may now pass the declared ceiling, so declare it at once.
-                match self.declare_ceiling(&hold.period, &hold.lease_id).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(lease = %hold.lease_id, error = %e, "could not declare a budget lease's ceiling after a charge above its worst case")
-                    }
+                if let Err(e) = self.declare_ceiling(&hold.period, &hold.lease_id).await {
+                    tracing::warn!(lease = %hold.lease_id, error = %e, "could not declare a budget lease's ceiling after a charge above its worst case");
                 }
             }
         }

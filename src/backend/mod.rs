@@ -327,6 +327,10 @@ impl Charge {
 
 /// The model name under which a lapsed hold is charged once it is folded into spend.
 pub const LAPSED_MODEL: &str = "(lapsed lease)";
+/// How long a ledger keeps a declared bound after its reservation expires (or after it was
+/// closed, when it was never declared): longer than lapsed holds are kept before they are
+/// folded into spend (a day), so a bound is never forgotten while its lease can be recovered.
+pub const BOUND_KEPT: chrono::Duration = chrono::Duration::days(2);
 /// The model name under which a lapsed lease is charged when it is recovered at its declared
 /// bound (the real spend by model is known only to its dead holder).
 pub const RECOVERED_MODEL: &str = "(recovered lease)";

@@ -762,7 +762,7 @@ impl BudgetLedger for DynamoLedger {
             .update_expression("SET #c = :t, expires_at = if_not_exists(expires_at, :e)")
             .expression_attribute_names("#c", "closed")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .expression_attribute_values(":e", n((Utc::now() + chrono::Duration::days(2)).timestamp()))
+            .expression_attribute_values(":e", n((Utc::now() + crate::backend::BOUND_KEPT).timestamp()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await

@@ -1258,14 +1258,13 @@ impl BudgetLedger for SqliteLedger {
                      ON CONFLICT(period, id) DO UPDATE SET closed = 1",
                 )
                 .db()?
-                .execute(params![period, id, micros(Utc::now() + chrono::Duration::days(2))])
+                .execute(params![period, id, micros(Utc::now() + crate::backend::BOUND_KEPT)])
                 .db()?;
                 let bound: Option<i64> = tx
                     .prepare_cached("SELECT bound FROM budget_bounds WHERE period = ?1 AND id = ?2")
                     .db()?
                     .query_row(params![period, id], |row| row.get(0))
                     .db()?;
-                tx.execute("DELETE FROM budget_bounds WHERE expires_at < ?1", params![micros(Utc::now())]).db()?;
                 tx.commit().db()?;
                 Ok(bound)
             })
@@ -1276,6 +1275,9 @@ impl BudgetLedger for SqliteLedger {
         let period = period.to_string();
         self.db
             .call(move |conn| {
+                // The maintenance pass every worker makes: also forget bounds past their keep
+                // time (DynamoDB's TTL does this for its bound items).
+                conn.prepare_cached("DELETE FROM budget_bounds WHERE expires_at < ?1").db()?.execute(params![micros(Utc::now())]).db()?;
                 let mut st = conn
                     .prepare_cached(
                         "SELECT id, job_id, amount, expires_at FROM budget_reservations WHERE period = ?1 AND expires_at < ?2 ORDER BY expires_at",
