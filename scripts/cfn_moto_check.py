@@ -140,6 +140,7 @@ def check_stage(stage, stack, bucket, account, sqs, ddb, s3, iam) -> None:
         assert out["JobsTableName"] == f"atlas-codex-jobs-{stage}"
         assert out["BudgetTableName"] == f"atlas-codex-budget-{stage}"
         assert out["ArtifactsBucketName"] == bucket
+        assert out["EventTopicArn"] == f"arn:aws:sns:us-east-1:{account}:atlas-codex-events-{stage}", out["EventTopicArn"]
         assert out["WorkerRoleArn"] == f"arn:aws:iam::{account}:role/atlas-codex-worker-{stage}"
     R.run(f"moto {stage}: outputs name the stage's queue, DLQ, tables, bucket and role", outputs)
 
@@ -217,7 +218,8 @@ def check_stage(stage, stack, bucket, account, sqs, ddb, s3, iam) -> None:
         for arn in resources:
             assert arn != "*" and f"-{other}" not in arn, f"{arn} is not a {stage} resource"
             assert any(x in arn for x in (f"atlas-codex-queue-{stage}", f"atlas-codex-dlq-{stage}",
-                                          f"atlas-codex-jobs-{stage}", f"atlas-codex-budget-{stage}", bucket)), arn
+                                          f"atlas-codex-jobs-{stage}", f"atlas-codex-budget-{stage}",
+                                          f"atlas-codex-events-{stage}", bucket)), arn
     R.run(f"moto {stage}: worker role trusts the stage's ServiceAccount and names only {stage} ARNs", role)
 
 

@@ -813,10 +813,10 @@ def group_cfn() -> None:
     def names():
         want = {"Queue": "atlas-codex-queue-${Stage}", "DeadLetterQueue": "atlas-codex-dlq-${Stage}",
                 "JobsTable": "atlas-codex-jobs-${Stage}", "BudgetTable": "atlas-codex-budget-${Stage}",
-                "WorkerRole": "atlas-codex-worker-${Stage}"}
+                "EventTopic": "atlas-codex-events-${Stage}", "WorkerRole": "atlas-codex-worker-${Stage}"}
         for lid, name in want.items():
             props = res[lid]["Properties"]
-            got = props.get("QueueName") or props.get("TableName") or props.get("RoleName")
+            got = props.get("QueueName") or props.get("TableName") or props.get("TopicName") or props.get("RoleName")
             assert got == {"Fn::Sub": name}, f"{lid} name is {got}"
         b = res["ArtifactsBucket"]["Properties"]["BucketName"]
         assert b == {"Fn::If": ["DefaultBucketName", {"Fn::Sub": "atlas-codex-artifacts-${Stage}"}, {"Ref": "BucketName"}]}, b
@@ -876,21 +876,30 @@ def group_cfn() -> None:
     R.run("cfn: worker role trusts only the stage's ServiceAccount and reaches only this stack's resources", iam)
 
     def outputs():
-        want = {"QueueUrl", "DeadLetterQueueUrl", "JobsTableName", "BudgetTableName", "ArtifactsBucketName", "WorkerRoleArn"}
+        want = {"QueueUrl", "DeadLetterQueueUrl", "JobsTableName", "BudgetTableName", "ArtifactsBucketName", "EventTopicArn",
+                "WorkerRoleArn"}
         assert want <= set(t["Outputs"]), want - set(t["Outputs"])
-    R.run("cfn: outputs give queue and DLQ URLs, table names, bucket and role ARN", outputs)
+    R.run("cfn: outputs give queue and DLQ URLs, table names, bucket, event topic and role ARN", outputs)
+
+    def topic():
+        role = res["WorkerRole"]["Properties"]
+        stmts = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        publishers = [s for s in stmts if "sns:Publish" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])]
+        assert [s["Resource"] for s in publishers] == [{"Ref": "EventTopic"}], publishers
+        assert res["EventTopic"]["Properties"].get("KmsMasterKeyId"), "the topic is encrypted"
+    R.run("cfn: the worker role may publish to the stage's event topic, and to nothing else; the topic is encrypted", topic)
 
 
 # ----------------------------------------------------------------------------- names
-RESOURCE_KINDS = ("queue", "dlq", "jobs_table", "budget_table", "bucket")
+RESOURCE_KINDS = ("queue", "dlq", "jobs_table", "budget_table", "bucket", "event_topic")
 # Where the template creates each resource the binary names, and the property holding its name.
 CFN_NAMED = {"queue": ("Queue", "QueueName"), "dlq": ("DeadLetterQueue", "QueueName"),
              "jobs_table": ("JobsTable", "TableName"), "budget_table": ("BudgetTable", "TableName"),
-             "bucket": ("ArtifactsBucket", "BucketName")}
+             "bucket": ("ArtifactsBucket", "BucketName"), "event_topic": ("EventTopic", "TopicName")}
 # Env variables that would rename a resource in a pod (ATLAS__SECTION__KEY overrides).
 RESOURCE_ENV = {"ATLAS__QUEUE__NAME": "queue", "ATLAS__QUEUE__DLQ_NAME": "dlq",
                 "ATLAS__STORAGE__JOBS_TABLE": "jobs_table", "ATLAS__STORAGE__BUDGET_TABLE": "budget_table",
-                "ATLAS__STORAGE__BUCKET": "bucket"}
+                "ATLAS__STORAGE__BUCKET": "bucket", "ATLAS__EVENTS__TOPIC": "event_topic"}
 
 
 def ci() -> bool:

@@ -596,6 +596,7 @@ fn aws_settings(endpoint: &str, concurrency: usize) -> Result<Settings, String> 
         ("ATLAS__STORAGE__JOBS_TABLE", format!("atlas-codex-jobs-{suffix}")),
         ("ATLAS__STORAGE__BUDGET_TABLE", format!("atlas-codex-budget-{suffix}")),
         ("ATLAS__STORAGE__BUCKET", format!("atlas-codex-artifacts-{suffix}")),
+        ("ATLAS__EVENTS__TOPIC", format!("atlas-codex-events-{suffix}")),
         ("ATLAS__WORKER__CONCURRENCY", concurrency.to_string()),
         ("ATLAS__ADMIN__LISTEN", String::new()),
         ("ATLAS__QUEUE__WAIT_TIME_SECS", "1".into()),

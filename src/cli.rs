@@ -368,6 +368,15 @@ async fn status(cli: &Cli, settings: Settings, job_id: &str) -> Result<(), CliEr
             if let Some(e) = &rec.error {
                 outln!("error      {}: {}", e.kind, e.message);
             }
+            if let Some(a) = &rec.announcement {
+                let published = if a.published { "published" } else { "not yet published" };
+                outln!("event      {} {} ({published})", a.event_type.as_str(), a.event_id);
+                if let Some(w) = &a.webhook {
+                    let status = w.last_status.map(|s| format!(", last HTTP {s}")).unwrap_or_default();
+                    let error = w.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                    outln!("webhook    {} after {} POST(s){status} to {}{error}", w.state.as_str(), w.attempts, w.url);
+                }
+            }
             if rec.simulated {
                 outln!("simulated  true");
             }

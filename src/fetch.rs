@@ -625,6 +625,30 @@ impl Fetcher {
         }
     }
 
+    /// POSTs `body` to `url` under the same address rules as a fetch (checked DNS, pinned
+    /// connection, no proxy); a redirect is not followed (its status is returned). Reads at most
+    /// 64 KiB of the answer and returns its status. For webhooks ([`crate::webhook`]).
+    pub async fn post(&self, url: &str, headers: HeaderMap, body: Vec<u8>) -> Result<u16, FetchError> {
+        let secs = self.settings.total_timeout_secs.max(1);
+        let target = self.check_url_str(url)?;
+        let send = async {
+            let mut resp = self.client.post(target).headers(headers).body(body).send().await.map_err(|e| self.map_reqwest(e))?;
+            let status = resp.status().as_u16();
+            let mut read = 0usize;
+            while read < 64 * 1024 {
+                match resp.chunk().await {
+                    Ok(Some(c)) => read += c.len(),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            Ok(status)
+        };
+        match tokio::time::timeout(Duration::from_secs(secs), send).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout { secs }),
+        }
+    }
+
     async fn send(&self, url: &Url, headers: &HeaderMap) -> Result<reqwest::Response, FetchError> {
         self.client.get(url.clone()).headers(headers.clone()).send().await.map_err(|e| self.map_reqwest(e))
     }

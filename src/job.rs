@@ -24,6 +24,8 @@ pub const DEFAULT_CRAWL_PAGES: u32 = 10;
 pub const DEFAULT_CRAWL_DEPTH: u32 = 2;
 /// Longest accepted `instructions` text, in bytes.
 pub const MAX_INSTRUCTIONS_BYTES: usize = 32 * 1024;
+/// Longest `callback_url`, bytes.
+pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
 
 /// A job's identifier: client-chosen, `[A-Za-z0-9_-]{1,128}`, and the idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -144,8 +146,27 @@ pub struct Job {
     /// no hop-by-hop headers, no `Cookie` unless `fetch.allow_cookies`. Never stored or logged.
     #[serde(skip)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Where to POST the job's end event (a signed webhook), if anywhere.
+    #[serde(skip)]
+    pub callback: Option<Callback>,
     /// True when the message came in the legacy (seed) format.
     pub legacy: bool,
+}
+
+/// A job's webhook: `callback_url` and `callback_headers` of the message. The headers are the
+/// producer's (an API key of its receiver, say): never stored, logged or echoed.
+#[derive(Clone, PartialEq)]
+pub struct Callback {
+    /// The receiver, `http` or `https`. Checked against the SSRF policy when it is called.
+    pub url: String,
+    /// Extra request headers sent with the POST.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callback").field("url", &crate::redact::url(&self.url)).field("headers", &self.headers.len()).finish()
+    }
 }
 
 impl Job {
@@ -201,6 +222,12 @@ impl Job {
         }
         if !self.headers.is_empty() {
             m.insert("headers".into(), serde_json::to_value(&self.headers).unwrap_or_default());
+        }
+        if let Some(cb) = &self.callback {
+            m.insert("callback_url".into(), cb.url.clone().into());
+            if !cb.headers.is_empty() {
+                m.insert("callback_headers".into(), serde_json::to_value(&cb.headers).unwrap_or_default());
+            }
         }
         Value::Object(m)
     }
@@ -272,6 +299,8 @@ const CURRENT_FIELDS: &[&str] = &[
     "max_cost_usd",
     "tenant",
     "headers",
+    "callback_url",
+    "callback_headers",
     "apiKey",
     "api_key",
 ];
@@ -282,8 +311,35 @@ pub const MAX_HEADERS: usize = 32;
 pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
 fn parse_headers(v: Option<&Value>) -> Result<std::collections::BTreeMap<String, String>, MessageError> {
+    parse_header_map(v, "headers")
+}
+
+/// `callback_url` and `callback_headers`: an absolute `http(s)` URL without credentials.
+fn parse_callback(obj: &serde_json::Map<String, Value>) -> Result<Option<Callback>, MessageError> {
+    let headers = parse_header_map(obj.get("callback_headers"), "callback_headers")?;
+    let Some(url) = opt_str(obj, "callback_url")? else {
+        if !headers.is_empty() {
+            return Err(invalid("callback_headers", "needs a callback_url"));
+        }
+        return Ok(None);
+    };
+    if url.len() > MAX_CALLBACK_URL_BYTES {
+        return Err(invalid("callback_url", &format!("longer than {MAX_CALLBACK_URL_BYTES} bytes")));
+    }
+    let parsed = url::Url::parse(&url).map_err(|e| invalid("callback_url", &e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("callback_url", "only http and https URLs are accepted"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid("callback_url", "credentials in the URL are not accepted (use callback_headers)"));
+    }
+    Ok(Some(Callback { url, headers }))
+}
+
+fn parse_header_map(v: Option<&Value>, field: &str) -> Result<std::collections::BTreeMap<String, String>, MessageError> {
     let mut out = std::collections::BTreeMap::new();
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(out) };
+    let invalid = |_: &str, reason: &str| invalid(field, reason);
     let obj = v.as_object().ok_or_else(|| invalid("headers", "must be an object of header name to string value"))?;
     if obj.len() > MAX_HEADERS {
         return Err(invalid("headers", &format!("at most {MAX_HEADERS} headers")));
@@ -375,6 +431,7 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
     if !headers.is_empty() && !matches!(job_type, JobType::Extract) {
         return Err(invalid("headers", "only extract jobs fetch with caller headers"));
     }
+    let callback = parse_callback(&obj)?;
     finish(Job {
         job_id,
         job_type,
@@ -388,6 +445,7 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
         max_cost_usd,
         tenant,
         headers,
+        callback,
         legacy: false,
     })
 }
@@ -429,6 +487,7 @@ fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageE
         max_cost_usd: None,
         tenant: opt_str(&params, "tenant")?,
         headers: Default::default(),
+        callback: None,
         legacy: true,
     })
 }
@@ -791,6 +850,10 @@ pub struct JobRecord {
     /// Unix time after which the store may delete the record (DynamoDB TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The announcement of the job's latest end (event published? webhook delivered?),
+    /// written with the end itself (see [`crate::events`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<crate::events::Announcement>,
 }
 
 impl JobRecord {
@@ -820,6 +883,7 @@ impl JobRecord {
             duration_ms: None,
             simulated: false,
             expires_at: None,
+            announcement: None,
         }
     }
 

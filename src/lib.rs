@@ -23,6 +23,8 @@
 //! | [`ratelimit`] | per-model RPM/TPM limits for the whole fleet: capacity leased in batches from shared windows (`ratelimit/fleet.rs`), a per-process GCRA share when the store is down, 429 and `x-ratelimit-*` corrections |
 //! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`): SQLite (`local`) and AWS |
 //! | [`llm`] | the `LlmClient` seam: OpenAI-compatible provider, simulated provider, strict-schema adaptation |
+//! | [`events`] | job end events: one per end, written with the end, published to the stage's topic (or the local events file), repaired after a crash |
+//! | [`webhook`] | signed webhooks to a job's `callback_url`: SSRF-guarded, retried with backoff, never holding the job |
 //! | [`sweep`] | marks records a dead worker left `processing` at the queue's receive limit as `failed` (`receive_limit`) |
 //! | [`mock_openai`] | an OpenAI-compatible mock server that bills as OpenAI does and reports its bill (tests, benchmark) |
 //! | [`telemetry`] | logs and metrics; one function per outcome emits both |
@@ -46,6 +48,7 @@ pub mod cli;
 pub mod crawl;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod fetch;
 pub mod job;
 pub mod llm;
@@ -59,4 +62,5 @@ pub mod route;
 pub mod settings;
 pub mod sweep;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;

@@ -5,8 +5,10 @@ use clap::Parser;
 fn main() {
     let cli = atlas_codex::cli::Cli::parse();
     // Known before anything can echo it: redacted from every error, record and log line.
-    if let Ok(key) = std::env::var("OPENAI_API_KEY") {
-        atlas_codex::redact::register(&key);
+    for var in ["OPENAI_API_KEY", atlas_codex::settings::WEBHOOK_SECRET_ENV] {
+        if let Ok(key) = std::env::var(var) {
+            atlas_codex::redact::register(&key);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

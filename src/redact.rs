@@ -79,7 +79,7 @@ pub fn message_body(body: &str) -> String {
     let carries = |m: &serde_json::Map<String, Value>| {
         m.contains_key("apiKey")
             || m.contains_key("api_key")
-            || m.get("headers").is_some_and(|h| h.as_object().is_some_and(|h| !h.is_empty()))
+            || HEADER_FIELDS.iter().any(|f| m.get(*f).is_some_and(|h| h.as_object().is_some_and(|h| !h.is_empty())))
     };
     if !carries(&m) && !m.get("params").and_then(Value::as_object).is_some_and(carries) {
         // Nothing to take out: the body stays byte for byte (bar pattern redaction).
@@ -92,13 +92,34 @@ pub fn message_body(body: &str) -> String {
     text(&serde_json::to_string(&Value::Object(m)).unwrap_or_default())
 }
 
+/// The message fields that carry a producer's header values (fetch headers, webhook headers).
+const HEADER_FIELDS: &[&str] = &["headers", "callback_headers"];
+
 fn scrub(m: &mut serde_json::Map<String, Value>) {
     m.remove("apiKey");
     m.remove("api_key");
-    if let Some(Value::Object(h)) = m.get_mut("headers") {
-        for v in h.values_mut() {
-            *v = Value::String(REDACTED.into());
+    for field in HEADER_FIELDS {
+        if let Some(Value::Object(h)) = m.get_mut(*field) {
+            for v in h.values_mut() {
+                *v = Value::String(REDACTED.into());
+            }
         }
+    }
+}
+
+/// A URL fit for a log line or a record: scheme, host, port and path; no user info, no query,
+/// no fragment (where signed or tokened URLs carry their secrets). Text that is not a URL
+/// becomes [`REDACTED`].
+pub fn url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => REDACTED.into(),
     }
 }
 
@@ -120,6 +141,12 @@ mod tests {
     }
 
     #[test]
+    fn urls_lose_their_credentials_query_and_fragment() {
+        assert_eq!(url("https://u:p@hooks.example:8443/a/b?token=s3cret#x"), "https://hooks.example:8443/a/b");
+        assert_eq!(url("not a url"), REDACTED);
+    }
+
+    #[test]
     fn message_bodies_lose_keys_and_header_values() {
         let body = r#"{"job_id":"j","url":"https://e.com","apiKey":"sk-aaaaaaaaaaaaaaaaaaaaaaaa","headers":{"Authorization":"Bearer xyz-123","X-Tenant":"t"}}"#;
         let out = message_body(body);
@@ -128,6 +155,9 @@ mod tests {
         let legacy = r#"{"jobId":"l","type":"scrape","params":{"url":"https://e.com","apiKey":"k-123456789"}}"#;
         assert!(!message_body(legacy).contains("k-123456789"));
         assert_eq!(message_body("not json Bearer abc"), "not json Bearer [redacted]");
+        let hooked = r#"{"job_id":"w","url":"https://e.com","callback_url":"https://r.example/h","callback_headers":{"X-Receiver-Key":"rk-42-very-secret"}}"#;
+        let out = message_body(hooked);
+        assert!(!out.contains("rk-42-very-secret") && out.contains("\"X-Receiver-Key\":\"[redacted]\""), "{out}");
         let plain = r#"{"url":"https://e.com","job_id":"kept as sent"}"#;
         assert_eq!(message_body(plain), plain, "a body with nothing to take out is unchanged");
     }

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The environment variable holding the webhook signing secret.
+pub const WEBHOOK_SECRET_ENV: &str = "ATLAS_WEBHOOK_SECRET";
+
 /// The stages this project ships config for.
 pub const KNOWN_STAGES: &[&str] = &["local", "preview", "production"];
 
@@ -77,6 +80,10 @@ pub struct Settings {
     pub fetch: FetchSettings,
     /// Crawl limits and politeness.
     pub crawl: CrawlSettings,
+    /// Job end events (the stage's topic, or the local events file).
+    pub events: EventSettings,
+    /// Signed webhooks to a job's `callback_url`.
+    pub webhooks: WebhookSettings,
     /// Admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub admin: AdminSettings,
     /// Logs and metrics.
@@ -447,6 +454,43 @@ pub struct CrawlSettings {
     pub respect_robots: bool,
 }
 
+/// Job end events ([`crate::events`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Publish an event for every job end (`job.completed`, `job.failed`, `job.deferred`).
+    pub enabled: bool,
+    /// SNS topic name; empty means `atlas-codex-events-{stage}` (AWS backend).
+    pub topic: String,
+    /// The topic's ARN (the CloudFormation stack's `EventTopicArn` output); empty means found by
+    /// name at start.
+    pub topic_arn: String,
+}
+
+/// Webhook delivery ([`crate::webhook`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Deliver to a job's `callback_url`.
+    pub enabled: bool,
+    /// Allow private and loopback receivers. `local` and tests only; metadata addresses are
+    /// refused always.
+    pub allow_private_networks: bool,
+    /// Longest one POST may take (connect, send, answer), seconds.
+    pub timeout_secs: u64,
+    /// How long a delivery is retried after its first POST, seconds.
+    pub retry_for_secs: u64,
+    /// Most POSTs per delivery.
+    pub max_attempts: u32,
+    /// Most POSTs in flight at once per worker.
+    pub concurrency: usize,
+    /// How long a stopping worker waits for deliveries in flight, seconds.
+    pub drain_secs: u64,
+    /// The signing secret: from `ATLAS_WEBHOOK_SECRET` only, never from a file, never serialised.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+}
+
 /// Admin server settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -596,6 +640,17 @@ impl Default for Settings {
                 allow_cookies: false,
             },
             crawl: CrawlSettings { politeness_delay_ms: 500, respect_robots: true },
+            events: EventSettings { enabled: true, topic: String::new(), topic_arn: String::new() },
+            webhooks: WebhookSettings {
+                enabled: true,
+                allow_private_networks: false,
+                timeout_secs: 10,
+                retry_for_secs: 900,
+                max_attempts: 10,
+                concurrency: 32,
+                drain_secs: 10,
+                secret: None,
+            },
             admin: AdminSettings { listen: "0.0.0.0:10090".into() },
             telemetry: TelemetrySettings { log_format: LogFormat::Pretty, log_level: "info".into(), metrics_namespace: String::new() },
         }
@@ -753,6 +808,7 @@ impl Settings {
         }
         let Some(mut s) = settings else { return Err(fail(problems)) };
         s.llm.api_key = src.env.get("OPENAI_API_KEY").filter(|k| !k.is_empty()).map(Secret::new);
+        s.webhooks.secret = src.env.get(WEBHOOK_SECRET_ENV).filter(|k| !k.is_empty()).map(Secret::new);
         problems.extend(s.problems());
         if problems.is_empty() {
             Ok(s)
@@ -778,6 +834,12 @@ impl Settings {
         }
         if self.fetch.allow_private_networks && matches!(stage, "preview" | "production") {
             p.push(format!("fetch.allow_private_networks must be false in `{stage}`"));
+        }
+        if self.webhooks.allow_private_networks && matches!(stage, "preview" | "production") {
+            p.push(format!("webhooks.allow_private_networks must be false in `{stage}`"));
+        }
+        if self.webhooks.enabled && (self.webhooks.timeout_secs == 0 || self.webhooks.max_attempts == 0 || self.webhooks.concurrency == 0) {
+            p.push("webhooks.timeout_secs, webhooks.max_attempts and webhooks.concurrency must be at least 1".into());
         }
         // Models reachable under this policy must exist and respect GPT5_ENABLED.
         for m in self.reachable_models() {
@@ -995,6 +1057,10 @@ impl Settings {
     pub fn bucket(&self) -> String {
         or_default(&self.storage.bucket, || format!("atlas-codex-artifacts-{}", self.stage))
     }
+    /// The event topic's name.
+    pub fn event_topic(&self) -> String {
+        or_default(&self.events.topic, || format!("atlas-codex-events-{}", self.stage))
+    }
     /// The `stage` label value on every metric.
     pub fn metrics_namespace(&self) -> String {
         or_default(&self.telemetry.metrics_namespace, || self.stage.clone())
@@ -1012,6 +1078,7 @@ impl Settings {
             ("jobs table", self.jobs_table()),
             ("budget table", self.budget_table()),
             ("bucket", self.bucket()),
+            ("event topic", self.event_topic()),
             ("metrics namespace", self.metrics_namespace()),
         ]
     }
@@ -1175,6 +1242,8 @@ section_default!(
     RateLimitSettings => rate_limit,
     FetchSettings => fetch,
     CrawlSettings => crawl,
+    EventSettings => events,
+    WebhookSettings => webhooks,
     AdminSettings => admin,
     TelemetrySettings => telemetry,
 );

@@ -16,6 +16,10 @@
 //! DLQ (without taking the messages) and makes terminal every record whose message is there and
 //! that is still `pending`, or `processing` with an expired lease, whatever its claim count.
 //!
+//! Both passes leave the ends they record to be announced ([`crate::events`]); the DLQ pass also
+//! announces a terminal record whose end was never announced (its worker stopped between the
+//! end and the event).
+//!
 //! Every worker sweeps every `SWEEP_EVERY` (jittered), reading the `SWEEP_BATCH` oldest
 //! `processing` records (a stuck record only gets older, so it reaches the front) and up to
 //! `SWEEP_BATCH` dead letters. The mark is a claim (one conditional write, so two sweeping
@@ -27,6 +31,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::backend::{BResult, Backends, Claim, JobStore, Queue, RECEIVE_LIMIT_KIND};
+use crate::events::{Announcement, Announcer};
 use crate::job::{ErrorInfo, JobRecord, JobStatus};
 use crate::settings::Settings;
 use crate::telemetry::{self, Outcome};
@@ -48,7 +53,12 @@ pub(crate) fn abandoned_at_receive_limit(rec: &JobRecord, s: &Settings, now: Dat
 
 /// One sweep: marks every abandoned record among the oldest `processing` ones; returns how many.
 pub async fn sweep_once(jobs: &dyn JobStore, s: &Settings, owner: &str, now: DateTime<Utc>) -> BResult<usize> {
-    let mut marked = 0;
+    Ok(sweep_abandoned(jobs, s, owner, now).await?.len())
+}
+
+/// [`sweep_once`], returning the records it marked (their ends to announce).
+async fn sweep_abandoned(jobs: &dyn JobStore, s: &Settings, owner: &str, now: DateTime<Utc>) -> BResult<Vec<JobRecord>> {
+    let mut marked = Vec::new();
     for rec in jobs.oldest(JobStatus::Processing, SWEEP_BATCH).await? {
         if !abandoned_at_receive_limit(&rec, s, now) {
             continue;
@@ -57,8 +67,8 @@ pub async fn sweep_once(jobs: &dyn JobStore, s: &Settings, owner: &str, now: Dat
             "the queue moved the message to the dead-letter queue after {} receives; the worker that held it last stopped without an outcome",
             s.queue.max_receive_count
         );
-        if mark(jobs, &rec.id, s, owner, now, RECEIVE_LIMIT_KIND, &message).await? {
-            marked += 1;
+        if let Some(r) = mark(jobs, &rec.id, s, owner, now, RECEIVE_LIMIT_KIND, &message).await? {
+            marked.push(r);
         }
     }
     Ok(marked)
@@ -69,11 +79,30 @@ pub async fn sweep_once(jobs: &dyn JobStore, s: &Settings, owner: &str, now: Dat
 /// kind the DLQ shows; returns how many. Catches what [`sweep_once`] misses: a message the queue
 /// received more often than a worker claimed it (a worker died between receive and claim).
 pub async fn sweep_dead_letters(queue: &dyn Queue, jobs: &dyn JobStore, s: &Settings, owner: &str, now: DateTime<Utc>) -> BResult<usize> {
-    let mut marked = 0;
+    Ok(sweep_dlq(queue, jobs, s, owner, now).await?.iter().filter(|(_, marked)| *marked).count())
+}
+
+/// [`sweep_dead_letters`], returning the records whose end is to be announced: those it marked
+/// (`true`), and terminal ones whose end was never announced (`false`: their worker stopped
+/// after recording the end and before publishing its event).
+async fn sweep_dlq(
+    queue: &dyn Queue,
+    jobs: &dyn JobStore,
+    s: &Settings,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> BResult<Vec<(JobRecord, bool)>> {
+    let mut out = Vec::new();
     for d in queue.dlq_peek(SWEEP_BATCH).await? {
         let Ok(job) = crate::job::parse_message(&d.body) else { continue };
         let id = job.job_id.to_string();
         let Some(rec) = jobs.get(&id).await? else { continue };
+        let unannounced =
+            matches!(rec.status, JobStatus::Completed | JobStatus::Failed) && rec.announcement.as_ref().is_some_and(|a| !a.published);
+        if unannounced {
+            out.push((rec, false));
+            continue;
+        }
         let stuck = match rec.status {
             JobStatus::Pending => true,
             JobStatus::Processing => rec.lease_expires_at.is_some_and(|until| until < now),
@@ -89,18 +118,27 @@ pub async fn sweep_dead_letters(queue: &dyn Queue, jobs: &dyn JobStore, s: &Sett
             ),
             Some(reason) => format!("the message is on the dead-letter queue ({reason}); no worker recorded an outcome"),
         };
-        if mark(jobs, &id, s, owner, now, d.kind(), &message).await? {
-            marked += 1;
+        if let Some(r) = mark(jobs, &id, s, owner, now, d.kind(), &message).await? {
+            out.push((r, true));
         }
     }
-    Ok(marked)
+    Ok(out)
 }
 
 /// Claims `id` (re-checking its lease atomically: a worker that took the job meanwhile wins)
-/// and finishes it as failed, permanently, for `kind`; whether it was marked.
-async fn mark(jobs: &dyn JobStore, id: &str, s: &Settings, owner: &str, now: DateTime<Utc>, kind: &str, message: &str) -> BResult<bool> {
+/// and finishes it as failed, permanently, for `kind` (its end's announcement pending); the
+/// record as marked, `None` when it was not.
+async fn mark(
+    jobs: &dyn JobStore,
+    id: &str,
+    s: &Settings,
+    owner: &str,
+    now: DateTime<Utc>,
+    kind: &str,
+    message: &str,
+) -> BResult<Option<JobRecord>> {
     let Claim::Claimed(mut rec) = jobs.claim(id, &s.stage, owner, now + MARK_LEASE, now).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     rec.attempts = rec.attempts.saturating_sub(1); // the sweep's claim is not an attempt
     rec.status = JobStatus::Failed;
@@ -109,23 +147,43 @@ async fn mark(jobs: &dyn JobStore, id: &str, s: &Settings, owner: &str, now: Dat
     rec.lease_owner = None;
     rec.lease_expires_at = None;
     rec.updated_at = now;
+    rec.announcement = Announcement::pending(&rec, None, None).map(|mut a| {
+        a.published = !s.events.enabled;
+        a
+    });
     jobs.finish(&rec, owner).await?;
     telemetry::job_outcome(&rec.id, Outcome::DeadLettered, kind, Duration::ZERO, Some(message));
-    Ok(true)
+    Ok(Some(rec))
+}
+
+/// One full pass: both sweeps, then the ends they found announced (no webhook: a dead
+/// letter's body has its callback headers redacted).
+pub async fn sweep_and_announce(b: &Backends, s: &Settings, owner: &str, announcer: &Announcer) {
+    match sweep_abandoned(b.jobs.as_ref(), s, owner, Utc::now()).await {
+        Ok(marked) => {
+            for rec in marked {
+                announcer.announce(&rec, None, true).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sweep of abandoned records failed; next sweep retries"),
+    }
+    match sweep_dlq(b.queue.as_ref(), b.jobs.as_ref(), s, owner, Utc::now()).await {
+        Ok(found) => {
+            for (rec, _) in found {
+                announcer.announce(&rec, None, false).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sweep of dead-lettered records failed; next sweep retries"),
+    }
 }
 
 /// Sweeps every [`SWEEP_EVERY`] until the task is aborted; errors are logged and retried next time.
-pub(crate) fn spawn(b: Backends, s: std::sync::Arc<Settings>, owner: String) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(b: Backends, s: std::sync::Arc<Settings>, owner: String, announcer: Announcer) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let jitter = rand::rng().random_range(0.8..1.2);
             tokio::time::sleep(SWEEP_EVERY.mul_f64(jitter)).await;
-            if let Err(e) = sweep_once(b.jobs.as_ref(), &s, &owner, Utc::now()).await {
-                tracing::warn!(error = %e, "sweep of abandoned records failed; next sweep retries");
-            }
-            if let Err(e) = sweep_dead_letters(b.queue.as_ref(), b.jobs.as_ref(), &s, &owner, Utc::now()).await {
-                tracing::warn!(error = %e, "sweep of dead-lettered records failed; next sweep retries");
-            }
+            sweep_and_announce(&b, &s, &owner, &announcer).await;
         }
     })
 }

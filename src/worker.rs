@@ -93,7 +93,12 @@ impl Worker {
         let deleter = Deleter::spawn(self.backends.clone(), Duration::from_millis(s.worker.delete_flush_ms));
         self.health.set_long_poll(Duration::from_secs(s.queue.wait_time_secs));
         let monitor = spawn_monitor(self.backends.clone(), s.clone(), self.health.clone());
-        let sweep = crate::sweep::spawn(self.backends.clone(), s.clone(), self.processor.worker_id().to_string());
+        let sweep = crate::sweep::spawn(
+            self.backends.clone(),
+            s.clone(),
+            self.processor.worker_id().to_string(),
+            self.processor.announcer().clone(),
+        );
         let mut tasks: JoinSet<()> = JoinSet::new();
         let wait = Duration::from_secs(s.queue.wait_time_secs);
         let batch = receive_batch(s);
@@ -187,6 +192,8 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         deleter.close().await;
+        // Webhooks in flight get a short grace; what does not end stays `pending` on its record.
+        self.processor.drain_webhooks(Duration::from_secs(s.webhooks.drain_secs)).await;
         // Give unused budget back to the fleet (a lease not returned lapses and counts in full).
         self.processor.return_budget().await;
         if let Err(e) = self.backends.queue.flush().await {

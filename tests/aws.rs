@@ -127,16 +127,23 @@ async fn provision_creates_everything_then_is_idempotent() {
 
     let first = provision_with(&s, &sdk).await.expect("first provision");
     let kinds: Vec<&str> = first.resources.iter().map(|r| r.kind.as_str()).collect();
-    assert_eq!(kinds, ["dlq", "queue", "jobs table", "budget table", "bucket"]);
+    assert_eq!(kinds, ["dlq", "queue", "jobs table", "budget table", "bucket", "event topic"]);
     assert!(first.resources.iter().all(|r| r.created), "first run creates all: {first}");
     assert_eq!(
         first.created(),
-        vec![s.dlq_name().as_str(), s.queue_name().as_str(), s.jobs_table().as_str(), s.budget_table().as_str(), s.bucket().as_str()]
+        vec![
+            s.dlq_name().as_str(),
+            s.queue_name().as_str(),
+            s.jobs_table().as_str(),
+            s.budget_table().as_str(),
+            s.bucket().as_str(),
+            s.event_topic().as_str()
+        ]
     );
 
     let second = provision_with(&s, &sdk).await.expect("second provision");
     assert!(second.resources.iter().all(|r| !r.created), "second run finds all: {second}");
-    assert_eq!(second.existed().len(), 5);
+    assert_eq!(second.existed().len(), 6);
     assert!(second.to_string().contains("exists"));
 
     // The queue's redrive policy points at the DLQ with the configured count.

@@ -91,7 +91,11 @@ fn validate_all_stages_passes_for_the_shipped_configs_and_names_a_shared_resourc
         v["resources"].as_array().unwrap().iter().map(|r| r["resources"]["queue"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["atlas-codex-queue-local", "atlas-codex-queue-preview", "atlas-codex-queue-production"]);
     let keys: Vec<&String> = v["resources"][0]["resources"].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["bucket", "budget_table", "dlq", "jobs_table", "metrics_namespace", "queue"], "JSON keys are snake_case");
+    assert_eq!(
+        keys,
+        ["bucket", "budget_table", "dlq", "event_topic", "jobs_table", "metrics_namespace", "queue"],
+        "JSON keys are snake_case"
+    );
 
     // One extra file layered over every stage makes them share a queue.
     let shared = c.dir.path().join("shared.toml");

@@ -127,7 +127,7 @@ async fn preview_and_production_stay_apart_end_to_end() {
         let report = out.json();
         let res = report["resources"].as_array().expect("resources in the provision report").clone();
         let kinds: BTreeSet<&str> = res.iter().filter_map(|r| r["kind"].as_str()).collect();
-        assert_eq!(kinds, BTreeSet::from(["queue", "dlq", "jobs table", "budget table", "bucket"]), "{report}");
+        assert_eq!(kinds, BTreeSet::from(["queue", "dlq", "jobs table", "budget table", "bucket", "event topic"]), "{report}");
         for r in &res {
             let name = r["name"].as_str().unwrap_or_default().to_string();
             assert!(name.ends_with(&format!("-{st}")), "{st} resource `{name}` carries its stage");

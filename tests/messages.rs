@@ -822,6 +822,7 @@ fn arb_job() -> impl Strategy<Value = Job> {
                 max_cost_usd,
                 tenant: tenant.filter(|t| t.len() <= 128),
                 headers: Default::default(),
+                callback: None,
                 legacy: false,
             }
         })

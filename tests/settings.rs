@@ -139,6 +139,7 @@ fn every_shipped_stage_derives_its_own_resource_names() {
                 ("jobs table", format!("atlas-codex-jobs-{stage}")),
                 ("budget table", format!("atlas-codex-budget-{stage}")),
                 ("bucket", format!("atlas-codex-artifacts-{stage}")),
+                ("event topic", format!("atlas-codex-events-{stage}")),
                 ("metrics namespace", stage.to_string()),
             ]
         );

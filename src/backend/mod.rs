@@ -253,6 +253,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn list(&self, status: Option<JobStatus>, limit: usize) -> BResult<Vec<JobRecord>>;
     /// Lists records of one status, oldest first.
     async fn oldest(&self, status: JobStatus, limit: usize) -> BResult<Vec<JobRecord>>;
+    /// Updates the announcement of the record's latest end (see the contract).
+    async fn set_announcement(&self, id: &str, announcement: &crate::events::Announcement) -> BResult<bool>;
 }
 
 /// A hold on budget for one model call: its worst-case cost.
@@ -491,4 +493,6 @@ pub struct Backends {
     pub artifacts: Arc<dyn ArtifactStore>,
     /// The fleet's shared rate-limit capacity.
     pub rates: Arc<dyn RateStore>,
+    /// Where job end events go (the stage's SNS topic, or the local events file).
+    pub events: Arc<dyn crate::events::EventSink>,
 }

@@ -25,8 +25,16 @@ use crate::route::{Features, Router};
 use crate::settings::{OnBudgetExhausted, Settings};
 use crate::telemetry;
 
+mod announce;
 mod call;
 mod prompt;
+
+/// What the end of a job needs to know about the message that ended it.
+#[derive(Clone, Copy)]
+struct EndCtx<'a> {
+    message: &'a Message,
+    callback: Option<&'a job::Callback>,
+}
 
 /// What the worker must do with the message after processing.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +112,8 @@ pub struct Processor {
     limits: RateLimits,
     /// This process's lease-owner id.
     worker_id: String,
+    /// Publishes job end events and starts webhooks.
+    announcer: crate::events::Announcer,
 }
 
 impl Processor {
@@ -113,7 +123,17 @@ impl Processor {
         // The tokenizer (about 30 MiB) is built on the first job that needs a model, not at start:
         // an idle worker stays small, and the first such job pays its build time once.
         let worker_id = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let webhooks = match settings.webhooks.enabled {
+            true => Some(crate::webhook::Webhooks::new(&settings, backends.jobs.clone())?),
+            false => None,
+        };
+        let bucket = match settings.storage.backend {
+            crate::settings::BackendKind::Aws => settings.bucket(),
+            crate::settings::BackendKind::Sqlite => settings.storage.data_dir.join("artifacts").display().to_string(),
+        };
+        let sink = settings.events.enabled.then(|| backends.events.clone());
         Ok(Processor {
+            announcer: crate::events::Announcer::new(sink, backends.jobs.clone(), bucket, webhooks),
             router: Router::new(&settings),
             budget: Budget::from_settings(backends.ledger.clone(), &settings, &worker_id),
             limits: RateLimits::from_settings(&settings, backends.rates.clone()),
@@ -123,6 +143,16 @@ impl Processor {
             worker_id,
             settings,
         })
+    }
+
+    /// Waits up to `limit` for webhook deliveries in flight (at shutdown).
+    pub async fn drain_webhooks(&self, limit: Duration) {
+        self.announcer.drain(limit).await;
+    }
+
+    /// The announcer (events and webhooks) of this worker.
+    pub fn announcer(&self) -> &crate::events::Announcer {
+        &self.announcer
     }
 
     /// Replaces the fetcher (tests inject resolver overrides).
@@ -192,15 +222,19 @@ impl Processor {
             Ok(c) => c,
             Err(e) => return Verdict::Retry { job_id: Some(id), error: e.into() },
         };
+        let end = EndCtx { message, callback: job.callback.as_ref() };
         let mut rec = match claim {
             Claim::Claimed(r) => r,
-            Claim::AlreadyCompleted(_) => return Verdict::Completed { job_id: id, duplicate: true },
+            Claim::AlreadyCompleted(r) => return self.redelivered_completed(&r, end.callback).await,
             Claim::Busy { until, .. } => return Verdict::Busy { job_id: id, until },
         };
+        if let Some(v) = self.resettle_failed(&rec, message, end.callback).await {
+            return v;
+        }
         let _ = job_slot.set(id.clone());
         call::mark_abandoned(&mut rec);
         if let Err(error) = self.settle_recorded_charges(&mut rec).await {
-            return self.fail(rec, error, message.receive_count).await;
+            return self.fail(rec, error, message.receive_count, end).await;
         }
         rec.job_type = Some(job.job_type.as_str().into());
         rec.url = job.url().map(str::to_string);
@@ -215,8 +249,8 @@ impl Processor {
             Err(_) => Err(JobError::transient("job_timeout", format!("job exceeded {}s", timeout.as_secs()))),
         };
         match result {
-            Ok(done) => self.complete(&job, rec, done, started.elapsed()).await,
-            Err(error) => self.fail(rec, error, message.receive_count).await,
+            Ok(done) => self.complete(&job, rec, done, started.elapsed(), end).await,
+            Err(error) => self.fail(rec, error, message.receive_count, end).await,
         }
     }
 
@@ -230,13 +264,18 @@ impl Processor {
         let now = Utc::now();
         match self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now).await {
             Ok(Claim::Claimed(mut rec)) => {
+                if let Some(v) = self.resettle_failed(&rec, message, None).await {
+                    return v;
+                }
                 rec.status = JobStatus::Failed;
                 rec.error = Some(ErrorInfo { kind: error.kind().into(), message: crate::redact::text(error.message()), permanent: true });
                 rec.updated_at = now;
                 clear_lease(&mut rec);
+                self.stamp_end(&mut rec, message, None);
                 if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
                     return Verdict::Retry { job_id: Some(id), error: e.into() };
                 }
+                self.announce_end(&rec, None).await;
                 Verdict::DeadLetter { job_id: Some(id), error }
             }
             // A valid job with this id already completed: this broken copy changes nothing.
@@ -247,7 +286,7 @@ impl Processor {
     }
 
     /// Stores the result, then marks the job `completed` (only then may the message go).
-    async fn complete(&self, job: &Job, mut rec: JobRecord, done: Done, elapsed: Duration) -> Verdict {
+    async fn complete(&self, job: &Job, mut rec: JobRecord, done: Done, elapsed: Duration, end: EndCtx<'_>) -> Verdict {
         let id = rec.id.clone();
         let key = format!("jobs/{id}/result.json");
         let simulated = self.llm.name() == "simulated" && done.model.is_some();
@@ -298,10 +337,10 @@ impl Processor {
         }
         let body = match serde_json::to_vec_pretty(&doc) {
             Ok(b) => b,
-            Err(e) => return self.fail(rec, JobError::permanent("result_encoding", e.to_string()), 0).await,
+            Err(e) => return self.fail(rec, JobError::permanent("result_encoding", e.to_string()), 0, end).await,
         };
         if let Err(e) = self.backends.artifacts.put(&key, body, "application/json").await {
-            return self.fail(rec, e.into(), 0).await;
+            return self.fail(rec, e.into(), 0, end).await;
         }
         let data_len = serde_json::to_vec(&done.data).map(|v| v.len()).unwrap_or(usize::MAX);
         rec.data = (data_len <= self.settings.storage.inline_result_max_bytes).then_some(done.data);
@@ -314,14 +353,23 @@ impl Processor {
         rec.duration_ms = Some(elapsed.as_millis() as u64);
         rec.updated_at = Utc::now();
         clear_lease(&mut rec);
-        match self.backends.jobs.finish(&rec, &self.worker_id).await {
-            Ok(()) => Verdict::Completed { job_id: id, duplicate: false },
-            Err(e) => Verdict::Retry { job_id: Some(id), error: e.into() },
+        self.stamp_end(&mut rec, end.message, end.callback);
+        if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
+            return Verdict::Retry { job_id: Some(id), error: e.into() };
+        }
+        if self.announce_end(&rec, end.callback).await {
+            Verdict::Completed { job_id: id, duplicate: false }
+        } else {
+            // Completed, not yet announced: the message comes back and its redelivery publishes.
+            Verdict::Retry {
+                job_id: Some(id),
+                error: JobError::transient("event_unpublished", "the job's end event could not be published yet"),
+            }
         }
     }
 
     /// Records a failure according to its disposition and says what to do with the message.
-    async fn fail(&self, mut rec: JobRecord, error: JobError, receive_count: u32) -> Verdict {
+    async fn fail(&self, mut rec: JobRecord, error: JobError, receive_count: u32, end: EndCtx<'_>) -> Verdict {
         let id = rec.id.clone();
         let mut disposition = error.disposition();
         let mut error = error;
@@ -351,9 +399,18 @@ impl Processor {
         });
         rec.updated_at = Utc::now();
         clear_lease(&mut rec);
+        let is_end = crate::events::EventType::of(&rec).is_some();
+        if is_end {
+            self.stamp_end(&mut rec, end.message, end.callback);
+        }
         if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
             warn!(job_id = %id, error = %e, "could not record the failure; retrying the message");
             return Verdict::Retry { job_id: Some(id), error: e.into() };
+        }
+        if is_end {
+            // A failure not announced now is announced by the sweep (from the DLQ side) or by the
+            // message's redelivery; the message is settled as the failure says either way.
+            self.announce_end(&rec, end.callback).await;
         }
         match disposition {
             Disposition::Fail => Verdict::Failed { job_id: id, error },

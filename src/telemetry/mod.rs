@@ -88,6 +88,14 @@ pub mod names {
     pub const LLM_FALLBACKS_TOTAL: &str = "atlas_llm_fallbacks_total";
     /// Counter: answers whose reported usage exceeded what the request could use (charged bounded).
     pub const LLM_USAGE_IMPLAUSIBLE_TOTAL: &str = "atlas_llm_usage_implausible_total";
+    /// Counter: job end events published to the stage's sink, by `type` and `result`.
+    pub const EVENTS_PUBLISHED_TOTAL: &str = "atlas_events_published_total";
+    /// Counter: webhook deliveries ended, by `outcome` (delivered, failed, refused).
+    pub const WEBHOOK_DELIVERIES_TOTAL: &str = "atlas_webhook_deliveries_total";
+    /// Counter: webhook POSTs retried after a 5xx, 408, 429, timeout or connection error.
+    pub const WEBHOOK_RETRIES_TOTAL: &str = "atlas_webhook_retries_total";
+    /// Histogram: from a job's end to the end of its webhook delivery, seconds, by `outcome`.
+    pub const WEBHOOK_DELIVERY_SECONDS: &str = "atlas_webhook_delivery_seconds";
     /// Gauge: approximate queue counts by `state`.
     pub const QUEUE_MESSAGES: &str = "atlas_queue_messages";
     /// Gauge: 1 when the worker is ready (backends reachable, not draining), else 0.
@@ -104,6 +112,9 @@ pub const QUEUE_WAIT_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 3
 /// Histogram buckets (upper bounds, seconds) for one model call: 100 ms to 2 min.
 pub const LLM_LATENCY_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
 
+/// Histogram buckets (upper bounds, seconds) for a webhook delivery: 10 ms to an hour.
+pub const WEBHOOK_DELIVERY_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
 /// How often the recorder's upkeep (draining histogram buffers) runs when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest label value kept; longer ones are cut (bounds memory and series size).
@@ -117,6 +128,7 @@ const QUIET_SDK_TARGETS: &[&str] = &[
     "aws_sdk_sqs=error",
     "aws_sdk_dynamodb=error",
     "aws_sdk_s3=error",
+    "aws_sdk_sns=error",
 ];
 
 /// Sets up structured logging on stderr: JSON or human-readable per `t.log_format`.
@@ -198,6 +210,7 @@ fn build(stage_label: &str) -> Telemetry {
         (JOB_DURATION_SECONDS, JOB_DURATION_BUCKETS),
         (JOB_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
         (LLM_REQUEST_DURATION_SECONDS, LLM_LATENCY_BUCKETS),
+        (WEBHOOK_DELIVERY_SECONDS, WEBHOOK_DELIVERY_BUCKETS),
     ] {
         // Only fails for empty bucket lists, which the constants are not.
         builder = match builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets) {
@@ -305,6 +318,18 @@ fn describe_all() {
         Unit::Count,
         "Approximate messages in the stage's queues by state (visible, in_flight, delayed, dead_letter)."
     );
+    describe_counter!(
+        EVENTS_PUBLISHED_TOTAL,
+        Unit::Count,
+        "Job end events sent to the stage's event topic (or local events file), by type (job.completed, job.failed, job.deferred) and result (published, failed)."
+    );
+    describe_counter!(WEBHOOK_DELIVERIES_TOTAL, Unit::Count, "Webhook deliveries ended, by outcome (delivered, failed, refused).");
+    describe_counter!(WEBHOOK_RETRIES_TOTAL, Unit::Count, "Webhook POSTs retried after a 5xx, 408, 429, timeout or connection error.");
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from a job's end to the end of its webhook delivery (retries included), in seconds, by outcome."
+    );
     describe_gauge!(WORKER_READY, "1 when this worker is ready (backends reachable, not draining), else 0.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
 }
@@ -318,6 +343,10 @@ fn register_defaults() {
     counter!(MESSAGES_DELETED_TOTAL).increment(0);
     counter!(VISIBILITY_EXTENSIONS_TOTAL).increment(0);
     counter!(BUDGET_LEASES_RECOVERED_TOTAL).increment(0);
+    counter!(EVENTS_PUBLISHED_TOTAL, "type" => "job.completed", "result" => "published").increment(0);
+    counter!(EVENTS_PUBLISHED_TOTAL, "type" => "job.completed", "result" => "failed").increment(0);
+    counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => "delivered").increment(0);
+    counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => "failed").increment(0);
     gauge!(JOBS_IN_FLIGHT).set(0.0);
     gauge!(WORKER_READY).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -674,6 +703,41 @@ pub fn budget_lease_recovered(lease_id: &str, amount_micros: i64, charged_micros
         freed_usd = freed as f64 / 1e6,
         "recovered a lapsed budget lease at its declared bound"
     );
+}
+
+/// A job end event sent to the stage's sink (`result` published), or given up after its
+/// tries (left pending for the repair paths).
+pub fn event_published(job_id: &str, event_type: &'static str, ok: bool, error: Option<&str>) {
+    let result = if ok { "published" } else { "failed" };
+    counter!(EVENTS_PUBLISHED_TOTAL, "type" => event_type, "result" => result).increment(1);
+    if ok {
+        tracing::debug!(job_id, event_type, "job event published");
+    } else {
+        tracing::warn!(
+            job_id,
+            event_type,
+            error = error.unwrap_or(""),
+            "job event not published; it stays pending and is published again when the job's message or dead letter is seen"
+        );
+    }
+}
+
+/// A webhook delivery ended (`outcome`: delivered, failed, refused, pending) after `attempts`
+/// POSTs; the job ended at `ended_at`.
+pub fn webhook_delivery(job_id: &str, outcome: &'static str, attempts: u32, ended_at: chrono::DateTime<chrono::Utc>, error: Option<&str>) {
+    let secs = (chrono::Utc::now() - ended_at).to_std().unwrap_or_default().as_secs_f64();
+    counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
+    histogram!(WEBHOOK_DELIVERY_SECONDS, "outcome" => outcome).record(secs);
+    match outcome {
+        "delivered" => tracing::info!(job_id, attempts, seconds = secs, "webhook delivered"),
+        _ => tracing::warn!(job_id, attempts, outcome, error = error.unwrap_or(""), "webhook not delivered"),
+    }
+}
+
+/// A webhook POST that will be tried again.
+pub fn webhook_retry(job_id: &str, attempts: u32, error: &str) {
+    counter!(WEBHOOK_RETRIES_TOTAL).increment(1);
+    tracing::info!(job_id, attempts, error, "webhook POST failed; retrying");
 }
 
 /// The queue's approximate counts: `atlas_queue_messages{state}`.

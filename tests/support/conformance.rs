@@ -576,6 +576,60 @@ pub async fn jobs_finish_and_already_completed(make: &MakeJobs) {
     assert!(is_conflict(s.finish(&missing, "w1").await), "finish of an unknown job is a Conflict");
 }
 
+/// An end's announcement is written with the end, survives a claim, and is updated by
+/// `set_announcement` only while the record still announces that end; nothing else changes.
+pub async fn jobs_set_announcement_only_for_the_same_end(make: &MakeJobs) {
+    use atlas_codex::events::{Announcement, DeliveryState};
+    let s = make().await;
+    let id = uniq("ann");
+    let now = Utc::now();
+    let pending = Announcement::pending(&JobRecord::new(&id, "st", now), None, None);
+    assert!(pending.is_none(), "a pending record is no end");
+    assert!(!s.set_announcement(&uniq("nobody"), &ann_of(&id, 1)).await.expect("set"), "no record: false");
+
+    let mut r = claimed(s.claim(&id, "st", "w1", t(now, 60), now).await.expect("claim"));
+    r.status = JobStatus::Failed;
+    r.error = Some(atlas_codex::job::ErrorInfo { kind: "ssrf_blocked".into(), message: "refused".into(), permanent: true });
+    r.lease_owner = None;
+    r.lease_expires_at = None;
+    let callback = atlas_codex::job::Callback { url: "https://hooks.example/x?token=t".into(), headers: Default::default() };
+    r.announcement = Announcement::pending(&r, Some("m-1"), Some(&callback));
+    let first = r.announcement.clone().expect("an end is announced");
+    assert_eq!(first.event_id, format!("{id}:job.failed:1"));
+    assert_eq!(first.webhook.as_ref().map(|w| w.url.as_str()), Some("https://hooks.example/x"));
+    s.finish(&r, "w1").await.expect("finish");
+    assert_eq!(s.get(&id).await.expect("get").expect("stored").announcement.as_ref(), Some(&first), "written with the end");
+
+    let mut published = first.clone();
+    published.published = true;
+    assert!(s.set_announcement(&id, &published).await.expect("set"));
+    let stored = s.get(&id).await.expect("get").expect("stored");
+    assert_eq!(stored.announcement.as_ref(), Some(&published));
+    assert_eq!(JobRecord { announcement: r.announcement.clone(), ..stored.clone() }, r, "nothing else changed");
+
+    // A later end (a redrive that ran again) supersedes it; the old end's late update is refused.
+    let mut again = claimed(s.claim(&id, "st", "w2", t(now, 60), t(now, 1)).await.expect("claim failed job"));
+    assert_eq!(again.announcement.as_ref(), Some(&published), "a claim keeps the announcement");
+    again.status = JobStatus::Completed;
+    again.error = None;
+    again.lease_owner = None;
+    again.lease_expires_at = None;
+    again.announcement = Announcement::pending(&again, Some("m-2"), None);
+    s.finish(&again, "w2").await.expect("finish");
+    let mut late = published.clone();
+    late.webhook.as_mut().expect("webhook").state = DeliveryState::Delivered;
+    assert!(!s.set_announcement(&id, &late).await.expect("set"), "an older end's update is refused");
+    let stored = s.get(&id).await.expect("get").expect("stored");
+    assert_eq!(stored.announcement.map(|a| a.event_id), Some(format!("{id}:job.completed:2")));
+}
+
+fn ann_of(id: &str, attempts: u32) -> atlas_codex::events::Announcement {
+    let mut r = JobRecord::new(id, "st", Utc::now());
+    r.status = JobStatus::Completed;
+    r.attempts = attempts;
+    atlas_codex::events::Announcement::pending(&r, None, None).expect("completed is an end")
+}
+
 /// `pending` and `failed` jobs can be claimed again; `attempts` counts and earlier calls and
 /// costs are kept.
 pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
@@ -817,6 +871,7 @@ pub async fn job_store_contract(make: &MakeJobs) {
     jobs_finish_and_already_completed(make).await;
     jobs_reclaim_pending_and_failed(make).await;
     jobs_put_if_absent(make).await;
+    jobs_set_announcement_only_for_the_same_end(make).await;
     jobs_list(make).await;
     jobs_concurrent_claim(make).await;
 }
@@ -827,7 +882,7 @@ macro_rules! job_store_tests {
         $crate::support::conformance::__tests!(make_jobs_: $make; MakeJobs;
             jobs_claim_creates, jobs_busy_then_expired_takeover, jobs_renew,
             jobs_finish_and_already_completed, jobs_reclaim_pending_and_failed, jobs_put_if_absent,
-            jobs_list, jobs_oldest, jobs_sweep_marks_only_records_left_at_the_receive_limit, jobs_concurrent_claim);
+            jobs_set_announcement_only_for_the_same_end, jobs_list, jobs_oldest, jobs_sweep_marks_only_records_left_at_the_receive_limit, jobs_concurrent_claim);
     };
 }
 pub(crate) use job_store_tests;

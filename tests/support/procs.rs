@@ -71,6 +71,7 @@ impl ProcEnv {
             .set("ATLAS__STORAGE__JOBS_TABLE", &format!("atlas-codex-jobs-{stage}-{suffix}"))
             .set("ATLAS__STORAGE__BUDGET_TABLE", &format!("atlas-codex-budget-{stage}-{suffix}"))
             .set("ATLAS__STORAGE__BUCKET", &format!("atlas-codex-artifacts-{stage}-{suffix}"))
+            .set("ATLAS__EVENTS__TOPIC", &format!("atlas-codex-events-{stage}-{suffix}"))
     }
 
     /// Sets one variable.

@@ -18,6 +18,8 @@ pub enum Service {
     DynamoDb,
     /// Results and claim-checked inputs.
     S3,
+    /// The job events topic.
+    Sns,
 }
 
 impl Service {
@@ -27,11 +29,12 @@ impl Service {
             Service::Sqs => "sqs",
             Service::DynamoDb => "dynamodb",
             Service::S3 => "s3",
+            Service::Sns => "sns",
         }
     }
 
     fn total(self) -> &'static AtomicU64 {
-        static TOTALS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+        static TOTALS: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
         &TOTALS[self as usize]
     }
 }
@@ -69,7 +72,7 @@ impl Intercept for CountRequests {
     ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
         let request = context.request();
         // SQS and DynamoDB name the operation in `X-Amz-Target` (`DynamoDB_20120810.PutItem`,
-        // `AmazonSQS.ReceiveMessage`); S3 by method and path, so the method is the label.
+        // `AmazonSQS.ReceiveMessage`); S3 and SNS (a form POST) by method, so the method is the label.
         let operation = request.headers().get("x-amz-target").and_then(|t| t.rsplit('.').next()).unwrap_or_else(|| request.method());
         self.0.total().fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = by_operation().lock() {
@@ -100,4 +103,10 @@ pub fn s3(sdk: &SdkConfig) -> aws_sdk_s3::Client {
         .interceptor(CountRequests(Service::S3))
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// An SNS client of the stage's SDK config, its requests counted.
+pub fn sns(sdk: &SdkConfig) -> aws_sdk_sns::Client {
+    let conf = aws_sdk_sns::config::Builder::from(sdk).interceptor(CountRequests(Service::Sns)).build();
+    aws_sdk_sns::Client::from_conf(conf)
 }

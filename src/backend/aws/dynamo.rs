@@ -13,6 +13,8 @@
 //! | `attempts` | N | claims so far |
 //! | `expires_at` | N | DynamoDB TTL, epoch seconds |
 //! | `doc` | S | the whole [`JobRecord`] as JSON |
+//! | `event_id` | S | the id of the latest end's event (absent before the first end) |
+//! | `announcement` | S | that end's [`crate::events::Announcement`] as JSON |
 //!
 //! The top-level attributes are authoritative for the fields they hold: a claim changes them with
 //! one `UpdateItem` without rewriting `doc`, and reads lay them over `doc`. Timestamps are
@@ -136,6 +138,10 @@ impl DynamoJobStore {
             item.insert("expires_at".into(), n(ttl));
         }
         item.insert("doc".into(), s(doc));
+        if let Some(a) = &r.announcement {
+            item.insert("event_id".into(), s(&a.event_id));
+            item.insert("announcement".into(), s(encode_announcement(&r.id, a)?));
+        }
         Ok(item)
     }
 
@@ -188,7 +194,15 @@ fn from_item(item: &Item) -> BResult<JobRecord> {
     }
     rec.lease_owner = get_s(item, "lease_owner").map(str::to_string);
     rec.lease_expires_at = get_s(item, "lease_expires_at").and_then(parse_ts);
+    if let Some(a) = get_s(item, "announcement") {
+        rec.announcement =
+            Some(serde_json::from_str(a).map_err(|e| BackendError::Other(format!("job {id}: stored announcement unreadable: {e}")))?);
+    }
     Ok(rec)
+}
+
+fn encode_announcement(id: &str, a: &crate::events::Announcement) -> BResult<String> {
+    serde_json::to_string(a).map_err(|e| BackendError::Other(format!("job {id}: cannot encode announcement: {e}")))
 }
 
 #[async_trait]
@@ -325,6 +339,22 @@ impl JobStore for DynamoJobStore {
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", "id")
+            .send()
+            .await;
+        condition_held(res)
+    }
+
+    async fn set_announcement(&self, id: &str, announcement: &crate::events::Announcement) -> BResult<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .update_expression("SET #a = :a")
+            .condition_expression("#eid = :eid")
+            .set_expression_attribute_names(Some(names(&[("#a", "announcement"), ("#eid", "event_id")])))
+            .expression_attribute_values(":a", s(encode_announcement(id, announcement)?))
+            .expression_attribute_values(":eid", s(&announcement.event_id))
             .send()
             .await;
         condition_held(res)

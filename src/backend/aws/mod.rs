@@ -21,6 +21,7 @@ pub mod dynamo;
 pub mod provision;
 pub mod rate;
 pub mod s3;
+pub mod sns;
 pub mod sqs;
 
 pub use dynamo::{DynamoJobStore, DynamoLedger};
@@ -166,12 +167,22 @@ pub async fn open_backends_with(settings: &Settings, sdk: &SdkConfig) -> Result<
     let ledger = DynamoLedger::new(dynamo.clone(), settings.budget_table());
     let rates = DynamoRateStore::new(dynamo, settings.budget_table());
     let artifacts = S3Artifacts::new(s3::client(sdk), settings.bucket());
+    let events: Arc<dyn crate::events::EventSink> = if settings.events.enabled {
+        let topic = settings.event_topic();
+        let region = sdk.region().map(|r| r.as_ref().to_string()).unwrap_or_default();
+        let derived = sns::account_of_queue_url(queue.queue_url()).filter(|_| !region.is_empty()).map(|a| (region.as_str(), a));
+        let events = sns::SnsEvents::open(calls::sns(sdk), &topic, &settings.events.topic_arn, derived).await;
+        Arc::new(events.map_err(|e| with_context(e, &format!("topic {topic}")))?)
+    } else {
+        Arc::new(crate::events::NoEvents)
+    };
     Ok(Backends {
         queue: Arc::new(queue),
         jobs: Arc::new(jobs),
         ledger: Arc::new(ledger),
         artifacts: Arc::new(artifacts),
         rates: Arc::new(rates),
+        events,
     })
 }
 

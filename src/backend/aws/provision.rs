@@ -82,6 +82,18 @@ pub async fn provision_with(settings: &Settings, sdk: &SdkConfig) -> Result<Prov
     report.resources.extend(provision_jobs_table(settings, sdk).await?.resources);
     report.resources.extend(provision_budget_table(settings, sdk).await?.resources);
     report.resources.extend(provision_bucket(settings, sdk).await?.resources);
+    report.resources.extend(provision_event_topic(settings, sdk).await?.resources);
+    Ok(report)
+}
+
+/// The job events topic (`atlas-codex-events-{stage}`); `CreateTopic` is idempotent by name.
+pub async fn provision_event_topic(settings: &Settings, sdk: &SdkConfig) -> Result<ProvisionReport, BackendError> {
+    let mut report = ProvisionReport::default();
+    let sns = super::calls::sns(sdk);
+    let topic = settings.event_topic();
+    let existed = super::sns::SnsEvents::open(sns.clone(), &topic, "", None).await.is_ok();
+    sns.create_topic().name(&topic).send().await.map_err(|e| classify(&e))?;
+    report.push("event topic", &topic, !existed);
     Ok(report)
 }
 

@@ -311,6 +311,8 @@ pub struct LocalBackend {
     pub artifacts: Arc<DirArtifactStore>,
     /// The shared rate-limit capacity.
     pub rates: Arc<SqliteRateStore>,
+    /// The events file (`atlas-{stage}.events.jsonl` beside the database).
+    pub events: Arc<crate::events::FileSink>,
 }
 
 impl LocalBackend {
@@ -330,6 +332,8 @@ impl LocalBackend {
 
     fn open_with_guard(data_dir: &Path, db_file: &str, queue: QueueOptions, guard: Option<Arc<ScratchDir>>) -> BResult<LocalBackend> {
         let db = Db::open(&data_dir.join(db_file))?;
+        let stem = db_file.strip_suffix(".sqlite").unwrap_or(db_file);
+        let events = Arc::new(crate::events::FileSink::new(data_dir.join(format!("{stem}.events.jsonl"))));
         let mut artifacts = DirArtifactStore::open(&data_dir.join("artifacts"))?;
         let mut q = SqliteQueue::new(db.clone(), queue)?;
         let mut jobs = SqliteJobStore::new(db.clone());
@@ -347,6 +351,7 @@ impl LocalBackend {
             ledger: Arc::new(ledger),
             artifacts: Arc::new(artifacts),
             rates: Arc::new(rates),
+            events,
         })
     }
 
@@ -358,6 +363,7 @@ impl LocalBackend {
             ledger: self.ledger.clone(),
             artifacts: self.artifacts.clone(),
             rates: self.rates.clone(),
+            events: self.events.clone(),
         }
     }
 }
@@ -941,6 +947,30 @@ impl JobStore for SqliteJobStore {
                     .execute(params![r.id, r.status.as_str(), r.lease_owner, r.lease_expires_at.map(micros), micros(r.created_at), json])
                     .db()?;
                 Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn set_announcement(&self, id: &str, announcement: &crate::events::Announcement) -> BResult<bool> {
+        let (id, a) = (id.to_string(), announcement.clone());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
+                let json: Option<String> = tx
+                    .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+                    .db()?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()
+                    .db()?;
+                let Some(json) = json else { return Ok(false) };
+                let mut rec = parse_record(&id, &json)?;
+                if rec.announcement.as_ref().map(|x| x.event_id.as_str()) != Some(a.event_id.as_str()) {
+                    return Ok(false);
+                }
+                rec.announcement = Some(a);
+                tx.prepare_cached("UPDATE jobs SET record = ?2 WHERE id = ?1").db()?.execute(params![id, record_json(&rec)?]).db()?;
+                tx.commit().db()?;
+                Ok(true)
             })
             .await
     }
