@@ -304,3 +304,27 @@ async fn the_dlq_sweep_announces_a_dead_lettered_end_that_was_never_announced() 
     atlas_codex::sweep::sweep_and_announce(&t.backends, &settings, "sweeper", &announcer).await;
     assert_eq!(events_file(t.dir.path()).len(), 1, "announced once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deferred_for_budget_is_announced_as_deferred_with_its_reason() {
+    let (url, seen) = start_receiver(Some(0)).await;
+    let llm = ScriptedLlm::new(Duration::from_millis(1), 0, false);
+    let t =
+        spawn_app(&[("MONTHLY_BUDGET", "1"), ("ATLAS__WORKER__BUDGET_DEFER_SECS", "60"), ("ATLAS_WEBHOOK_SECRET", SECRET)], llm.clone())
+            .await;
+    let now = chrono::Utc::now();
+    let charge = atlas_codex::backend::Charge::single("earlier", "earlier", "gpt-5-nano", None, 999_900);
+    t.backends.ledger.settle(&atlas_codex::budget::period(now), &charge).await.unwrap();
+    t.send(&[hooked(serde_json::from_str(&text_job("poor-hooked")).unwrap(), &url)]).await;
+    let app = t.app.clone();
+    let stats = app.run(atlas_codex::worker::RunOptions::default(), tokio::time::sleep(Duration::from_secs(3))).await.unwrap();
+    assert_eq!((stats.deferred, llm.calls()), (1, 0), "{stats:?}");
+    let events = events_file(t.dir.path());
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!((e.event_type, e.status, e.reason.as_deref()), (EventType::Deferred, JobStatus::Pending, Some("budget_exhausted")));
+    assert!(e.result.is_none());
+    let posted = seen.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "the deferral is POSTed too");
+    assert_eq!(posted[0].headers.get("atlas-event-type").and_then(|v| v.to_str().ok()), Some("job.deferred"));
+}
