@@ -91,7 +91,7 @@ pub async fn provision_event_topic(settings: &Settings, sdk: &SdkConfig) -> Resu
     let mut report = ProvisionReport::default();
     let sns = super::calls::sns(sdk);
     let topic = settings.event_topic();
-    let existed = super::sns::SnsEvents::open(sns.clone(), &topic, "", None).await.is_ok();
+    let existed = super::sns::SnsEvents::find(&sns, &topic, "", None).await.is_ok();
     sns.create_topic().name(&topic).send().await.map_err(|e| classify(&e))?;
     report.push("event topic", &topic, !existed);
     Ok(report)
