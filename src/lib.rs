@@ -13,7 +13,7 @@
 //! | [`job`] | the job message (current + legacy), parse errors, the job record and its states |
 //! | [`error`] | [`error::JobError`] and its disposition: retry, dead-letter, defer, fail |
 //! | [`worker`] | receive loop → semaphore → one task per message (heartbeat, settle the message) → batched deletes; drain |
-//! | [`process`] | one job end to end: claim → input → page → route → paid call (`process/call.rs`: job cap → budget hold → rate limit → `sent` on the record → call → charge) → validate → store → finish; the prompt and its billed token count in `process/prompt.rs` |
+//! | [`process`] | one job end to end: claim → input → page → route → paid call (`process/call.rs`: job cap → budget hold → rate limit → `sent` on the record → call → charge) → validate, and the next model when it failed (`process/choice.rs`: escalate, larger cap after `length`, fall back) → store (`process/result.rs`, the result document) → finish → announce (`process/announce.rs`); the prompt and its billed token count in `process/prompt.rs` |
 //! | [`fetch`] | SSRF-safe HTTP fetch: checked DNS, pinned connections, redirects re-checked, capped bodies |
 //! | [`page`] | HTML → main content → Markdown, metadata, JSON-LD, links; token counting and truncation |
 //! | [`crawl`] | breadth-first same-host crawls with robots.txt and politeness |

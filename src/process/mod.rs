@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{debug, warn};
 
 use crate::backend::{Backends, Claim, Message};
@@ -27,7 +27,9 @@ use crate::telemetry;
 
 mod announce;
 mod call;
+mod choice;
 mod prompt;
+mod result;
 
 /// What the end of a job needs to know about the message that ended it.
 #[derive(Clone, Copy)]
@@ -290,51 +292,7 @@ impl Processor {
         let id = rec.id.clone();
         let key = format!("jobs/{id}/result.json");
         let simulated = self.llm.name() == "simulated" && done.model.is_some();
-        let mut doc = json!({
-            "job_id": id,
-            "stage": self.settings.stage,
-            "type": job.job_type.as_str(),
-            "url": job.url(),
-            "data": done.data,
-            "model": done.model,
-            "route": rec.route,
-            "usage": rec.usage,
-            "cost_usd": rec.cost_usd(),
-            "timings": { "total_ms": elapsed.as_millis() as u64, "fetch_ms": done.fetch_ms, "model_ms": done.model_ms },
-            "calls": rec.calls,
-        });
-        let want = |f: job::Format| job.formats.contains(&f) || !job.needs_model();
-        if let Some(p) = &done.page {
-            doc["metadata"] = serde_json::to_value(&p.metadata).unwrap_or(Value::Null);
-            if want(job::Format::Markdown) {
-                doc["markdown"] = Value::String(p.markdown.clone());
-            }
-            if want(job::Format::Links) {
-                doc["links"] = serde_json::to_value(&p.links).unwrap_or(Value::Null);
-            }
-        }
-        if let Some(pages) = &done.pages {
-            let items: Vec<Value> = pages
-                .iter()
-                .map(|cp| {
-                    let mut v = json!({ "url": cp.url, "depth": cp.depth, "metadata": cp.page.metadata });
-                    if want(job::Format::Markdown) {
-                        v["markdown"] = Value::String(cp.page.markdown.clone());
-                    }
-                    if want(job::Format::Links) {
-                        v["links"] = serde_json::to_value(&cp.page.links).unwrap_or(Value::Null);
-                    }
-                    v
-                })
-                .collect();
-            doc["pages"] = Value::Array(items);
-        }
-        if done.truncated {
-            doc["truncated"] = Value::Bool(true);
-        }
-        if simulated {
-            doc["simulated"] = Value::Bool(true);
-        }
+        let doc = result::document(&self.settings.stage, job, &rec, &done, elapsed, simulated);
         let body = match serde_json::to_vec_pretty(&doc) {
             Ok(b) => b,
             Err(e) => return self.fail(rec, JobError::permanent("result_encoding", e.to_string()), 0, end).await,
@@ -527,31 +485,25 @@ impl Processor {
         if rec.route.is_none() {
             rec.route = Some(decision.clone().into());
         }
-        let mut model = decision.model.clone();
-        let mut escalations = 0u32;
-        let mut fallbacks_used: Vec<String> = Vec::new();
-        let mut calls = 0u32;
-        // Output cap for the next call; `Some` after a `length` answer (one larger retry).
-        let mut bigger_cap: Option<u32> = None;
-        let mut length_retried = false;
-        let mut last_error = JobError::transient("llm_unavailable", "no model call succeeded");
+        let mut plan = choice::Plan::new(&self.router, &self.settings, decision.model.clone());
         loop {
-            if calls >= self.settings.llm.max_calls_per_job {
-                return Err(last_error);
+            if let Some(error) = plan.out_of_calls() {
+                return Err(error);
             }
+            let model = plan.model().to_string();
             let mut price = self
                 .settings
                 .models
                 .get(&model)
                 .ok_or_else(|| JobError::permanent("model_unknown", format!("model `{model}` has no price in config")))?
                 .clone();
-            if let Some(cap) = bigger_cap.take() {
+            if let Some(cap) = plan.take_bigger_cap() {
                 price.max_output_tokens = cap;
             }
             let outcome = self.paid_call(job, rec, &model, &price, &prompt, &response_format).await?;
             match outcome {
                 Ok(resp) => {
-                    calls += 1;
+                    plan.answered();
                     self.limits.on_success(&model);
                     let checked = check_output(&resp.content, job.schema.as_ref());
                     let status = if checked.is_ok() { "ok" } else { "invalid_output" };
@@ -564,15 +516,7 @@ impl Processor {
                         Ok(data) => return Ok((data, model)),
                         Err(why) => {
                             debug!(model = %model, why = %why, "model output rejected");
-                            last_error =
-                                JobError::transient("invalid_output", format!("{model} answered output that fails the schema: {why}"));
-                            if escalations < self.settings.routing.max_escalations {
-                                if let Some(next) = self.router.escalate(&model) {
-                                    telemetry::escalation(&model, &next);
-                                    escalations += 1;
-                                    model = next;
-                                }
-                            }
+                            plan.invalid_output(&why);
                         }
                     }
                 }
@@ -591,41 +535,17 @@ impl Processor {
                             ));
                         }
                         LlmError::Unfinished { reason: Unfinished::Length, message, .. } => {
-                            calls += 1;
-                            last_error = JobError::transient("llm_length", format!("{model}: {message}"));
                             let cap = price.max_output_tokens.saturating_mul(LENGTH_RETRY_FACTOR);
                             let mut bigger = price.clone();
                             bigger.max_output_tokens = cap;
                             let worst = pricing::worst_case_micros(prompt.input_tokens, &bigger);
                             let fits = crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst).is_ok();
-                            if !length_retried && fits {
-                                length_retried = true;
-                                bigger_cap = Some(cap);
-                            } else if let Some(next) =
-                                self.router.escalate(&model).filter(|_| escalations < self.settings.routing.max_escalations)
-                            {
-                                telemetry::escalation(&model, &next);
-                                escalations += 1;
-                                model = next;
-                            }
+                            plan.length(&message, cap, fits);
                         }
                         LlmError::Unfinished { reason, message, .. } => {
                             return Err(JobError::permanent(format!("llm_{}", reason.as_str()), format!("{model}: {message}")));
                         }
-                        other => {
-                            calls += 1;
-                            last_error = JobError::transient(status, format!("{model}: {other}"));
-                            let next = self.router.fallbacks(&model).into_iter().find(|m| !fallbacks_used.contains(m) && *m != model);
-                            match next {
-                                Some(next) => {
-                                    telemetry::fallback(&model, &next);
-                                    fallbacks_used.push(model.clone());
-                                    model = next;
-                                }
-                                // No fallback left: retry the message later with backoff.
-                                None => return Err(last_error),
-                            }
-                        }
+                        other => plan.model_error(status, &other.to_string())?,
                     }
                 }
             }
