@@ -16,6 +16,10 @@
 //! DLQ (without taking the messages) and makes terminal every record whose message is there and
 //! that is still `pending`, or `processing` with an expired lease, whatever its claim count.
 //!
+//! Before both, the DLQ is scrubbed ([`crate::backend::Queue::dlq_scrub`]): a body the queue's
+//! redrive policy moved there as sent (with the producer's `apiKey` or header values) is replaced
+//! by a redacted copy.
+//!
 //! Both passes leave the ends they record to be announced ([`crate::events`]); the DLQ pass also
 //! announces a terminal record whose end was never announced (its worker stopped between the
 //! end and the event).
@@ -156,9 +160,15 @@ async fn mark(
     Ok(Some(rec))
 }
 
-/// One full pass: both sweeps, then the ends they found announced (no webhook: a dead
+/// One full pass: the DLQ scrubbed of caller secrets, both sweeps, then the ends they found announced (no webhook: a dead
 /// letter's body has its callback headers redacted).
 pub async fn sweep_and_announce(b: &Backends, s: &Settings, owner: &str, announcer: &Announcer) {
+    // Bodies the queue's redrive policy moved keep the caller's secrets: replace them first.
+    match b.queue.dlq_scrub(SWEEP_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(scrubbed = n, "dead letters carrying caller secrets replaced by redacted copies"),
+        Err(e) => tracing::warn!(error = %e, "could not scrub the dead-letter queue; next sweep retries"),
+    }
     match sweep_abandoned(b.jobs.as_ref(), s, owner, Utc::now()).await {
         Ok(marked) => {
             for rec in marked {

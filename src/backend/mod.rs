@@ -174,6 +174,12 @@ impl QueueDepth {
 ///   checkpointed and truncated); a no-op where the service handles it (SQS).
 /// - `send` with a delay keeps the message invisible for that long (≤ 15 minutes); a new message
 ///   starts with receive count 0.
+/// - `dlq_scrub(max)` leaves no caller secret (`apiKey`, `headers` and `callback_headers` values,
+///   key-like tokens: [`crate::redact::message_body`]) in the first `max` DLQ messages, whoever
+///   moved them there (the queue's own redrive policy moves bodies as sent): a message that
+///   carries one is replaced by a redacted copy keeping its reason and receive count (on SQS,
+///   every message the redrive policy moved is replaced once, so that its receive count stops
+///   growing with each look at the DLQ); returns how many were replaced.
 /// - `dlq_redrive(plan)` looks at no more than `plan.examine` DLQ messages, moves at most
 ///   `plan.max_moved` of those whose [`DeadLetter::kind`] `plan.select` accepts back to the queue
 ///   with their receive count reset, leaves the rest in the DLQ, and reports both by kind.
@@ -193,6 +199,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn dead_letter(&self, message: &Message, reason: &str) -> BResult<()>;
     /// Lists up to `max` DLQ messages without consuming them.
     async fn dlq_peek(&self, max: usize) -> BResult<Vec<DeadLetter>>;
+    /// Replaces DLQ messages that carry caller secrets by redacted copies; how many.
+    async fn dlq_scrub(&self, max: usize) -> BResult<usize>;
     /// Moves the DLQ messages a plan selects back to the queue.
     async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport>;
     /// Approximate counts.

@@ -236,6 +236,39 @@ pub async fn queue_auto_dead_letter(make: &MakeQueue) {
     assert_eq!(d.dead_letters, 1);
 }
 
+/// A message the queue's redrive policy moved keeps no caller secret in the DLQ once scrubbed:
+/// no `apiKey`, header values `[redacted]`, its kind and receive count as before.
+pub async fn queue_dead_letters_keep_no_caller_secrets(make: &MakeQueue) {
+    let q = make(QueueSpec { visibility_timeout: Duration::from_secs(2), max_receive_count: 1 }).await;
+    let body = serde_json::json!({
+        "job_id": "secret-poison", "url": "https://example.com/", "apiKey": "sk-live-abcdefghijklmnopqrstuvwx",
+        "headers": {"Authorization": "Bearer header-secret-123"}, "callback_url": "https://hooks.example/h",
+        "callback_headers": {"X-Receiver-Key": "receiver-secret-456"}
+    })
+    .to_string();
+    q.send(&body, Duration::ZERO).await.expect("send");
+    q.send("plain body, nothing secret", Duration::ZERO).await.expect("send");
+    for m in receive_n(&*q, 2, Duration::from_secs(5)).await {
+        q.set_visibility(&m.receipt, Duration::ZERO).await.expect("give back");
+    }
+    assert!(receive_n(&*q, 1, Duration::from_secs(3)).await.is_empty(), "both went to the DLQ");
+    q.dlq_scrub(10).await.expect("scrub");
+    let _ = q.dlq_peek(10).await.expect("a look at the DLQ");
+    let dlq = q.dlq_peek(10).await.expect("peek");
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    for d in &dlq {
+        for secret in ["sk-live-abcdefghijklmnopqrstuvwx", "header-secret-123", "receiver-secret-456"] {
+            assert!(!d.body.contains(secret), "a dead letter keeps {secret}: {}", d.body);
+        }
+        assert_eq!((d.kind(), d.receive_count), ("receive_limit", 1), "{d:?}");
+    }
+    assert!(dlq.iter().any(|d| d.body == "plain body, nothing secret"), "a body without secrets is left as it was");
+    let scrubbed = dlq.iter().find(|d| d.body.contains("secret-poison")).expect("the job's dead letter");
+    assert!(scrubbed.body.contains("\"X-Receiver-Key\":\"[redacted]\""), "header names kept: {}", scrubbed.body);
+    assert_eq!(q.dlq_scrub(10).await.expect("scrub again"), 0, "nothing left to scrub");
+    assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
+}
+
 /// `dead_letter` moves a message to the DLQ at once, with its reason, on its first receive.
 pub async fn queue_dead_letter_with_reason(make: &MakeQueue) {
     let q = make(QueueSpec { visibility_timeout: Duration::from_secs(1), max_receive_count: 5 }).await;
@@ -435,6 +468,7 @@ pub async fn queue_contract(make: &MakeQueue) {
     queue_visibility_and_redelivery(make).await;
     queue_set_visibility(make).await;
     queue_auto_dead_letter(make).await;
+    queue_dead_letters_keep_no_caller_secrets(make).await;
     queue_dead_letter_with_reason(make).await;
     queue_dlq_peek_does_not_consume(make).await;
     queue_dlq_redrive(make).await;
@@ -449,7 +483,7 @@ macro_rules! queue_tests {
     ($make:expr) => {
         $crate::support::conformance::__tests!(make_queue_: $make; MakeQueue;
             queue_send_receive_delete, queue_visibility_and_redelivery, queue_set_visibility,
-            queue_auto_dead_letter, queue_dead_letter_with_reason, queue_dlq_peek_does_not_consume,
+            queue_auto_dead_letter, queue_dead_letters_keep_no_caller_secrets, queue_dead_letter_with_reason, queue_dlq_peek_does_not_consume,
             queue_dlq_redrive, queue_delete_batch_partial, queue_delayed_send, queue_long_poll,
             queue_batches_and_max);
     };

@@ -409,6 +409,59 @@ impl Queue for SqsQueue {
         Ok(order.into_iter().take(max).filter_map(|id| seen.remove(&id)).collect())
     }
 
+    async fn dlq_scrub(&self, max: usize) -> BResult<usize> {
+        let mut scrubbed = 0;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut clean_receipts = Vec::new();
+        while seen.len() < max {
+            let want = (max - seen.len()).min(BATCH);
+            let raw = self.receive_from(&self.dlq_url, want, Duration::ZERO, Some(REDRIVE_VISIBILITY_SECS)).await?;
+            let mut new = 0;
+            for m in raw {
+                let (Some(id), Some(receipt)) = (m.message_id().map(str::to_string), m.receipt_handle().map(str::to_string)) else {
+                    continue;
+                };
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                new += 1;
+                let body = m.body().unwrap_or_default();
+                let clean = crate::redact::message_body(body);
+                // A redrive-policy move carries none of our attributes: its approximate receive
+                // count keeps growing with every look at the DLQ, so it is replaced too, once,
+                // with the count as of the move.
+                if clean == body && user_attr(&m, ATTR_RECEIVE_COUNT).is_some() {
+                    clean_receipts.push(receipt);
+                    continue;
+                }
+                // The copy keeps what the DLQ shows: the reason (none for a redrive-policy move),
+                // the original id and the receives before this scrub's own.
+                let dead = to_dead_letter(&m);
+                let mut send = self.client.send_message().queue_url(&self.dlq_url).message_body(clean);
+                if let Some(reason) = dead.as_ref().and_then(|d| d.reason.as_deref()) {
+                    send = send.message_attributes(ATTR_REASON, string_attr(reason)?);
+                }
+                let original = user_attr(&m, ATTR_ORIGINAL_ID).unwrap_or(&id).to_string();
+                let count = dead.map(|d| d.receive_count).unwrap_or(1);
+                send.message_attributes(ATTR_ORIGINAL_ID, string_attr(&original)?)
+                    .message_attributes(ATTR_RECEIVE_COUNT, number_attr(u64::from(count))?)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                self.client.delete_message().queue_url(&self.dlq_url).receipt_handle(&receipt).send().await.map_err(|e| classify(&e))?;
+                scrubbed += 1;
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        for r in &clean_receipts {
+            // Back to visible at once (they would reappear after the visibility timeout anyway).
+            let _ = self.client.change_message_visibility().queue_url(&self.dlq_url).receipt_handle(r).visibility_timeout(0).send().await;
+        }
+        Ok(scrubbed)
+    }
+
     async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport> {
         if plan.select == RedriveSelect::All && plan.max_moved >= plan.examine && !self.no_move_task.load(Ordering::Relaxed) {
             // SQS's own redrive moves everything server-side; emulators may not have it and it

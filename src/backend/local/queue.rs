@@ -352,6 +352,34 @@ impl Queue for SqliteQueue {
             .await
     }
 
+    async fn dlq_scrub(&self, max: usize) -> BResult<usize> {
+        // Every move into `dead_letters` (ours and the redrive policy's) already stores the
+        // redacted body; this also cleans rows written before that was so.
+        let dlq = self.opts.dlq_name.clone();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).db()?;
+                let rows: Vec<(i64, String)> = tx
+                    .prepare_cached("SELECT seq, body FROM dead_letters WHERE queue = ?1 ORDER BY seq LIMIT ?2")
+                    .db()?
+                    .query_map(params![dlq, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .db()?
+                    .collect::<rusqlite::Result<_>>()
+                    .db()?;
+                let mut scrubbed = 0;
+                for (seq, body) in rows {
+                    let clean = crate::redact::message_body(&body);
+                    if clean != body {
+                        tx.prepare_cached("UPDATE dead_letters SET body = ?2 WHERE seq = ?1").db()?.execute(params![seq, clean]).db()?;
+                        scrubbed += 1;
+                    }
+                }
+                tx.commit().db()?;
+                Ok(scrubbed)
+            })
+            .await
+    }
+
     async fn dlq_redrive(&self, plan: &RedrivePlan) -> BResult<RedriveReport> {
         let opts = self.opts.clone();
         let plan = plan.clone();
