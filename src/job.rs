@@ -641,7 +641,9 @@ pub enum JobStatus {
     Processing,
     /// Done; the result is stored. Terminal.
     Completed,
-    /// Failed permanently; the message is in the DLQ.
+    /// Failed for good: dead-lettered (permanent failures, retries exhausted), or deleted for a
+    /// budget failure (`on_budget_exhausted = fail`, the job's own `max_cost_usd`). Terminal,
+    /// though a DLQ redrive claims it again.
     Failed,
 }
 

@@ -82,11 +82,13 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// A model error (`status` its metric label): fall back to the next configured model not
+    /// A model error (`status` its `atlas_llm_requests_total` label): fall back to the next configured model not
     /// tried yet; `Err` when none is left (the message is retried later with backoff).
     pub(super) fn model_error(&mut self, status: &str, error: &str) -> Result<(), JobError> {
         self.calls += 1;
-        self.last_error = JobError::transient(status, format!("{}: {error}", self.model));
+        // The kind names the model's failure as the model's (`llm_timeout`, `llm_server_error`,
+        // `llm_transport`), as the job record, the DLQ reason and `atlas_jobs_total` show it.
+        self.last_error = JobError::transient(format!("llm_{status}"), format!("{}: {error}", self.model));
         let next = self.router.fallbacks(&self.model).into_iter().find(|m| !self.fallbacks_used.contains(m) && *m != self.model);
         match next {
             Some(next) => {
