@@ -160,6 +160,23 @@ impl Announcement {
     }
 }
 
+/// Puts the pending announcement of the end `rec` is about to record on it, to be written by
+/// the same conditional write as the end; whether `rec` is an end (a record that is not keeps
+/// the announcement of its last end). With events off the end counts as published (there is
+/// nothing to publish), and with webhooks off `callback` is ignored.
+pub fn stamp_end(
+    rec: &mut JobRecord,
+    s: &crate::settings::Settings,
+    message_id: Option<&str>,
+    callback: Option<&crate::job::Callback>,
+) -> bool {
+    let callback = callback.filter(|_| s.webhooks.enabled);
+    let Some(mut a) = Announcement::pending(rec, message_id, callback) else { return false };
+    a.published = !s.events.enabled;
+    rec.announcement = Some(a);
+    true
+}
+
 /// Where a result lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRef {
@@ -257,11 +274,6 @@ impl FileSink {
     pub fn new(path: PathBuf) -> FileSink {
         FileSink { path, lock: tokio::sync::Mutex::new(()) }
     }
-
-    /// The file.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
 }
 
 #[async_trait]
@@ -304,7 +316,12 @@ impl EventSink for NoEvents {
 
 /// The name of a stage's local event file: `atlas-{stage}.events.jsonl` beside its database.
 pub fn local_file_name(stage: &str) -> String {
-    format!("atlas-{stage}.events.jsonl")
+    file_name_beside(&crate::backend::local::db_file_name(stage))
+}
+
+/// The event file beside the SQLite file `db_file` (`atlas-x.sqlite` → `atlas-x.events.jsonl`).
+pub fn file_name_beside(db_file: &str) -> String {
+    format!("{}.events.jsonl", db_file.strip_suffix(".sqlite").unwrap_or(db_file))
 }
 
 /// Tries of one publish before the event is left pending for the repair paths.
@@ -332,11 +349,6 @@ impl Announcer {
         webhooks: Option<crate::webhook::Webhooks>,
     ) -> Announcer {
         Announcer { sink, jobs, bucket, webhooks }
-    }
-
-    /// The webhook deliverer, if webhooks are on.
-    pub fn webhooks(&self) -> Option<&crate::webhook::Webhooks> {
-        self.webhooks.as_ref()
     }
 
     /// Announces the end `rec` records (its announcement, written with it): publishes the

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::backend::{BResult, Backends, Claim, JobStore, Queue, RECEIVE_LIMIT_KIND};
-use crate::events::{Announcement, Announcer};
+use crate::events::Announcer;
 use crate::job::{ErrorInfo, JobRecord, JobStatus};
 use crate::settings::Settings;
 use crate::telemetry::{self, Outcome};
@@ -151,10 +151,7 @@ async fn mark(
     rec.lease_owner = None;
     rec.lease_expires_at = None;
     rec.updated_at = now;
-    rec.announcement = Announcement::pending(&rec, None, None).map(|mut a| {
-        a.published = !s.events.enabled;
-        a
-    });
+    crate::events::stamp_end(&mut rec, s, None, None);
     jobs.finish(&rec, owner).await?;
     telemetry::job_outcome(&rec.id, Outcome::DeadLettered, kind, Duration::ZERO, Some(message));
     Ok(Some(rec))

@@ -6,19 +6,12 @@ use chrono::Utc;
 use super::{clear_lease, Processor, Verdict};
 use crate::backend::Message;
 use crate::error::JobError;
-use crate::events::Announcement;
 use crate::job::{Callback, JobRecord, JobStatus};
 
 impl Processor {
-    /// Puts the pending announcement of the end `rec` is about to record on it (nothing when
-    /// `rec` is not an end). Written by the same conditional write as the end.
-    pub(super) fn stamp_end(&self, rec: &mut JobRecord, message: &Message, callback: Option<&Callback>) {
-        let callback = callback.filter(|_| self.settings.webhooks.enabled);
-        rec.announcement = Announcement::pending(rec, Some(&message.message_id), callback).map(|mut a| {
-            // With events off there is nothing to publish: the end counts as announced.
-            a.published = !self.settings.events.enabled;
-            a
-        });
+    /// [`crate::events::stamp_end`] for an end this message brought; whether `rec` is an end.
+    pub(super) fn stamp_end(&self, rec: &mut JobRecord, message: &Message, callback: Option<&Callback>) -> bool {
+        crate::events::stamp_end(rec, &self.settings, Some(&message.message_id), callback)
     }
 
     /// Announces an end just recorded; whether its event is published.

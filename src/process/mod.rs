@@ -357,10 +357,7 @@ impl Processor {
         });
         rec.updated_at = Utc::now();
         clear_lease(&mut rec);
-        let is_end = crate::events::EventType::of(&rec).is_some();
-        if is_end {
-            self.stamp_end(&mut rec, end.message, end.callback);
-        }
+        let is_end = self.stamp_end(&mut rec, end.message, end.callback);
         if let Err(e) = self.backends.jobs.finish(&rec, &self.worker_id).await {
             warn!(job_id = %id, error = %e, "could not record the failure; retrying the message");
             return Verdict::Retry { job_id: Some(id), error: e.into() };

@@ -79,8 +79,7 @@ impl LocalBackend {
 
     fn open_with_guard(data_dir: &Path, db_file: &str, queue: QueueOptions, guard: Option<Arc<ScratchDir>>) -> BResult<LocalBackend> {
         let db = Db::open(&data_dir.join(db_file))?;
-        let stem = db_file.strip_suffix(".sqlite").unwrap_or(db_file);
-        let events = Arc::new(crate::events::FileSink::new(data_dir.join(format!("{stem}.events.jsonl"))));
+        let events = Arc::new(crate::events::FileSink::new(data_dir.join(crate::events::file_name_beside(db_file))));
         let mut artifacts = DirArtifactStore::open(&data_dir.join("artifacts"))?;
         let mut q = SqliteQueue::new(db.clone(), queue)?;
         let mut jobs = SqliteJobStore::new(db.clone());
