@@ -4,12 +4,20 @@
 //! HTML is parsed with `scraper` (html5ever, the browsers' parsing algorithm) and converted to
 //! Markdown with `htmd`; nothing here parses HTML with string matching.
 //!
-//! Main content: the single `<article>` if there is exactly one, else `<main>`, else
-//! `[role=main]`, else every `<article>` when there are several, else `<body>`. Inside it,
-//! navigation and chrome are removed before conversion: `nav`, `aside`, `script`, `style`,
-//! `noscript`, `template`, `iframe`, `svg`, `canvas`, hidden inputs and `[hidden]` elements always;
-//! `footer` always; `header` only in the `<body>` fallback (an article's own header usually holds
-//! its title). Link and image URLs in the Markdown are made absolute.
+//! Main content is found by `dom_smoothie`, a Rust port of Mozilla's Readability (the reader
+//! view of Firefox): it scores the page's blocks by text and link density and keeps the best
+//! candidate with its related siblings, so related-article lists, link blocks and captions of
+//! other stories are left out. Measured on the labelled pages under `tests/fixtures/content/`
+//! (docs/performance.md), it is the most precise of the extractors tried. The Markdown starts
+//! with the article's title once, then the article. When Readability finds nothing, the page
+//! falls back to the structural rule: the single `<article>` if there is exactly one, else
+//! `<main>`, else `[role=main]`, else every `<article>` when there are several, else `<body>`.
+//!
+//! Either way, before conversion: `nav`, `aside`, `script`, `style`, `noscript`, `template`,
+//! `iframe`, `svg`, `canvas`, hidden inputs, `[hidden]` elements and `footer` are removed (and
+//! `header` in the `<body>` fallback); images whose source is not `http(s)` (`data:` URIs) and
+//! tracking pixels (declared 0 or 1 pixel wide or high) go; links without text go (an image
+//! link keeps its image). Link and image URLs in the Markdown are made absolute.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -71,6 +79,11 @@ struct Selectors {
     remove_always: Selector,
     remove_body: Selector,
     rewrite: Selector,
+    tracking_pixel: Selector,
+    links_any: Selector,
+    img: Selector,
+    link_block: Selector,
+    h1: Selector,
 }
 
 fn selectors() -> Option<&'static Selectors> {
@@ -92,6 +105,11 @@ fn selectors() -> Option<&'static Selectors> {
                  input[type=\"hidden\" i], [hidden], [aria-hidden=\"true\"]")?,
             remove_body: sel("header, [role=\"navigation\" i], [role=\"banner\" i], [role=\"contentinfo\" i]")?,
             rewrite: sel("a[href], img[src]")?,
+            tracking_pixel: sel("img[width=\"0\"], img[width=\"1\"], img[height=\"0\"], img[height=\"1\"], img[width=\"1px\" i], img[height=\"1px\" i], img:not([src])")?,
+            links_any: sel("a")?,
+            img: sel("img")?,
+            link_block: sel("table, ul, ol")?,
+            h1: sel("h1")?,
         })
     })
     .as_ref()
@@ -114,10 +132,71 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
     let metadata = extract_metadata(&doc, s, base_url.as_ref());
     let links = extract_links(&doc, s, base_url.as_ref());
 
-    let (roots, is_body) = main_roots(&doc, s);
+    let markdown = match readable(html) {
+        Some(article) => {
+            let title = article_title(&doc, s, &article.title);
+            article_markdown(&article, &title, s, base_url.as_ref())
+        }
+        None => structural_markdown(&mut doc, s, base_url.as_ref()),
+    };
+    Page { markdown, metadata, links }
+}
+
+/// Readability's article, or `None` when it finds no content worth the name.
+fn readable(html: &str) -> Option<dom_smoothie::Article> {
+    let cfg = dom_smoothie::Config {
+        // Metadata, Open Graph and JSON-LD are read by `extract_metadata`, once.
+        disable_json_ld: true,
+        ..Default::default()
+    };
+    // No document URL: Readability would resolve every target itself, `javascript:` ones too
+    // (as relative paths); `clean_subtree` resolves them after the scheme check.
+    let mut r = dom_smoothie::Readability::new(html, None, Some(cfg)).ok()?;
+    let article = r.parse().ok()?;
+    (!article.text_content.trim().is_empty()).then_some(article)
+}
+
+/// The article's title: the page's only `<h1>` when it names what the document title names (the
+/// document title usually carries the site's name too: `Title - Site`), else Readability's.
+fn article_title(doc: &Html, s: &Selectors, readability: &str) -> String {
+    let readability = collapse_ws(readability);
+    let mut h1s = doc.select(&s.h1).map(|h| collapse_ws(&h.text().collect::<String>()));
+    match (h1s.next(), h1s.next()) {
+        (Some(h1), None) if readability.is_empty() || names_the_same(&h1, &readability) => h1,
+        _ => readability,
+    }
+}
+
+/// Whether a heading names what the document title names: at least half of its words are in
+/// the title (`Title: Subtitle` → `Title - Site`, or a product's name with its size).
+fn names_the_same(heading: &str, title: &str) -> bool {
+    let words =
+        |t: &str| t.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let (h, t) = (words(heading), words(title));
+    !h.is_empty() && 2 * h.iter().filter(|w| t.contains(w)).count() >= h.len()
+}
+
+/// The article's title (once) and content as Markdown, cleaned like any main content.
+fn article_markdown(article: &dom_smoothie::Article, title: &str, s: &Selectors, base: Option<&Url>) -> String {
+    let mut frag = Html::parse_fragment(&article.content);
+    let root = frag.root_element().id();
+    clean_subtree(&mut frag, s, root, false, base);
+    let body = frag.tree.get(root).and_then(ElementRef::wrap).map(|el| to_markdown(&el.inner_html())).unwrap_or_default();
+    if title.is_empty() {
+        return tidy(&body);
+    }
+    // The title once: a heading repeating it inside the article goes, the title leads.
+    let is_title = |l: &str| l.starts_with('#') && collapse_ws(l.trim_start_matches('#')) == title;
+    let body: Vec<&str> = body.lines().filter(|l| !is_title(l)).collect();
+    tidy(&format!("# {title}\n\n{}", body.join("\n")))
+}
+
+/// The structural rule's main content as Markdown (when Readability finds nothing).
+fn structural_markdown(doc: &mut Html, s: &Selectors, base: Option<&Url>) -> String {
+    let (roots, is_body) = main_roots(doc, s);
     let mut markdown_parts = Vec::new();
     for root in roots {
-        clean_subtree(&mut doc, s, root, is_body, base_url.as_ref());
+        clean_subtree(doc, s, root, is_body, base);
         if let Some(el) = doc.tree.get(root).and_then(ElementRef::wrap) {
             let md = to_markdown(&el.html());
             if !md.is_empty() {
@@ -125,7 +204,7 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
             }
         }
     }
-    Page { markdown: tidy(&markdown_parts.join("\n\n")), metadata, links }
+    tidy(&markdown_parts.join("\n\n"))
 }
 
 /// Deepest element nesting processed as a tree. Tree building costs O(depth) per tag and the
@@ -458,6 +537,8 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
     if is_body {
         remove.extend(el.select(&s.remove_body).map(|e| e.id()));
     }
+    remove.extend(el.select(&s.tracking_pixel).map(|e| e.id()));
+    remove.extend(link_blocks(el, s));
     let mut rewrite = Vec::new();
     for e in el.select(&s.rewrite) {
         let is_link = e.value().name() == "a";
@@ -480,6 +561,38 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
             n.detach();
         }
     }
+    // A link left with neither text nor an image (its image was a `data:` URI or a pixel) would
+    // be an empty `[](url)` in the Markdown.
+    let empty_links: Vec<_> = doc
+        .tree
+        .get(root)
+        .and_then(ElementRef::wrap)
+        .map(|el| {
+            el.select(&s.links_any)
+                .filter(|a| a.text().all(|t| t.trim().is_empty()) && a.select(&s.img).next().is_none())
+                .map(|a| a.id())
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in empty_links {
+        if let Some(mut n) = doc.tree.get_mut(id) {
+            n.detach();
+        }
+    }
+    // A link's or image's `title` mostly repeats its text: `[x](url "x")` pays for it twice.
+    let titled: Vec<_> = doc
+        .tree
+        .get(root)
+        .and_then(ElementRef::wrap)
+        .map(|el| el.select(&s.rewrite).filter(|e| e.value().attr("title").is_some()).map(|e| e.id()).collect())
+        .unwrap_or_default();
+    for id in titled {
+        if let Some(mut n) = doc.tree.get_mut(id) {
+            if let Node::Element(e) = n.value() {
+                e.attrs.retain(|(name, _)| &*name.local != "title");
+            }
+        }
+    }
     for (id, attr, abs) in rewrite {
         if let Some(mut n) = doc.tree.get_mut(id) {
             if let Node::Element(e) = n.value() {
@@ -496,6 +609,42 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
             }
         }
     }
+}
+
+/// Fewest links in a table or list for it to count as a navigation block.
+const LINK_BLOCK_MIN_LINKS: usize = 10;
+/// Share of a block's text inside links from which it is navigation (a navbox, a list of
+/// related stories), not prose that cites sources.
+const LINK_BLOCK_DENSITY: f64 = 0.8;
+/// A navigation block is removed only while the rest of the content holds at least this many
+/// times its text: on a page that *is* a list of links (an index, a listing) the links are the
+/// content and stay.
+const LINK_BLOCK_REST_FACTOR: usize = 3;
+
+/// The outermost tables and lists below `el` made of links (see the constants above).
+fn link_blocks(el: ElementRef<'_>, s: &Selectors) -> Vec<ego_tree::NodeId> {
+    let chars = |e: ElementRef<'_>| e.text().map(|t| t.trim().chars().count()).sum::<usize>();
+    let total = chars(el);
+    let mut found: Vec<(ego_tree::NodeId, usize)> = Vec::new();
+    for b in el.select(&s.link_block) {
+        if b.ancestors().any(|a| found.iter().any(|(id, _)| *id == a.id())) {
+            continue;
+        }
+        let links: Vec<_> = b.select(&s.links_any).collect();
+        if links.len() < LINK_BLOCK_MIN_LINKS {
+            continue;
+        }
+        let text = chars(b);
+        let in_links: usize = links.iter().map(|a| chars(*a)).sum();
+        if text > 0 && in_links as f64 >= LINK_BLOCK_DENSITY * text as f64 {
+            found.push((b.id(), text));
+        }
+    }
+    let removed: usize = found.iter().map(|(_, t)| t).sum();
+    if total.saturating_sub(removed) < LINK_BLOCK_REST_FACTOR * removed {
+        return Vec::new();
+    }
+    found.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Whether a link or image target may appear in the Markdown: relative, or an absolute URL of a
@@ -542,16 +691,25 @@ fn to_markdown(html: &str) -> String {
     converter.convert(html).unwrap_or_default()
 }
 
-/// Trims lines' trailing spaces' excess and collapses runs of blank lines.
+/// Trims lines' trailing spaces' excess, collapses runs of blank lines, and drops the padding
+/// `htmd` aligns table columns with (a wide cell would pad every row of its column).
 fn tidy(md: &str) -> String {
     let mut out = String::with_capacity(md.len());
     let mut blank = 0;
+    let mut in_code = false;
     for line in md.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
         if line.trim().is_empty() {
             blank += 1;
-            if blank > 1 {
+            if blank > 1 && !in_code {
                 continue;
             }
+            out.push('\n');
+        } else if !in_code && line.trim_start().starts_with('|') {
+            blank = 0;
+            out.push_str(&compact_table_row(line.trim()));
             out.push('\n');
         } else {
             blank = 0;
@@ -563,6 +721,42 @@ fn tidy(md: &str) -> String {
         }
     }
     out.trim().to_string()
+}
+
+/// A Markdown table row without alignment padding: `|  a   | b |` → `| a | b |`, and a
+/// delimiter row's dashes shortened to three.
+fn compact_table_row(row: &str) -> String {
+    let mut out = String::with_capacity(row.len());
+    let (mut spaces, mut dashes) = (0usize, 0usize);
+    for c in row.chars() {
+        match c {
+            ' ' => spaces += 1,
+            '-' => dashes += 1,
+            _ => {
+                if dashes > 0 {
+                    out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
+                    dashes = 0;
+                }
+                if spaces > 0 {
+                    out.push(' ');
+                    spaces = 0;
+                }
+                out.push(c);
+            }
+        }
+        if c == ' ' && dashes > 0 {
+            out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
+            dashes = 0;
+        }
+        if c == '-' && spaces > 0 {
+            out.push(' ');
+            spaces = 0;
+        }
+    }
+    if dashes > 0 {
+        out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
+    }
+    out
 }
 
 fn bpe() -> Option<&'static tiktoken_rs::CoreBPE> {
