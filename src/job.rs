@@ -149,6 +149,9 @@ pub struct Job {
     /// Where to POST the job's end event (a signed webhook), if anywhere.
     #[serde(skip)]
     pub callback: Option<Callback>,
+    /// Cut an input longer than the model's input budget (`llm.max_input_tokens`) instead of
+    /// extracting over chunks of it: one call, the rest of the input unread (`truncate`).
+    pub truncate: bool,
     /// True when the message came in the legacy (seed) format.
     pub legacy: bool,
 }
@@ -216,6 +219,9 @@ impl Job {
         }
         if let Some(x) = self.max_cost_usd {
             m.insert("max_cost_usd".into(), x.into());
+        }
+        if self.truncate {
+            m.insert("truncate".into(), true.into());
         }
         if let Some(x) = &self.tenant {
             m.insert("tenant".into(), x.clone().into());
@@ -297,6 +303,7 @@ const CURRENT_FIELDS: &[&str] = &[
     "max_depth",
     "model",
     "max_cost_usd",
+    "truncate",
     "tenant",
     "headers",
     "callback_url",
@@ -426,6 +433,10 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
             Some(v.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| invalid("max_cost_usd", "must be a positive number"))?)
         }
     };
+    let truncate = match obj.get("truncate") {
+        None | Some(Value::Null) => false,
+        Some(v) => v.as_bool().ok_or_else(|| invalid("truncate", "must be true or false"))?,
+    };
     let tenant = opt_str(&obj, "tenant")?;
     let headers = parse_headers(obj.get("headers"))?;
     if !headers.is_empty() && !matches!(job_type, JobType::Extract) {
@@ -446,6 +457,7 @@ fn parse_current(obj: serde_json::Map<String, Value>) -> Result<Job, MessageErro
         tenant,
         headers,
         callback,
+        truncate,
         legacy: false,
     })
 }
@@ -488,6 +500,7 @@ fn parse_legacy(mut obj: serde_json::Map<String, Value>) -> Result<Job, MessageE
         tenant: opt_str(&params, "tenant")?,
         headers: Default::default(),
         callback: None,
+        truncate: false,
         legacy: true,
     })
 }
@@ -744,6 +757,9 @@ pub struct Attempt {
     pub cost_micros: i64,
     /// Wall time of the call in milliseconds.
     pub latency_ms: u64,
+    /// Which chunk of a long input this call read (1-based), when the input was chunked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
     /// The budget reservation this call's charge settles (paid calls only): the ledger's
     /// idempotency key, so a charge written here first can be settled again after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -840,6 +856,10 @@ pub struct JobRecord {
     /// Where the full result lives in the artifacts store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_key: Option<String>,
+    /// How many chunks a long input was extracted over (absent: one call read it whole). Each
+    /// chunk's calls are in `calls`, marked with their `chunk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u32>,
     /// The result's `data`, inline when it serialises to at most 32 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
@@ -881,6 +901,7 @@ impl JobRecord {
             usage: Usage::default(),
             cost_micros: 0,
             result_key: None,
+            chunks: None,
             data: None,
             duration_ms: None,
             simulated: false,

@@ -2,9 +2,11 @@
 //!
 //! `POST /v1/chat/completions` answers like the real API: a `chat.completion` body with usage
 //! (prompt, cached, completion and reasoning tokens) and content shaped by `response_format`
-//! (`json_schema` → an instance valid for the schema, from the simulated provider's generator;
-//! `json_object` → an object; otherwise text). Like the real API it rejects a strict schema that
-//! strict mode would not accept (400), so wire-format regressions show up in tests.
+//! (`json_schema` → an instance valid for the schema, from the simulated provider's generator,
+//! a top-level `headings` array filled with the Markdown headings the request showed, a stand-in
+//! for a model reading the page; `json_object` → an object; otherwise text). Like the real API it
+//! rejects a strict schema that strict mode would not accept (400), so wire-format regressions
+//! show up in tests.
 //!
 //! Behaviour is controlled at runtime through [`MockHandle`] (also reachable through
 //! `Deref` on [`MockOpenAi`]): latency, 429 with `Retry-After` (next N / probability), 500
@@ -1024,6 +1026,7 @@ fn answer_content(body: &Value, bad: bool) -> String {
         "json_schema" => {
             let schema = body.pointer("/response_format/json_schema/schema").cloned().unwrap_or(json!({}));
             let mut instance = generate_instance(&schema);
+            echo_headings(body, &schema, &mut instance);
             if bad {
                 instance = break_instance(&schema, instance);
             }
@@ -1034,6 +1037,27 @@ fn answer_content(body: &Value, bad: bool) -> String {
         _ if bad => String::new(),
         _ => "Mock answer: the page describes a product and its price.".to_string(),
     }
+}
+
+/// A stand-in for a model that reads the page: a top-level `headings` property (an array of
+/// strings) is answered with the Markdown headings of the request's user messages, in order,
+/// so a test can tell which parts of an input reached which answer.
+fn echo_headings(body: &Value, schema: &Value, instance: &mut Value) {
+    let wants = schema
+        .pointer("/properties/headings/type")
+        .is_some_and(|t| t == "array" || t.as_array().is_some_and(|a| a.contains(&json!("array"))));
+    let Some(obj) = instance.as_object_mut().filter(|_| wants) else { return };
+    let headings: Vec<Value> = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .flat_map(str::lines)
+        .filter(|l| l.starts_with('#'))
+        .map(|l| Value::String(l.trim_start_matches('#').trim().to_string()))
+        .collect();
+    obj.insert("headings".into(), Value::Array(headings));
 }
 
 /// Turns a valid instance into one `schema` rejects: drop every required property (so the

@@ -774,6 +774,46 @@ pub fn count_tokens(text: &str) -> usize {
     }
 }
 
+/// Cuts `text` into consecutive pieces of at most `max_tokens` tokens each (o200k_base), in
+/// order and without losing a byte: the last resort of chunking a line longer than the model's
+/// input budget (`process::chunk`).
+pub fn split_to_tokens(text: &str, max_tokens: usize) -> Vec<String> {
+    let max_tokens = max_tokens.max(1);
+    let Some(b) = bpe() else {
+        // No tokenizer: about four bytes a token, cut on character boundaries.
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(max_tokens.saturating_mul(4));
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+        return out;
+    };
+    let tokens = b.encode_ordinary(text);
+    let mut out = Vec::new();
+    let mut carry: Vec<u8> = Vec::new();
+    for window in tokens.chunks(max_tokens) {
+        let mut bytes = std::mem::take(&mut carry);
+        bytes.extend(b.decode_bytes(window).unwrap_or_default());
+        // A character split between two windows goes with the next one.
+        let valid = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        carry = bytes.split_off(valid);
+        out.push(String::from_utf8(bytes).unwrap_or_default());
+    }
+    if !carry.is_empty() {
+        out.push(String::from_utf8_lossy(&carry).into_owned());
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
 /// Cuts `markdown` so that it, plus a note saying so, fits in `max_tokens` (o200k_base); returns
 /// the text and whether it was cut. The note reads `[content truncated to N of M tokens]`. When
 /// `max_tokens` is smaller than the note itself, the note alone is returned.

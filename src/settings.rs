@@ -207,8 +207,12 @@ pub struct LlmSettings {
     pub request_timeout_secs: u64,
     /// Simulated provider: latency per call, milliseconds.
     pub simulated_latency_ms: u64,
-    /// Most tokens of page content given to the model; longer pages are cut with a note.
+    /// Most tokens of page content given to the model in one call. A longer input is extracted
+    /// over chunks of this size (or cut with a note when the job asks for `truncate`).
     pub max_input_tokens: usize,
+    /// Most chunks one job's input may be split into; a longer input fails (`input_too_long`)
+    /// unless the job asks for `truncate`.
+    pub max_chunks: u32,
     /// Model calls per job attempt after which transient model errors give up (fallbacks included).
     pub max_calls_per_job: u32,
     /// The API key: from `OPENAI_API_KEY` only, never from a file, never serialised or logged.
@@ -587,6 +591,7 @@ impl Default for Settings {
                 request_timeout_secs: 120,
                 simulated_latency_ms: 300,
                 max_input_tokens: 12_000,
+                max_chunks: 32,
                 max_calls_per_job: 4,
                 api_key: None,
             },
@@ -947,6 +952,9 @@ impl Settings {
         }
         if self.llm.request_timeout_secs == 0 {
             p.push("llm.request_timeout_secs must be at least 1 (0 times out every call)".into());
+        }
+        if self.llm.max_chunks == 0 {
+            p.push("llm.max_chunks must be at least 1".into());
         }
         if self.llm.max_input_tokens == 0 {
             p.push("llm.max_input_tokens must be at least 1 (0 sends the model no page content)".into());

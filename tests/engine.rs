@@ -195,6 +195,7 @@ async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_cl
         usage: Usage { input_tokens: 1000, cached_input_tokens: 0, output_tokens: 100, reasoning_tokens: 0 },
         cost_micros: 90,
         latency_ms: 10,
+        chunk: None,
         reservation_id: Some("crash-1:1:0".into()),
         period: Some(period.clone()),
         settled: false,

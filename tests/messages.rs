@@ -806,26 +806,30 @@ fn arb_job() -> impl Strategy<Value = Job> {
         prop::option::of("[a-z0-9.-]{1,20}"),
         prop::option::of(prop_oneof![(1e-9f64..1e6), any::<f64>().prop_filter("positive finite", |x| x.is_finite() && *x > 0.0)]),
         prop::option::of(".{0,40}"),
+        any::<bool>(),
     )
-        .prop_map(|(id, crawl, source, instructions, schema, formats, (max_pages, max_depth), model, max_cost_usd, tenant)| {
-            let job_type = if crawl && matches!(source, Source::Url(_)) { JobType::Crawl } else { JobType::Extract };
-            Job {
-                job_id: JobId::parse(&id).expect("strategy yields valid ids"),
-                job_type,
-                source,
-                instructions,
-                schema,
-                formats,
-                max_pages,
-                max_depth,
-                model,
-                max_cost_usd,
-                tenant: tenant.filter(|t| t.len() <= 128),
-                headers: Default::default(),
-                callback: None,
-                legacy: false,
-            }
-        })
+        .prop_map(
+            |(id, crawl, source, instructions, schema, formats, (max_pages, max_depth), model, max_cost_usd, tenant, truncate)| {
+                let job_type = if crawl && matches!(source, Source::Url(_)) { JobType::Crawl } else { JobType::Extract };
+                Job {
+                    job_id: JobId::parse(&id).expect("strategy yields valid ids"),
+                    job_type,
+                    source,
+                    instructions,
+                    schema,
+                    formats,
+                    max_pages,
+                    max_depth,
+                    model,
+                    max_cost_usd,
+                    tenant: tenant.filter(|t| t.len() <= 128),
+                    headers: Default::default(),
+                    callback: None,
+                    truncate,
+                    legacy: false,
+                }
+            },
+        )
 }
 
 /// Error text is bounded: it goes into the job record and the DLQ attributes.

@@ -187,3 +187,131 @@ async fn caller_headers_reach_the_page_filtered_and_are_never_stored() {
     let rec = format!("{:?}", t.record("hdr-1").await);
     assert!(!rec.contains("tok-123") && !rec.contains("s3cret"), "headers are not stored on the record");
 }
+
+fn headings_schema() -> Value {
+    json!({"type": "object", "properties": {"headings": {"type": "array", "items": {"type": "string"}}}, "required": ["headings"]})
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+/// Every call on the record belongs to a chunk, every chunk has a charged call, and the calls'
+/// costs add up to the job's.
+fn assert_chunk_costs(rec: &atlas_codex::job::JobRecord) -> u32 {
+    let chunks = rec.chunks.expect("a chunked job records its chunk count");
+    assert!(chunks > 1, "{chunks} chunk(s)");
+    for n in 1..=chunks {
+        let calls: Vec<_> = rec.calls.iter().filter(|c| c.chunk == Some(n)).collect();
+        assert!(!calls.is_empty(), "chunk {n} has no call on the record");
+        assert!(calls.iter().all(|c| c.cost_micros > 0 && c.settled), "chunk {n}: every call charged and settled: {calls:?}");
+    }
+    assert!(rec.calls.iter().all(|c| c.chunk.is_some_and(|n| (1..=chunks).contains(&n))));
+    assert_eq!(rec.calls.iter().map(|c| c.cost_micros).sum::<i64>(), rec.cost_micros);
+    chunks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_page_crawl_beyond_the_input_budget_is_read_page_by_page_and_the_result_is_built_from_all_60_pages() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    t.send(&[json!({"job_id": "lib", "type": "crawl", "url": pages.url("/library/"), "max_pages": support::pages::LIBRARY_PAGES,
+        "max_depth": 1, "instructions": "List every book title.", "schema": headings_schema()})
+    .to_string()])
+        .await;
+    t.run_until_idle().await;
+    let rec = t.record("lib").await;
+    assert_eq!(rec.status, JobStatus::Completed, "{:?}", rec.error);
+    let doc = result_doc(&t, "lib").await;
+    let crawled: Vec<String> = doc["pages"].as_array().unwrap().iter().map(|p| p["url"].as_str().unwrap().to_string()).collect();
+    assert_eq!(crawled.len(), support::pages::LIBRARY_PAGES as usize);
+    assert!(doc["truncated"].is_null(), "nothing was cut");
+
+    // The merged answer holds what every chunk's answer read: all 60 pages, each book's title.
+    let headings = strings(&doc["data"]["headings"]);
+    for url in &crawled {
+        assert!(headings.iter().any(|h| h == &format!("Page: {url}")), "{url} reached no answer: {headings:?}");
+    }
+    for n in 1..support::pages::LIBRARY_PAGES {
+        assert!(headings.contains(&format!("Book {n}")), "Book {n} missing");
+    }
+    let chunks = assert_chunk_costs(&rec);
+    println!(
+        "crawl of {} pages: {chunks} chunks, {} calls, {} input tokens, {} micro-USD",
+        crawled.len(),
+        rec.calls.len(),
+        rec.usage.input_tokens,
+        rec.cost_micros
+    );
+    let reqs = mock.handle().requests();
+    assert_eq!(reqs.len(), chunks as usize, "one call per chunk");
+    let budget = t.app.settings.llm.max_input_tokens;
+    for r in &reqs {
+        let user: String = r.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"].as_str().unwrap_or(""))
+            .collect();
+        let content_tokens = atlas_codex::page::count_tokens(&user);
+        assert!(content_tokens <= budget + 200, "a call read {content_tokens} tokens, over the {budget}-token budget");
+    }
+    let now = chrono::Utc::now();
+    let snap = t.backends.ledger.snapshot(&atlas_codex::budget::period(now), now).await.unwrap();
+    assert_eq!(snap.spent_micros, rec.cost_micros, "the ledger holds every chunk's charge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kb_article_is_extracted_in_chunks_with_every_chunks_cost_on_the_record() {
+    let pages = PageServer::start().await;
+    assert!(support::pages::long_article().len() >= 200 * 1024);
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    t.send(&[
+        json!({"job_id": "long", "url": pages.url("/long-article.html"), "instructions": "List the sections.", "schema": headings_schema(), "max_cost_usd": 1.0}).to_string(),
+        json!({"job_id": "cut", "url": pages.url("/long-article.html"), "instructions": "List the sections.", "schema": headings_schema(), "truncate": true}).to_string(),
+    ])
+    .await;
+    t.run_until_idle().await;
+    let rec = t.record("long").await;
+    assert_eq!(rec.status, JobStatus::Completed, "{:?}", rec.error);
+    let chunks = assert_chunk_costs(&rec);
+    assert!(chunks >= 3, "{chunks}");
+    println!(
+        "200 KB article: {chunks} chunks, {} calls, {} input tokens, {} micro-USD",
+        rec.calls.len(),
+        rec.usage.input_tokens,
+        rec.cost_micros
+    );
+    let headings = strings(&rec.data.clone().unwrap()["headings"]);
+    for i in 1..=support::pages::LONG_ARTICLE_SECTIONS {
+        assert!(headings.contains(&format!("Section {i}")), "Section {i} missing: {headings:?}");
+    }
+    assert_eq!(headings.iter().filter(|h| *h == "Annual report").count(), 1, "merged without repeats");
+    assert!(result_doc(&t, "long").await["truncated"].is_null());
+
+    // Asked to truncate: one call, the start only, said so.
+    let cut = t.record("cut").await;
+    assert_eq!(cut.status, JobStatus::Completed, "{:?}", cut.error);
+    assert_eq!((cut.chunks, cut.calls.len()), (None, 1));
+    assert_eq!(result_doc(&t, "cut").await["truncated"], true);
+    let cut_headings = strings(&cut.data.clone().unwrap()["headings"]);
+    assert!(cut_headings.len() < headings.len(), "a truncated read sees fewer sections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_needing_more_than_max_chunks_fails_before_any_call() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[("ATLAS__LLM__MAX_CHUNKS", "2")], client(&mock)).await;
+    t.send(&[json!({"job_id": "toolong", "url": pages.url("/long-article.html"), "instructions": "List the sections.", "schema": headings_schema()}).to_string()]).await;
+    t.run_until_idle().await;
+    let rec = t.record("toolong").await;
+    assert_eq!(rec.status, JobStatus::Failed);
+    let err = rec.error.clone().unwrap();
+    assert_eq!(err.kind, "input_too_long", "{err:?}");
+    assert!(err.message.contains("truncate"), "the error says how to proceed: {}", err.message);
+    assert_eq!((rec.calls.len(), rec.cost_micros, mock.handle().total_requests()), (0, 0, 0));
+}

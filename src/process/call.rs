@@ -83,6 +83,7 @@ impl Processor {
             usage: Usage::default(),
             cost_micros: worst,
             latency_ms: 0,
+            chunk: None,
             reservation_id: Some(hold.lease_id().to_string()),
             period: Some(hold.period.clone()),
             settled: true,

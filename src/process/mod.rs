@@ -28,6 +28,7 @@ use crate::telemetry;
 mod announce;
 mod call;
 mod choice;
+mod chunk;
 mod prompt;
 mod result;
 
@@ -383,15 +384,72 @@ impl Processor {
         if !job.needs_model() {
             return Ok(Done { data: Value::Null, model: None, page, pages, truncated: false, fetch_ms, model_ms: 0 });
         }
-        let content = match (&page, &pages) {
-            (Some(p), _) => p.markdown.clone(),
-            (None, Some(ps)) => ps.iter().map(|cp| format!("## Page: {}\n\n{}", cp.url, cp.page.markdown)).collect::<Vec<_>>().join("\n\n"),
-            _ => String::new(),
+        let units: Vec<chunk::Unit<'_>> = match (&page, &pages) {
+            (Some(p), _) => vec![chunk::Unit { heading: None, markdown: &p.markdown }],
+            (None, Some(ps)) => {
+                ps.iter().map(|cp| chunk::Unit { heading: Some(format!("## Page: {}", cp.url)), markdown: &cp.page.markdown }).collect()
+            }
+            _ => Vec::new(),
         };
-        let (content, truncated) = page::truncate_to_tokens(&content, self.settings.llm.max_input_tokens);
+        let whole = chunk::joined(&units);
+        let budget = self.settings.llm.max_input_tokens;
         let t1 = Instant::now();
-        let (data, model) = self.extract(job, rec, &content).await?;
-        Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 })
+        let tokens = page::count_tokens(&whole);
+        if job.truncate || tokens <= budget {
+            let (content, truncated) = page::truncate_to_tokens(&whole, budget);
+            let (data, model) = self.extract(job, rec, &content).await?;
+            return Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 });
+        }
+        let (data, model) = self.extract_chunked(job, rec, &units, tokens).await?;
+        Ok(Done { data, model: Some(model), page, pages, truncated: false, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 })
+    }
+
+    /// An input longer than `llm.max_input_tokens`: one extraction per chunk ([`chunk`]), each
+    /// call reserved, charged and recorded like any other (marked with its chunk), all inside
+    /// the job's `max_cost_usd`; the answers merged and validated against the job's schema.
+    async fn extract_chunked(
+        &self,
+        job: &Job,
+        rec: &mut JobRecord,
+        units: &[chunk::Unit<'_>],
+        tokens: usize,
+    ) -> Result<(Value, String), JobError> {
+        let budget = self.settings.llm.max_input_tokens;
+        let chunks = chunk::split(units, budget.saturating_sub(chunk::FRAME_TOKENS));
+        let max = self.settings.llm.max_chunks;
+        let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        if count > max {
+            return Err(JobError::permanent(
+                "input_too_long",
+                format!(
+                    "the input is {tokens} tokens: {count} chunks of llm.max_input_tokens ({budget}), more than llm.max_chunks ({max}); \
+                     send `truncate: true` to read only its start"
+                ),
+            ));
+        }
+        rec.chunks = Some(count);
+        let mut answers = Vec::with_capacity(chunks.len());
+        let mut model = String::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let before = rec.calls.len();
+            let out = self.extract(job, rec, &chunk::framed(c, i, chunks.len())).await;
+            for call in rec.calls.iter_mut().skip(before) {
+                call.chunk = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
+            }
+            let (data, m) = out?;
+            answers.push(data);
+            model = m;
+        }
+        let data = chunk::merge(job.schema.as_ref(), answers);
+        if let Some(schema) = &job.schema {
+            schema::validate(schema, &data).map_err(|errors| {
+                JobError::permanent(
+                    "merge_invalid",
+                    format!("the {count} chunks' answers merged do not match the schema: {}", errors.join("; ")),
+                )
+            })?;
+        }
+        Ok((data, model))
     }
 
     /// Fetches or reads the job's input and turns it into page(s).

@@ -681,6 +681,7 @@ pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
         usage: Usage { input_tokens: 100, cached_input_tokens: 0, output_tokens: 20, reasoning_tokens: 0 },
         cost_micros: 77,
         latency_ms: 12,
+        chunk: None,
         reservation_id: Some("res-1".into()),
         period: Some("2026-11".into()),
         settled: true,

@@ -31,6 +31,38 @@ const SITE_DEEPEST: &str = include_str!("../fixtures/pages/site/deepest.html");
 const SITE_PRIVATE_OPEN: &str = include_str!("../fixtures/pages/site/private_open.html");
 const SITE_PRIVATE_SECRET: &str = include_str!("../fixtures/pages/site/private_secret.html");
 
+/// Pages of the `/library/` site: its index and one page per book linked from it.
+pub const LIBRARY_PAGES: u32 = 60;
+/// Sections of `/long-article.html`, each `<h2>Section {n}</h2>` and about 6 KB of prose.
+pub const LONG_ARTICLE_SECTIONS: usize = 40;
+
+/// A book page of the `/library/` site: about 900 tokens of prose under its title.
+fn library_book(n: u32) -> String {
+    let para = format!("Book {n} tells of a river town, its ferry and the people who kept the lamps lit through the long winter. ");
+    format!(
+        "<html><head><title>Book {n} - Library</title></head><body><nav><a href=\"/library/\">Library</a></nav>\
+         <article><h1>Book {n}</h1><p>{}</p><p>{}</p></article></body></html>",
+        para.repeat(25),
+        para.repeat(20)
+    )
+}
+
+fn library_index() -> String {
+    let links: String = (1..LIBRARY_PAGES).map(|n| format!("<li><a href=\"/library/book/{n}\">Book {n}</a></li>")).collect();
+    format!("<html><head><title>Library</title></head><body><main><h1>Library</h1><p>Every book we keep.</p><ul>{links}</ul></main></body></html>")
+}
+
+/// A 200 KB article: [`LONG_ARTICLE_SECTIONS`] sections of prose under one title.
+pub fn long_article() -> String {
+    let sections: String = (1..=LONG_ARTICLE_SECTIONS)
+        .map(|i| {
+            let para = format!("Section {i} of the annual report covers the harbour works, the tide gauges and the budget for year {i}. ");
+            format!("<h2>Section {i}</h2><p>{}</p>", para.repeat(56))
+        })
+        .collect();
+    format!("<html><head><title>Annual report</title></head><body><article><h1>Annual report</h1>{sections}</article></body></html>")
+}
+
 /// Size of `/huge`, bytes.
 pub const HUGE_BYTES: usize = 3 * 1024 * 1024;
 /// Decompressed size of `/gzip-bomb`, bytes.
@@ -158,6 +190,9 @@ fn router(ctx: Arc<Ctx>) -> Router {
             }),
         )
         .route("/huge", get(|| async { html(vec![b'a'; HUGE_BYTES]) }))
+        .route("/library/", get(|| async { html(library_index()) }))
+        .route("/library/book/{n}", get(|Path(n): Path<u32>| async move { html(library_book(n)) }))
+        .route("/long-article.html", get(|| async { html(long_article()) }))
         .route("/drip", get(|| async { html(drip(DRIP_BYTES)) }))
         .route("/drip-short", get(|| async { html(drip(5)) }))
         .route(
