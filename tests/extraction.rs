@@ -668,3 +668,51 @@ fn a_page_of_many_links_keeps_at_most_max_links_of_them() {
     let text: String = (0..5_000).map(|i| format!("see https://e.com/t/{i} ")).collect();
     assert_eq!(text_page(&text).links.len(), atlas_codex::page::MAX_LINKS);
 }
+
+/// A news-style page: the article among navigation, a related-stories block and a navbox.
+fn article_page(extra_in_article: &str) -> String {
+    let prose = "The harbour board met on Tuesday and agreed to rebuild the north pier before the winter storms arrive. ";
+    let related: String = (1..=12).map(|i| format!("<li><a href=\"/story/{i}\">Other story number {i}</a></li>")).collect();
+    format!(
+        "<html><head><title>Pier to be rebuilt - Harbour News</title></head><body>\
+         <nav><a href=\"/\">Home</a><a href=\"/news\">News</a></nav>\
+         <div class=\"content\"><h1>Pier to be rebuilt</h1><p>{}</p><p>{}</p>{extra_in_article}\
+         <table class=\"navbox\"><tr><td>{related}</td></tr></table></div>\
+         <aside><h3>Most read</h3><ul>{related}</ul></aside><footer>Copyright</footer></body></html>",
+        prose.repeat(6),
+        prose.repeat(5)
+    )
+}
+
+#[test]
+fn the_main_content_keeps_tables_and_lists_and_drops_pixels_data_images_empty_links_and_link_blocks() {
+    let extra = "<table><tr><th>Item</th><th>Cost</th></tr><tr><td>Pier</td><td>4 million</td></tr></table>\
+                 <ul><li>Stage one: demolition</li><li>Stage two: piling</li></ul>\
+                 <p><img src=\"https://track.example/p.gif\" width=\"1\" height=\"1\" alt=\"\">\
+                 <a href=\"https://ads.example/x\"><img src=\"data:image/gif;base64,R0lGOD==\"></a>\
+                 <a href=\"https://empty.example/\"> </a>Costs are shared.</p>";
+    let page = process(&article_page(extra), Some(&url::Url::parse("https://news.example/pier").unwrap()));
+    let md = &page.markdown;
+    assert!(md.starts_with("# Pier to be rebuilt\n"), "the article's own title, without the site's name:\n{md}");
+    assert_eq!(md.matches("Pier to be rebuilt").count(), 1, "the title once:\n{md}");
+    assert!(md.contains("| Item | Cost |") && md.contains("| Pier | 4 million |"), "the table, unpadded:\n{md}");
+    assert!(md.contains("- Stage one: demolition") && md.contains("- Stage two: piling"), "the list:\n{md}");
+    assert!(md.contains("Costs are shared."));
+    for gone in ["track.example", "data:", "ads.example", "empty.example", "Other story number", "Most read", "Copyright", "Home"] {
+        assert!(!md.contains(gone), "`{gone}` reached the Markdown:\n{md}");
+    }
+    // The links are still the page's links (only the Markdown leaves the blocks out).
+    assert!(page.links.iter().any(|l| l == "https://news.example/story/3"), "{:?}", page.links);
+}
+
+#[test]
+fn a_page_that_is_a_list_of_links_keeps_its_links() {
+    let items: String = (1..=30).map(|i| format!("<li><a href=\"/doc/{i}\">Chapter {i} of the manual</a></li>")).collect();
+    let html = format!(
+        "<html><head><title>Manual</title></head><body><main><h1>Manual</h1><p>The chapters.</p><ul>{items}</ul></main></body></html>"
+    );
+    let md = process(&html, None).markdown;
+    for i in [1, 15, 30] {
+        assert!(md.contains(&format!("Chapter {i} of the manual")), "chapter {i} kept:\n{md}");
+    }
+}
