@@ -315,3 +315,23 @@ async fn an_input_needing_more_than_max_chunks_fails_before_any_call() {
     assert!(err.message.contains("truncate"), "the error says how to proceed: {}", err.message);
     assert_eq!((rec.calls.len(), rec.cost_micros, mock.handle().total_requests()), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_together_stay_inside_the_jobs_max_cost_usd() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    let t = spawn_app(&[], client(&mock)).await;
+    // Room for the worst cases of some of the article's five chunks, not all.
+    let cap_usd = 0.012;
+    t.send(&[json!({"job_id": "capped", "url": pages.url("/long-article.html"), "instructions": "List the sections.", "schema": headings_schema(), "max_cost_usd": cap_usd}).to_string()]).await;
+    t.run_until_idle().await;
+    let rec = t.record("capped").await;
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert_eq!(rec.error.clone().unwrap().kind, "job_cost_cap", "{:?}", rec.error);
+    assert!(rec.chunks.unwrap() >= 3);
+    assert!(!rec.calls.is_empty(), "the chunks that fit were read");
+    assert!(rec.calls.len() < rec.chunks.unwrap() as usize, "not every chunk: {} calls", rec.calls.len());
+    assert!(rec.cost_micros as f64 <= cap_usd * 1e6, "{} micro-USD spent over a {cap_usd} USD cap", rec.cost_micros);
+    assert_eq!(rec.calls.iter().map(|c| c.cost_micros).sum::<i64>(), rec.cost_micros, "every call charged on the record");
+    assert_eq!(mock.handle().total_requests(), rec.calls.len() as u64);
+}
