@@ -157,14 +157,28 @@ fn readable(html: &str) -> Option<dom_smoothie::Article> {
 }
 
 /// The article's title: the page's only `<h1>` when it names what the document title names (the
-/// document title usually carries the site's name too: `Title - Site`), else Readability's.
+/// document title usually carries the site's name too: `Title - Site`), else Readability's; when
+/// that `<h1>` is the site's name itself (a forum's logo), the document title without it.
 fn article_title(doc: &Html, s: &Selectors, readability: &str) -> String {
     let readability = collapse_ws(readability);
     let mut h1s = doc.select(&s.h1).map(|h| collapse_ws(&h.text().collect::<String>()));
     match (h1s.next(), h1s.next()) {
+        (Some(h1), None) if is_site_name(&h1, &readability) => {
+            // The title without the site's name (and the separator before it).
+            let keep = readability.chars().count() - h1.trim().chars().count();
+            let head: String = readability.chars().take(keep).collect();
+            collapse_ws(head.trim_end().trim_end_matches(['-', '|', '—', '–', ':', '·', '»']))
+        }
         (Some(h1), None) if readability.is_empty() || names_the_same(&h1, &readability) => h1,
         _ => readability,
     }
+}
+
+/// Whether a heading is only the site's name at the end of the document title
+/// (`Thread title - Site Forums` with `<h1>Site Forums</h1>`, the logo of a forum).
+fn is_site_name(heading: &str, title: &str) -> bool {
+    let (h, t) = (heading.trim().to_lowercase(), title.trim().to_lowercase());
+    t.len() > h.len() && t.ends_with(&h) && t[..t.len() - h.len()].trim_end().ends_with(['-', '|', '—', '–', ':', '·', '»'])
 }
 
 /// Whether a heading names what the document title names: at least half of its words are in
