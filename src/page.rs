@@ -167,18 +167,21 @@ fn article_title(doc: &Html, s: &Selectors, readability: &str) -> String {
             // The title without the site's name (and the separator before it).
             let keep = readability.chars().count() - h1.trim().chars().count();
             let head: String = readability.chars().take(keep).collect();
-            collapse_ws(head.trim_end().trim_end_matches(['-', '|', '—', '–', ':', '·', '»']))
+            collapse_ws(head.trim_end().trim_end_matches(TITLE_SEPARATORS))
         }
         (Some(h1), None) if readability.is_empty() || names_the_same(&h1, &readability) => h1,
         _ => readability,
     }
 }
 
+/// What separates a page's own title from the site's name in a document title (`Title - Site`).
+const TITLE_SEPARATORS: [char; 7] = ['-', '|', '—', '–', ':', '·', '»'];
+
 /// Whether a heading is only the site's name at the end of the document title
 /// (`Thread title - Site Forums` with `<h1>Site Forums</h1>`, the logo of a forum).
 fn is_site_name(heading: &str, title: &str) -> bool {
     let (h, t) = (heading.trim().to_lowercase(), title.trim().to_lowercase());
-    t.len() > h.len() && t.ends_with(&h) && t[..t.len() - h.len()].trim_end().ends_with(['-', '|', '—', '–', ':', '·', '»'])
+    t.len() > h.len() && t.ends_with(&h) && t[..t.len() - h.len()].trim_end().ends_with(TITLE_SEPARATORS)
 }
 
 /// Whether a heading names what the document title names: at least half of its words are in
@@ -554,7 +557,12 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
     remove.extend(el.select(&s.tracking_pixel).map(|e| e.id()));
     remove.extend(link_blocks(el, s));
     let mut rewrite = Vec::new();
+    // A link's or image's `title` mostly repeats its text: `[x](url "x")` pays for it twice.
+    let mut titled = Vec::new();
     for e in el.select(&s.rewrite) {
+        if e.value().attr("title").is_some() {
+            titled.push(e.id());
+        }
         let is_link = e.value().name() == "a";
         let attr = if is_link { "href" } else { "src" };
         let Some(v) = e.value().attr(attr) else { continue };
@@ -570,11 +578,7 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
             rewrite.push((e.id(), attr, Some(abs)));
         }
     }
-    for id in remove {
-        if let Some(mut n) = doc.tree.get_mut(id) {
-            n.detach();
-        }
-    }
+    detach(doc, remove);
     // A link left with neither text nor an image (its image was a `data:` URI or a pixel) would
     // be an empty `[](url)` in the Markdown.
     let empty_links: Vec<_> = doc
@@ -588,18 +592,7 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
                 .collect()
         })
         .unwrap_or_default();
-    for id in empty_links {
-        if let Some(mut n) = doc.tree.get_mut(id) {
-            n.detach();
-        }
-    }
-    // A link's or image's `title` mostly repeats its text: `[x](url "x")` pays for it twice.
-    let titled: Vec<_> = doc
-        .tree
-        .get(root)
-        .and_then(ElementRef::wrap)
-        .map(|el| el.select(&s.rewrite).filter(|e| e.value().attr("title").is_some()).map(|e| e.id()).collect())
-        .unwrap_or_default();
+    detach(doc, empty_links);
     for id in titled {
         if let Some(mut n) = doc.tree.get_mut(id) {
             if let Node::Element(e) = n.value() {
@@ -621,6 +614,15 @@ fn clean_subtree(doc: &mut Html, s: &Selectors, root: ego_tree::NodeId, is_body:
                     None => e.attrs.retain(|(name, _)| &*name.local != attr),
                 }
             }
+        }
+    }
+}
+
+/// Detaches the nodes `ids` from the document (a node already detached with an ancestor stays so).
+fn detach(doc: &mut Html, ids: Vec<ego_tree::NodeId>) {
+    for id in ids {
+        if let Some(mut n) = doc.tree.get_mut(id) {
+            n.detach();
         }
     }
 }
@@ -738,37 +740,17 @@ fn tidy(md: &str) -> String {
 }
 
 /// A Markdown table row without alignment padding: `|  a   | b |` → `| a | b |`, and a
-/// delimiter row's dashes shortened to three.
+/// delimiter row's dashes shortened to three (any run of spaces becomes one, of dashes at most
+/// three).
 fn compact_table_row(row: &str) -> String {
     let mut out = String::with_capacity(row.len());
-    let (mut spaces, mut dashes) = (0usize, 0usize);
+    let mut dashes = 0;
     for c in row.chars() {
-        match c {
-            ' ' => spaces += 1,
-            '-' => dashes += 1,
-            _ => {
-                if dashes > 0 {
-                    out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
-                    dashes = 0;
-                }
-                if spaces > 0 {
-                    out.push(' ');
-                    spaces = 0;
-                }
-                out.push(c);
-            }
+        dashes = if c == '-' { dashes + 1 } else { 0 };
+        if (c == ' ' && out.ends_with(' ')) || dashes > 3 {
+            continue;
         }
-        if c == ' ' && dashes > 0 {
-            out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
-            dashes = 0;
-        }
-        if c == '-' && spaces > 0 {
-            out.push(' ');
-            spaces = 0;
-        }
-    }
-    if dashes > 0 {
-        out.push_str(&"-".repeat(if dashes > 3 { 3 } else { dashes }));
+        out.push(c);
     }
     out
 }

@@ -392,15 +392,13 @@ impl Processor {
             _ => Vec::new(),
         };
         let whole = chunk::joined(&units);
-        let budget = self.settings.llm.max_input_tokens;
         let t1 = Instant::now();
-        let tokens = page::count_tokens(&whole);
-        if job.truncate || tokens <= budget {
-            let (content, truncated) = page::truncate_to_tokens(&whole, budget);
+        let (content, truncated) = page::truncate_to_tokens(&whole, self.settings.llm.max_input_tokens);
+        if job.truncate || !truncated {
             let (data, model) = self.extract(job, rec, &content).await?;
             return Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 });
         }
-        let (data, model) = self.extract_chunked(job, rec, &units, tokens).await?;
+        let (data, model) = self.extract_chunked(job, rec, &units, &whole).await?;
         Ok(Done { data, model: Some(model), page, pages, truncated: false, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 })
     }
 
@@ -412,13 +410,14 @@ impl Processor {
         job: &Job,
         rec: &mut JobRecord,
         units: &[chunk::Unit<'_>],
-        tokens: usize,
+        whole: &str,
     ) -> Result<(Value, String), JobError> {
         let budget = self.settings.llm.max_input_tokens;
         let chunks = chunk::split(units, budget.saturating_sub(chunk::FRAME_TOKENS));
         let max = self.settings.llm.max_chunks;
         let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
         if count > max {
+            let tokens = page::count_tokens(whole);
             return Err(JobError::permanent(
                 "input_too_long",
                 format!(
