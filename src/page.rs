@@ -9,7 +9,10 @@
 //! candidate with its related siblings, so related-article lists, link blocks and captions of
 //! other stories are left out. Measured on the labelled pages under `tests/fixtures/content/`
 //! (docs/performance.md), it is the most precise of the extractors tried. The Markdown starts
-//! with the article's title once, then the article. When Readability finds nothing, the page
+//! with the article's title once, then the article. Before Readability scores the page,
+//! tooltips (`role="tooltip"`) and footnote markers (`<sup>` links to a note) are removed; after
+//! it, a shop's declared product description (`itemprop="description"`, often in a tab away
+//! from the block Readability picks) is added when the article lacks it. When Readability finds nothing, the page
 //! falls back to the structural rule: the single `<article>` if there is exactly one, else
 //! `<main>`, else `[role=main]`, else every `<article>` when there are several, else `<body>`.
 //!
@@ -17,7 +20,9 @@
 //! `iframe`, `svg`, `canvas`, hidden inputs, `[hidden]` elements and `footer` are removed (and
 //! `header` in the `<body>` fallback); images whose source is not `http(s)` (`data:` URIs) and
 //! tracking pixels (declared 0 or 1 pixel wide or high) go; links without text go (an image
-//! link keeps its image). Link and image URLs in the Markdown are made absolute.
+//! link keeps its image); tables and lists made of links (navigation, related stories) and
+//! lists of in-page jumps (a table of contents) go unless the page is such a list. Link and
+//! image URLs in the Markdown are made absolute.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -149,11 +154,55 @@ fn readable(html: &str) -> Option<dom_smoothie::Article> {
         disable_json_ld: true,
         ..Default::default()
     };
+    let doc = dom_query::Document::from(html);
+    prepare(&doc);
+    let described = described_item(&doc);
     // No document URL: Readability would resolve every target itself, `javascript:` ones too
     // (as relative paths); `clean_subtree` resolves them after the scheme check.
-    let mut r = dom_smoothie::Readability::new(html, None, Some(cfg)).ok()?;
-    let article = r.parse().ok()?;
-    (!article.text_content.trim().is_empty()).then_some(article)
+    let mut r = dom_smoothie::Readability::with_document(doc, None, Some(cfg)).ok()?;
+    let mut article = r.parse().ok()?;
+    if article.text_content.trim().is_empty() {
+        return None;
+    }
+    if let Some((text, html)) = described {
+        // A product page's description lives in its own tab or block, often away from the
+        // block Readability picks (price, options): the page declares it, so it is added.
+        if !collapse_ws(&article.text_content).contains(&text) {
+            article.content = format!("{}\n{html}", article.content).into();
+        }
+    }
+    Some(article)
+}
+
+/// Removes, before Readability scores the page, what no reader sees as content: tooltips
+/// (`role="tooltip"`, a button's hover text such as "Save this answer.") and footnote markers
+/// (a `<sup>` holding only a link to a note on the page, Wikipedia's `[1]`).
+fn prepare(doc: &dom_query::Document) {
+    doc.select("[role=\"tooltip\" i]").remove();
+    for sup in doc.select("sup").iter() {
+        let links = sup.select("a[href^=\"#\"]");
+        let text = collapse_ws(&sup.text());
+        if links.length() == 1 && text.chars().count() <= FOOTNOTE_MARKER_MAX_CHARS && collapse_ws(&links.text()).len() + 2 >= text.len() {
+            sup.remove();
+        }
+    }
+}
+
+/// Longest footnote marker (`[123]`, `[a]`) removed by [`prepare`].
+const FOOTNOTE_MARKER_MAX_CHARS: usize = 8;
+
+/// Shortest declared description worth adding to the article (shorter ones are a teaser line
+/// that the page's metadata carries anyway).
+const DESCRIPTION_MIN_CHARS: usize = 200;
+
+/// The text and HTML of the page's declared item description (schema.org microdata
+/// `itemprop="description"`, as shops mark their product text), when it is long enough to be
+/// the product's text rather than a summary line.
+fn described_item(doc: &dom_query::Document) -> Option<(String, String)> {
+    let d = doc.select("[itemprop=\"description\" i]:not(meta)");
+    let d = d.iter().max_by_key(|e| e.text().len())?;
+    let text = collapse_ws(&d.text());
+    (text.chars().count() >= DESCRIPTION_MIN_CHARS).then(|| (text, d.html().to_string()))
 }
 
 /// The article's title: the page's only `<h1>` when it names what the document title names (the
@@ -629,6 +678,8 @@ fn detach(doc: &mut Html, ids: Vec<ego_tree::NodeId>) {
 
 /// Fewest links in a table or list for it to count as a navigation block.
 const LINK_BLOCK_MIN_LINKS: usize = 10;
+/// Fewest links in a list for it to count as a table of contents (all its links in-page jumps).
+const CONTENTS_MIN_LINKS: usize = 3;
 /// Share of a block's text inside links from which it is navigation (a navbox, a list of
 /// related stories), not prose that cites sources.
 const LINK_BLOCK_DENSITY: f64 = 0.8;
@@ -647,7 +698,10 @@ fn link_blocks(el: ElementRef<'_>, s: &Selectors) -> Vec<ego_tree::NodeId> {
             continue;
         }
         let links: Vec<_> = b.select(&s.links_any).collect();
-        if links.len() < LINK_BLOCK_MIN_LINKS {
+        // A table of contents: every link a jump to a heading of this same page.
+        let contents =
+            links.len() >= CONTENTS_MIN_LINKS && links.iter().all(|a| a.value().attr("href").is_some_and(|h| h.starts_with('#')));
+        if links.len() < LINK_BLOCK_MIN_LINKS && !contents {
             continue;
         }
         let text = chars(b);

@@ -716,3 +716,47 @@ fn a_page_that_is_a_list_of_links_keeps_its_links() {
         assert!(md.contains(&format!("Chapter {i} of the manual")), "chapter {i} kept:\n{md}");
     }
 }
+
+#[test]
+fn tooltips_footnote_markers_and_a_table_of_contents_do_not_reach_the_markdown() {
+    let contents = "<ul><li><a href=\"#history\">1 History</a></li><li><a href=\"#design\">2 Design</a></li>\
+                    <li><a href=\"#works\">3 Works</a></li></ul>";
+    let extra = format!(
+        "{contents}<h2 id=\"history\">History</h2><p>The first pier stood for ninety years.<sup><a href=\"#note-1\">[1]</a></sup></p>\
+         <button>Vote</button><div role=\"tooltip\">This answer is useful</div>\
+         <p>Notes are cited<sup>2</sup> with the year.</p>"
+    );
+    let md = process(&article_page(&extra), None).markdown;
+    assert!(md.contains("The first pier stood for ninety years."), "{md}");
+    for gone in ["[1]", "note-1", "This answer is useful", "1 History", "2 Design"] {
+        assert!(!md.contains(gone), "`{gone}` reached the Markdown:\n{md}");
+    }
+    assert!(md.contains("## History"), "the heading the contents pointed at stays:\n{md}");
+    assert!(md.contains("cited2"), "a superscript that is no link to a note stays:\n{md}");
+}
+
+#[test]
+fn a_shops_declared_product_description_is_added_once_when_readability_misses_it() {
+    let description = "This hand-forged carbon steel pan heats evenly, keeps its seasoning and goes from the hob into the oven. ";
+    let pitch = "Our pans are made in a small workshop by people who cook with them every day of the week. ";
+    let html = format!(
+        "<html><head><title>Steel pan - Shop</title></head><body>\
+         <div class=\"product\"><h1>Steel pan</h1><p>{}</p><p>Price: 49 EUR</p></div>\
+         <div class=\"shopping-tabs\"><div class=\"tab\"><div itemprop=\"description\"><p>{}</p></div></div></div>\
+         </body></html>",
+        pitch.repeat(6),
+        description.repeat(3)
+    );
+    let md = process(&html, None).markdown;
+    assert!(md.contains("Our pans are made"), "{md}");
+    assert_eq!(md.matches("This hand-forged carbon steel pan").count(), 3, "the description, once (it repeats itself 3 times):\n{md}");
+    // Already in the article: not added a second time.
+    let inline = format!(
+        "<html><head><title>Steel pan - Shop</title></head><body><article><h1>Steel pan</h1>\
+         <div itemprop=\"description\"><p>{}</p></div><p>{}</p></article></body></html>",
+        description.repeat(3),
+        pitch.repeat(6)
+    );
+    let md = process(&inline, None).markdown;
+    assert_eq!(md.matches("This hand-forged carbon steel pan").count(), 3, "{md}");
+}
