@@ -306,6 +306,26 @@ pub async fn queue_dlq_peek_does_not_consume(make: &MakeQueue) {
     assert_eq!(q.depth().await.expect("depth").dead_letters, 2);
 }
 
+/// `dlq_peek` sees past the first receive batch: every dead letter up to `max`, twice in a row
+/// (what one peek saw is visible again to the next).
+pub async fn queue_dlq_peek_sees_more_than_one_batch(make: &MakeQueue) {
+    let q = make(QueueSpec::default()).await;
+    let bodies: Vec<String> = (0..25).map(|i| format!("many-{i}")).collect();
+    q.send_batch(&bodies).await.expect("send");
+    let ms = receive_n(&*q, 25, Duration::from_secs(10)).await;
+    assert_eq!(ms.len(), 25);
+    for m in &ms {
+        q.dead_letter(m, "test").await.expect("dead_letter");
+    }
+    let want: BTreeSet<&str> = bodies.iter().map(String::as_str).collect();
+    for round in 0..2 {
+        let dlq = q.dlq_peek(100).await.expect("peek");
+        let got: BTreeSet<&str> = dlq.iter().map(|d| d.body.as_str()).collect();
+        assert_eq!(got, want, "peek {round} lists all 25");
+    }
+    assert_eq!(q.dlq_peek(12).await.expect("peek").len(), 12, "peek honours max across batches");
+}
+
 /// `dlq_redrive(plan)` moves what the plan selects, by kind, within its bounds, back with receive
 /// counts reset; what it leaves stays in the DLQ.
 pub async fn queue_dlq_redrive(make: &MakeQueue) {
@@ -471,6 +491,7 @@ pub async fn queue_contract(make: &MakeQueue) {
     queue_dead_letters_keep_no_caller_secrets(make).await;
     queue_dead_letter_with_reason(make).await;
     queue_dlq_peek_does_not_consume(make).await;
+    queue_dlq_peek_sees_more_than_one_batch(make).await;
     queue_dlq_redrive(make).await;
     queue_delete_batch_partial(make).await;
     queue_delayed_send(make).await;
@@ -484,7 +505,7 @@ macro_rules! queue_tests {
         $crate::support::conformance::__tests!(make_queue_: $make; MakeQueue;
             queue_send_receive_delete, queue_visibility_and_redelivery, queue_set_visibility,
             queue_auto_dead_letter, queue_dead_letters_keep_no_caller_secrets, queue_dead_letter_with_reason, queue_dlq_peek_does_not_consume,
-            queue_dlq_redrive, queue_delete_batch_partial, queue_delayed_send, queue_long_poll,
+            queue_dlq_peek_sees_more_than_one_batch, queue_dlq_redrive, queue_delete_batch_partial, queue_delayed_send, queue_long_poll,
             queue_batches_and_max);
     };
 }

@@ -48,6 +48,9 @@ const SEND_BATCH_ROUNDS: usize = 3;
 const MAX_REASON_BYTES: usize = 1024;
 /// How long a DLQ message received for a manual redrive stays hidden while it is copied.
 const REDRIVE_VISIBILITY_SECS: i32 = 60;
+/// How long a DLQ message a peek has seen stays hidden so the next receive brings the next ones;
+/// made visible again as soon as the peek ends.
+const PEEK_VISIBILITY_SECS: i32 = 30;
 
 /// Message attribute: why the worker dead-lettered the message.
 pub const ATTR_REASON: &str = "atlas-reason";
@@ -86,6 +89,14 @@ impl SqsQueue {
     /// The job queue's URL.
     pub fn queue_url(&self) -> &str {
         &self.queue_url
+    }
+
+    /// Makes received DLQ messages visible again at once (best effort: they reappear after
+    /// their visibility timeout anyway).
+    async fn show_again(&self, receipts: &[String]) {
+        for r in receipts {
+            let _ = self.client.change_message_visibility().queue_url(&self.dlq_url).receipt_handle(r).visibility_timeout(0).send().await;
+        }
     }
 
     /// The DLQ's URL.
@@ -380,18 +391,25 @@ impl Queue for SqsQueue {
     async fn dlq_peek(&self, max: usize) -> BResult<Vec<DeadLetter>> {
         let mut seen: HashMap<String, DeadLetter> = HashMap::new();
         let mut order = Vec::new();
-        // VisibilityTimeout=0 leaves each message visible, so calls may return the same ones
-        // again; stop when a call brings nothing new.
-        let calls = max.div_ceil(BATCH) + 2;
-        for i in 0..calls {
-            if order.len() >= max {
-                break;
-            }
-            let wait = if i == 0 { Duration::from_secs(1) } else { Duration::ZERO };
+        let mut receipts = Vec::new();
+        // Each batch is hidden for a moment so the next receive brings the messages after it
+        // (with a zero timeout the queue may return the same first ten every time); all are
+        // made visible again at the end.
+        let mut first = true;
+        while order.len() < max {
+            let wait = if first { Duration::from_secs(1) } else { Duration::ZERO };
+            first = false;
             let asked = (max - order.len()).min(BATCH);
-            let raw = self.receive_from(&self.dlq_url, asked, wait, Some(0)).await?;
+            let raw = match self.receive_from(&self.dlq_url, asked, wait, Some(PEEK_VISIBILITY_SECS)).await {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.show_again(&receipts).await;
+                    return Err(e);
+                }
+            };
             let mut new = 0;
             for m in &raw {
+                receipts.extend(m.receipt_handle().map(str::to_string));
                 if let Some(d) = to_dead_letter(m) {
                     if !seen.contains_key(&d.message_id) {
                         order.push(d.message_id.clone());
@@ -400,12 +418,11 @@ impl Queue for SqsQueue {
                     }
                 }
             }
-            // A short batch means the DLQ had no more to give; stopping here also keeps the
-            // extra receives (each peek counts one) to a minimum.
-            if new == 0 || raw.len() < asked {
+            if new == 0 {
                 break;
             }
         }
+        self.show_again(&receipts).await;
         Ok(order.into_iter().take(max).filter_map(|id| seen.remove(&id)).collect())
     }
 
@@ -455,10 +472,7 @@ impl Queue for SqsQueue {
                 break;
             }
         }
-        for r in &clean_receipts {
-            // Back to visible at once (they would reappear after the visibility timeout anyway).
-            let _ = self.client.change_message_visibility().queue_url(&self.dlq_url).receipt_handle(r).visibility_timeout(0).send().await;
-        }
+        self.show_again(&clean_receipts).await;
         Ok(scrubbed)
     }
 
