@@ -128,7 +128,7 @@ pub fn process(html: &str, base: Option<&Url>) -> Page {
         return text_page(html);
     };
     let scan = scan(html);
-    if scan.too_deep {
+    if scan.too_deep || scan.elements > MAX_ELEMENTS {
         return shallow_page(scan, base);
     }
     let mut doc = Html::parse_document(html);
@@ -300,6 +300,8 @@ const BLOCK: &[&str] = &["p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "
 #[derive(Default)]
 struct Scan {
     too_deep: bool,
+    /// Elements (start tags) seen.
+    elements: usize,
     text: String,
     hrefs: Vec<String>,
     title: String,
@@ -341,7 +343,8 @@ impl html5ever::tokenizer::TokenSink for ScanSink {
                 }
                 match tag.kind {
                     TagKind::StartTag => {
-                        if name == "a" {
+                        out.elements += 1;
+                        if name == "a" && out.hrefs.len() < MAX_SCANNED_HREFS {
                             if let Some(a) = tag.attrs.iter().find(|a| &*a.name.local == "href") {
                                 out.hrefs.push(a.value.to_string());
                             }
@@ -421,7 +424,20 @@ fn scan(html: &str) -> Scan {
     tok.sink.out.take()
 }
 
-/// The fallback for pages nested deeper than [`MAX_NESTING`]: text and links only.
+/// Most elements of a page processed as a tree. A parsed element costs about a kilobyte across
+/// the two trees (`scraper`'s and Readability's) and the Markdown, so this bounds one page's
+/// parse at roughly 100 MiB whatever its bytes; real pages stay far below it (the labelled
+/// pages: at most 2,200; a very long encyclopedia article: tens of thousands). A page with more
+/// (a link farm, a generated table of a million cells) is read by the linear scan instead: its
+/// text and links, without main-content selection.
+pub const MAX_ELEMENTS: usize = 50_000;
+
+/// Most link targets the linear scan keeps (duplicates and non-http ones are dropped after it,
+/// down to [`MAX_LINKS`]): a page of millions of links does not hold them all.
+const MAX_SCANNED_HREFS: usize = 8 * MAX_LINKS;
+
+/// The fallback for pages nested deeper than [`MAX_NESTING`] or with more than
+/// [`MAX_ELEMENTS`] elements: text and links only.
 fn shallow_page(scan: Scan, base: Option<&Url>) -> Page {
     let markdown = tidy(&scan.text.lines().map(collapse_ws).collect::<Vec<_>>().join("\n"));
     let mut seen = HashSet::new();

@@ -760,3 +760,25 @@ fn a_shops_declared_product_description_is_added_once_when_readability_misses_it
     let md = process(&inline, None).markdown;
     assert_eq!(md.matches("This hand-forged carbon steel pan").count(), 3, "{md}");
 }
+
+#[test]
+fn a_page_of_more_than_max_elements_is_read_by_the_linear_scan_with_its_text_and_links() {
+    let page_of = |items: usize| {
+        let items: String = (0..items).map(|i| format!("<p>Item {i} <a href=\"/item/{i}\">product {i}</a></p>")).collect();
+        format!(
+            "<html><head><title>Catalogue</title><meta name=\"description\" content=\"All products\"></head>\
+             <body><main><h1>Catalogue</h1>{items}</main></body></html>"
+        )
+    };
+    let base = url::Url::parse("https://shop.example/").unwrap();
+    // Two elements per item: just under the limit the page is a tree (metadata read) ...
+    let under = process(&page_of(atlas_codex::page::MAX_ELEMENTS / 2 - 10), Some(&base));
+    assert_eq!(under.metadata.description.as_deref(), Some("All products"));
+    // ... over it, the scan: the text, the title and the links, but no tree (no metadata).
+    let over = process(&page_of(atlas_codex::page::MAX_ELEMENTS / 2 + 10), Some(&base));
+    assert_eq!(over.metadata.description, None, "read without a tree");
+    assert_eq!(over.metadata.title.as_deref(), Some("Catalogue"));
+    assert!(over.markdown.contains("Item 7 product 7"), "{}", &over.markdown[..over.markdown.len().min(300)]);
+    assert_eq!(over.links.len(), atlas_codex::page::MAX_LINKS);
+    assert_eq!(over.links[0], "https://shop.example/item/0");
+}
