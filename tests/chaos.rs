@@ -89,7 +89,48 @@ fn bad_messages(run: &str) -> Vec<(Option<String>, String, &'static str)> {
         v.push((id, m.to_string(), "invalid_message"));
     }
     v.push((None, format!("not json at all {run} {{"), "invalid_message"));
+    // Hostile messages (issue #15's classes), sent raw as a producer could.
+    let hostile = [
+        // Another job's result as this job's input.
+        (
+            json!({"job_id": format!("chaos-{run}-foreign-input"), "input_key": format!("jobs/chaos-{run}-ok-0/result.json"),
+                "instructions": "Extract anything."}),
+            "invalid_message",
+        ),
+        // A schema no validator can compile: refused before any call is paid.
+        (
+            json!({"job_id": format!("chaos-{run}-bad-pattern"), "text": "x", "instructions": "Extract anything.",
+                "schema": {"type": "object", "properties": {"code": {"type": "string", "pattern": "(unclosed"}}}}),
+            "invalid_schema",
+        ),
+        // The metadata address written as IPv6 forms that embed it, carrying secrets.
+        (
+            json!({"job_id": format!("chaos-{run}-ssrf-translated"), "url": "http://[::ffff:0:169.254.169.254]/latest/meta-data/",
+                "instructions": "Extract anything.", "apiKey": secret(run, "key"),
+                "headers": {"Authorization": format!("Bearer {}", secret(run, "header"))}}),
+            "ssrf_blocked",
+        ),
+        (
+            json!({"job_id": format!("chaos-{run}-ssrf-nat64"), "url": "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+                "instructions": "Extract anything.", "headers": {"Authorization": format!("Bearer {}", secret(run, "header"))}}),
+            "ssrf_blocked",
+        ),
+    ];
+    for (m, kind) in hostile {
+        let id = m["job_id"].as_str().map(str::to_string);
+        v.push((id, m.to_string(), kind));
+    }
     v
+}
+
+/// A secret a hostile message carries (it must never come back out: DLQ, records, logs).
+fn secret(run: &str, what: &str) -> String {
+    format!("sk-chaos-{what}-{run}-0123456789abcdef")
+}
+
+/// What identifies a message in the DLQ: its job id, or the raw body when it has none.
+fn dlq_key(body: &str) -> String {
+    serde_json::from_str::<Value>(body).ok().and_then(|v| v["job_id"].as_str().map(str::to_string)).unwrap_or_else(|| body.to_string())
 }
 
 async fn open(settings: &Settings) -> Backends {
@@ -152,7 +193,8 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
     let good: Vec<Value> = (0..GOOD_JOBS).map(|i| good_job(&run, i)).collect();
     let bad = bad_messages(&run);
     let forbidden: Vec<&(Option<String>, String, &str)> = bad.iter().filter(|b| b.2 == "model_forbidden").collect();
-    let raw_invalid: Vec<&(Option<String>, String, &str)> = bad.iter().filter(|b| b.2 == "invalid_message").collect();
+    // `submit` refuses what is not a valid job: the rest goes to the queue raw.
+    let raw_invalid: Vec<&(Option<String>, String, &str)> = bad.iter().filter(|b| b.2 != "model_forbidden").collect();
     let mut waves: Vec<Vec<String>> = vec![Vec::new(); WAVES];
     for (i, g) in good.iter().enumerate() {
         waves[i % WAVES].push(g.to_string());
@@ -314,14 +356,27 @@ async fn killed_workers_under_llm_faults_lose_nothing_and_charge_once() {
     let dlq = run_cli(&env, "preview", &["--output", "json", "dlq", "list", "--max", "50"], None, CLI_TIMEOUT).await.ok("dlq list").json();
     let bodies: Vec<String> =
         dlq.as_array().expect("dlq list is an array").iter().filter_map(|m| m["body"].as_str().map(str::to_string)).collect();
-    let mut got: Vec<String> = bodies.clone();
+    let mut got: Vec<String> = bodies.iter().map(|b| dlq_key(b)).collect();
     got.sort();
-    let mut want: Vec<String> = bad.iter().map(|b| b.1.clone()).collect();
+    let mut want: Vec<String> = bad.iter().map(|b| dlq_key(&b.1)).collect();
     want.sort();
     assert_eq!(got, want, "DLQ content (reasons: {:?})", dlq.as_array().map(|a| a.iter().map(|m| m["reason"].clone()).collect::<Vec<_>>()));
     for m in dlq.as_array().into_iter().flatten() {
         let reason = m["reason"].as_str().unwrap_or_default();
-        assert!(reason.starts_with("model_forbidden") || reason.starts_with("invalid_message"), "DLQ reason: {m}");
+        let key = dlq_key(m["body"].as_str().unwrap_or_default());
+        let kind = bad.iter().find(|b| dlq_key(&b.1) == key).map(|b| b.2).unwrap_or("?");
+        assert!(reason.starts_with(kind), "DLQ reason for {key} is not {kind}: {m}");
+        for what in ["key", "header"] {
+            assert!(!m.to_string().contains(&secret(&run, what)), "a secret reached the DLQ: {m}");
+        }
+    }
+    for what in ["key", "header"] {
+        let secret = secret(&run, what);
+        assert!(records.values().all(|r| !format!("{r:?}").contains(&secret)), "a secret reached a job record");
+        for entry in std::fs::read_dir(&logs).expect("log dir").flatten() {
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            assert!(!log.contains(&secret), "a secret reached the log {}", entry.path().display());
+        }
     }
 
     // 4. The faults really happened, and the kills hit work in flight.
