@@ -26,7 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use chrono::{DateTime, TimeZone, Utc};
@@ -94,8 +95,20 @@ impl SqsQueue {
     /// Makes received DLQ messages visible again at once (best effort: they reappear after
     /// their visibility timeout anyway).
     async fn show_again(&self, receipts: &[String]) {
-        for r in receipts {
-            let _ = self.client.change_message_visibility().queue_url(&self.dlq_url).receipt_handle(r).visibility_timeout(0).send().await;
+        for chunk in receipts.chunks(BATCH) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let _ = self.client.change_message_visibility_batch().queue_url(&self.dlq_url).set_entries(Some(entries)).send().await;
         }
     }
 
