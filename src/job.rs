@@ -744,13 +744,77 @@ pub struct Route {
     pub reason: String,
 }
 
+/// How one model call ended, as kept on the job record (`calls[].outcome`) and counted in
+/// `atlas_llm_requests_total{status}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// Written before the request goes out: a crash mid-call leaves it so, and the next claim
+    /// charges it at its worst case.
+    Sent,
+    /// A call an earlier attempt left `sent` (charged at its worst case, `estimated`).
+    Abandoned,
+    /// Answered, and the answer validated.
+    Ok,
+    /// Answered, but the answer did not validate against the job's schema.
+    InvalidOutput,
+    /// The provider answered 429.
+    RateLimited,
+    /// The provider answered 5xx.
+    ServerError,
+    /// No answer within `llm.request_timeout_secs`.
+    Timeout,
+    /// The provider refused the request (4xx other than 429).
+    BadRequest,
+    /// The connection failed.
+    Transport,
+    /// The model refused (`refusal` set).
+    Refused,
+    /// The output token cap was reached (`finish_reason: length`).
+    Length,
+    /// The provider's content filter stopped the answer.
+    ContentFilter,
+}
+
+impl CallOutcome {
+    /// The spelling on records and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Sent => "sent",
+            CallOutcome::Abandoned => "abandoned",
+            CallOutcome::Ok => "ok",
+            CallOutcome::InvalidOutput => "invalid_output",
+            CallOutcome::RateLimited => "rate_limited",
+            CallOutcome::ServerError => "server_error",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::BadRequest => "bad_request",
+            CallOutcome::Transport => "transport",
+            CallOutcome::Refused => "refused",
+            CallOutcome::Length => "length",
+            CallOutcome::ContentFilter => "content_filter",
+        }
+    }
+}
+
+impl PartialEq<&str> for CallOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for CallOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One model call made for a job, kept on the record (every try is recorded and charged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// The model called.
     pub model: String,
-    /// `ok`, `invalid_output`, `rate_limited`, `server_error`, `timeout`, `error`.
-    pub outcome: String,
+    /// How the call ended (`ok`, `invalid_output`, `length`, ...; `sent` while it is out).
+    pub outcome: CallOutcome,
     /// Tokens used by this call.
     pub usage: Usage,
     /// What this call cost, in micro-USD.

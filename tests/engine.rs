@@ -191,7 +191,7 @@ async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_cl
     let atlas_codex::backend::Claim::Claimed(mut rec) = claim else { panic!("not claimed") };
     rec.calls.push(Attempt {
         model: "gpt-5-nano".into(),
-        outcome: "ok".into(),
+        outcome: atlas_codex::job::CallOutcome::Ok,
         usage: Usage { input_tokens: 1000, cached_input_tokens: 0, output_tokens: 100, reasoning_tokens: 0 },
         cost_micros: 90,
         latency_ms: 10,

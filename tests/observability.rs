@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use atlas_codex::admin::{self, Health};
-use atlas_codex::job::Usage;
+use atlas_codex::job::{CallOutcome, Usage};
 use atlas_codex::telemetry::{self, names, Outcome};
 use metrics_support::{has_help_and_type, metric_value, parse, sum_metric};
 
@@ -228,10 +228,10 @@ fn telemetry_functions_export_described_series() {
     telemetry::visibility_extended();
 
     let usage = Usage { input_tokens: 1000, cached_input_tokens: 200, output_tokens: 300, reasoning_tokens: 50 };
-    telemetry::llm_request("obs-model-a", "ok", Duration::from_millis(800), Some(&usage), 1_250_000);
-    telemetry::llm_request("obs-model-a", "ok", Duration::from_millis(1200), Some(&usage), 250_001);
-    telemetry::llm_request("obs-model-a", "rate_limited", Duration::from_millis(40), None, 0);
-    telemetry::llm_request("obs-model-a", "weird status", Duration::from_millis(40), None, -5);
+    telemetry::llm_request("obs-model-a", CallOutcome::Ok, Duration::from_millis(800), Some(&usage), 1_250_000);
+    telemetry::llm_request("obs-model-a", CallOutcome::Ok, Duration::from_millis(1200), Some(&usage), 250_001);
+    telemetry::llm_request("obs-model-a", CallOutcome::RateLimited, Duration::from_millis(40), None, 0);
+    telemetry::llm_request("obs-model-a", CallOutcome::Length, Duration::from_millis(40), None, -5);
     telemetry::route_decision("obs-tier", "score");
     telemetry::route_decision("obs-tier", "made-up");
     telemetry::escalation("obs-model-a", "obs-model-b");
@@ -304,10 +304,11 @@ fn telemetry_functions_export_described_series() {
     assert_eq!(metric_value(&text, "atlas_llm_request_duration_seconds_bucket", &[("model", "obs-model-a"), ("le", "1")]), 3.0);
     assert!(metric_value(&text, "atlas_job_queue_wait_seconds_count", &[]) >= 1.0);
 
-    // Model calls: statuses are a closed set; tokens by kind; exact cost in USD.
+    // Model calls: statuses are a closed set (a `length` answer counted as itself, not as
+    // `other`); tokens by kind; exact cost in USD.
     assert_eq!(metric_value(&text, names::LLM_REQUESTS_TOTAL, &[("model", "obs-model-a"), ("status", "ok")]), 2.0);
     assert_eq!(metric_value(&text, names::LLM_REQUESTS_TOTAL, &[("model", "obs-model-a"), ("status", "rate_limited")]), 1.0);
-    assert_eq!(metric_value(&text, names::LLM_REQUESTS_TOTAL, &[("model", "obs-model-a"), ("status", "other")]), 1.0);
+    assert_eq!(metric_value(&text, names::LLM_REQUESTS_TOTAL, &[("model", "obs-model-a"), ("status", "length")]), 1.0);
     for (kind, n) in [("input", 2000.0), ("cached_input", 400.0), ("output", 600.0), ("reasoning", 100.0)] {
         assert_eq!(metric_value(&text, names::LLM_TOKENS_TOTAL, &[("model", "obs-model-a"), ("kind", kind)]), n, "{kind}");
     }
@@ -349,7 +350,7 @@ fn promtool_accepts_the_exposition() {
     telemetry::job_started(Some(Duration::from_secs(2)));
     telemetry::job_outcome("promtool-job", Outcome::Retried, "llm_timeout", Duration::from_secs(3), Some("timed out"));
     telemetry::job_finished();
-    telemetry::llm_request("promtool-model", "timeout", Duration::from_secs(3), Some(&usage), 42);
+    telemetry::llm_request("promtool-model", CallOutcome::Timeout, Duration::from_secs(3), Some(&usage), 42);
     telemetry::route_decision("nano", "forced");
     telemetry::escalation("promtool-model", "promtool-model-2");
     telemetry::fallback("promtool-model", "promtool-model-3");

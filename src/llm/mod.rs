@@ -163,13 +163,18 @@ pub enum Unfinished {
 }
 
 impl Unfinished {
+    /// How a call that ended so is recorded.
+    pub fn outcome(self) -> crate::job::CallOutcome {
+        match self {
+            Unfinished::Refusal => crate::job::CallOutcome::Refused,
+            Unfinished::Length => crate::job::CallOutcome::Length,
+            Unfinished::ContentFilter => crate::job::CallOutcome::ContentFilter,
+        }
+    }
+
     /// The label used in records and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Unfinished::Refusal => "refused",
-            Unfinished::Length => "length",
-            Unfinished::ContentFilter => "content_filter",
-        }
+        self.outcome().as_str()
     }
 }
 

@@ -22,16 +22,11 @@ use tracing::warn;
 use super::prompt::Prompt;
 use super::Processor;
 use crate::error::JobError;
-use crate::job::{Attempt, Job, JobRecord, Usage};
+use crate::job::{Attempt, CallOutcome, Job, JobRecord, Usage};
 use crate::llm::{CallParams, LlmError, LlmRequest, ResponseFormat};
 use crate::pricing;
 use crate::settings::ModelSettings;
 use crate::telemetry;
-
-/// Outcome `sent`: on the record before the call, replaced when the call ends.
-pub(crate) const SENT: &str = "sent";
-/// Outcome of a `sent` call found by a later claim: its worker died mid-call.
-pub(crate) const ABANDONED: &str = "abandoned";
 
 /// A usable answer.
 pub(crate) struct Answer {
@@ -49,8 +44,8 @@ pub(crate) struct Failure {
 
 /// Marks calls an earlier attempt left `sent` as `abandoned` (their worst case stays charged).
 pub(crate) fn mark_abandoned(rec: &mut JobRecord) {
-    for c in rec.calls.iter_mut().filter(|c| c.outcome == SENT) {
-        c.outcome = ABANDONED.into();
+    for c in rec.calls.iter_mut().filter(|c| c.outcome == CallOutcome::Sent) {
+        c.outcome = CallOutcome::Abandoned;
         c.estimated = true;
     }
 }
@@ -79,7 +74,7 @@ impl Processor {
         }
         rec.calls.push(Attempt {
             model: model.to_string(),
-            outcome: SENT.into(),
+            outcome: CallOutcome::Sent,
             usage: Usage::default(),
             cost_micros: worst,
             latency_ms: 0,
@@ -154,8 +149,8 @@ impl Processor {
         rec.usage.add(&usage);
         if let Some(last) = rec.calls.last_mut() {
             last.outcome = match &outcome {
-                Ok(_) => "ok".into(),
-                Err(e) => super::llm_status(e).into(),
+                Ok(_) => CallOutcome::Ok,
+                Err(e) => super::llm_status(e),
             };
             last.usage = usage;
             last.cost_micros = cost;

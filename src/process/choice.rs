@@ -84,7 +84,7 @@ impl<'a> Plan<'a> {
 
     /// A model error (`status` its `atlas_llm_requests_total` label): fall back to the next configured model not
     /// tried yet; `Err` when none is left (the message is retried later with backoff).
-    pub(super) fn model_error(&mut self, status: &str, error: &str) -> Result<(), JobError> {
+    pub(super) fn model_error(&mut self, status: crate::job::CallOutcome, error: &str) -> Result<(), JobError> {
         self.calls += 1;
         // The kind names the model's failure as the model's (`llm_timeout`, `llm_server_error`,
         // `llm_transport`), as the job record, the DLQ reason and `atlas_jobs_total` show it.

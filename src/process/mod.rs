@@ -16,7 +16,7 @@ use crate::budget::Budget;
 use crate::crawl;
 use crate::error::{Disposition, JobError};
 use crate::fetch::Fetcher;
-use crate::job::{self, ErrorInfo, Job, JobRecord, JobStatus, PendingReason, Source};
+use crate::job::{self, CallOutcome, ErrorInfo, Job, JobRecord, JobStatus, PendingReason, Source};
 use crate::llm::{schema, LlmClient, LlmError, ResponseFormat, Unfinished};
 use crate::page::{self, Page};
 use crate::pricing;
@@ -560,11 +560,11 @@ impl Processor {
                     plan.answered();
                     self.limits.on_success(&model);
                     let checked = check_output(&resp.content, job.schema.as_ref());
-                    let status = if checked.is_ok() { "ok" } else { "invalid_output" };
+                    let status = if checked.is_ok() { CallOutcome::Ok } else { CallOutcome::InvalidOutput };
                     let cost = rec.calls.last().map(|c| c.cost_micros).unwrap_or(0);
                     telemetry::llm_request(&model, status, resp.latency, Some(&resp.usage), cost);
                     if let Some(last) = rec.calls.last_mut() {
-                        last.outcome = status.into();
+                        last.outcome = status;
                     }
                     match checked {
                         Ok(data) => return Ok((data, model)),
@@ -654,14 +654,14 @@ fn header_map(h: &std::collections::BTreeMap<String, String>) -> reqwest::header
         .collect()
 }
 
-fn llm_status(e: &LlmError) -> &'static str {
+fn llm_status(e: &LlmError) -> CallOutcome {
     match e {
-        LlmError::RateLimited { .. } => "rate_limited",
-        LlmError::Server { .. } => "server_error",
-        LlmError::Timeout => "timeout",
-        LlmError::BadRequest { .. } => "bad_request",
-        LlmError::Transport(_) => "transport",
-        LlmError::Unfinished { reason, .. } => reason.as_str(),
+        LlmError::RateLimited { .. } => CallOutcome::RateLimited,
+        LlmError::Server { .. } => CallOutcome::ServerError,
+        LlmError::Timeout => CallOutcome::Timeout,
+        LlmError::BadRequest { .. } => CallOutcome::BadRequest,
+        LlmError::Transport(_) => CallOutcome::Transport,
+        LlmError::Unfinished { reason, .. } => reason.outcome(),
     }
 }
 

@@ -424,8 +424,6 @@ fn label(v: &str) -> String {
     }
 }
 
-/// The `status` values of `atlas_llm_requests_total` (anything else is counted as `other`).
-pub const LLM_STATUSES: &[&str] = &["ok", "invalid_output", "rate_limited", "server_error", "timeout", "bad_request", "transport"];
 /// The `reason` values of `atlas_route_decisions_total` (anything else is counted as `other`).
 pub const ROUTE_REASONS: &[&str] = &["score", "override", "cheaper", "forced"];
 
@@ -572,9 +570,9 @@ pub fn visibility_extended() {
 /// `bad_request`, `transport` (anything else is counted as `other`). Tokens are counted by kind
 /// (`input` includes `cached_input`, `output` includes `reasoning`, exactly as in
 /// [`Usage`]); `cost_micros` (micro-USD, negative treated as 0) goes to `atlas_llm_cost_usd_total`.
-pub fn llm_request(model: &str, status: &str, latency: Duration, usage: Option<&Usage>, cost_micros: i64) {
+pub fn llm_request(model: &str, status: crate::job::CallOutcome, latency: Duration, usage: Option<&Usage>, cost_micros: i64) {
     let model = label(model);
-    let status = known(status, LLM_STATUSES);
+    let status = status.as_str();
     counter!(LLM_REQUESTS_TOTAL, "model" => model.clone(), "status" => status).increment(1);
     histogram!(LLM_REQUEST_DURATION_SECONDS, "model" => model.clone()).record(latency.as_secs_f64());
     if let Some(u) = usage {

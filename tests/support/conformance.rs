@@ -698,7 +698,7 @@ pub async fn jobs_reclaim_pending_and_failed(make: &MakeJobs) {
     r.lease_expires_at = None;
     r.calls.push(Attempt {
         model: "model-x".into(),
-        outcome: "invalid_output".into(),
+        outcome: atlas_codex::job::CallOutcome::InvalidOutput,
         usage: Usage { input_tokens: 100, cached_input_tokens: 0, output_tokens: 20, reasoning_tokens: 0 },
         cost_micros: 77,
         latency_ms: 12,
