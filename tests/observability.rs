@@ -234,6 +234,8 @@ fn telemetry_functions_export_described_series() {
     telemetry::llm_request("obs-model-a", CallOutcome::Length, Duration::from_millis(40), None, -5);
     telemetry::route_decision("obs-tier", "score");
     telemetry::route_decision("obs-tier", "made-up");
+    telemetry::input_chunked(5);
+    telemetry::input_chunked(2);
     telemetry::escalation("obs-model-a", "obs-model-b");
     telemetry::fallback("obs-model-b", "obs-model-c");
     telemetry::ratelimit_wait("obs-model-a", Duration::from_millis(1500));
@@ -267,6 +269,8 @@ fn telemetry_functions_export_described_series() {
         (names::ROUTE_DECISIONS_TOTAL, "counter"),
         (names::LLM_ESCALATIONS_TOTAL, "counter"),
         (names::LLM_FALLBACKS_TOTAL, "counter"),
+        (names::LLM_CHUNKED_INPUTS_TOTAL, "counter"),
+        (names::LLM_INPUT_CHUNKS_TOTAL, "counter"),
         (names::QUEUE_MESSAGES, "gauge"),
         (names::WORKER_READY, "gauge"),
         (names::BUILD_INFO, "gauge"),
@@ -304,6 +308,9 @@ fn telemetry_functions_export_described_series() {
     assert_eq!(metric_value(&text, "atlas_llm_request_duration_seconds_bucket", &[("model", "obs-model-a"), ("le", "1")]), 3.0);
     assert!(metric_value(&text, "atlas_job_queue_wait_seconds_count", &[]) >= 1.0);
 
+    // Long inputs: how many, and in how many chunks.
+    assert_eq!(metric_value(&text, names::LLM_CHUNKED_INPUTS_TOTAL, &[]), 2.0);
+    assert_eq!(metric_value(&text, names::LLM_INPUT_CHUNKS_TOTAL, &[]), 7.0);
     // Model calls: statuses are a closed set (a `length` answer counted as itself, not as
     // `other`); tokens by kind; exact cost in USD.
     assert_eq!(metric_value(&text, names::LLM_REQUESTS_TOTAL, &[("model", "obs-model-a"), ("status", "ok")]), 2.0);

@@ -265,6 +265,7 @@ async fn a_60_page_crawl_beyond_the_input_budget_is_read_page_by_page_and_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_kb_article_is_extracted_in_chunks_with_every_chunks_cost_on_the_record() {
+    atlas_codex::telemetry::install_metrics("pipeline");
     let pages = PageServer::start().await;
     assert!(support::pages::long_article().len() >= 200 * 1024);
     let mock = MockOpenAi::start(MockConfig::default()).await;
@@ -291,6 +292,13 @@ async fn a_200_kb_article_is_extracted_in_chunks_with_every_chunks_cost_on_the_r
     }
     assert_eq!(headings.iter().filter(|h| *h == "Annual report").count(), 1, "merged without repeats");
     assert!(result_doc(&t, "long").await["truncated"].is_null());
+    // Counted: one chunked input (the truncated job is not), in `chunks` parts.
+    let metrics = atlas_codex::telemetry::render_metrics();
+    let value = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(value(atlas_codex::telemetry::names::LLM_CHUNKED_INPUTS_TOTAL), Some(1.0), "{metrics}");
+    assert_eq!(value(atlas_codex::telemetry::names::LLM_INPUT_CHUNKS_TOTAL), Some(f64::from(chunks)));
 
     // Asked to truncate: one call, the start only, said so.
     let cut = t.record("cut").await;

@@ -427,6 +427,7 @@ impl Processor {
             ));
         }
         rec.chunks = Some(count);
+        telemetry::input_chunked(count);
         let mut answers = Vec::with_capacity(chunks.len());
         let mut model = String::new();
         for (i, c) in chunks.iter().enumerate() {

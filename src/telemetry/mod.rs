@@ -88,6 +88,10 @@ pub mod names {
     pub const LLM_FALLBACKS_TOTAL: &str = "atlas_llm_fallbacks_total";
     /// Counter: answers whose reported usage exceeded what the request could use (charged bounded).
     pub const LLM_USAGE_IMPLAUSIBLE_TOTAL: &str = "atlas_llm_usage_implausible_total";
+    /// Counter: job inputs too long for one call, read in chunks.
+    pub const LLM_CHUNKED_INPUTS_TOTAL: &str = "atlas_llm_chunked_inputs_total";
+    /// Counter: chunks those inputs were split into.
+    pub const LLM_INPUT_CHUNKS_TOTAL: &str = "atlas_llm_input_chunks_total";
     /// Counter: job end events published to the stage's sink, by `type` and `result`.
     pub const EVENTS_PUBLISHED_TOTAL: &str = "atlas_events_published_total";
     /// Counter: webhook deliveries ended, by `outcome` (delivered, failed, refused).
@@ -313,6 +317,12 @@ fn describe_all() {
         Unit::Count,
         "Model answers whose reported usage exceeded what the request could use; charged at the bound, by model."
     );
+    describe_counter!(
+        LLM_CHUNKED_INPUTS_TOTAL,
+        Unit::Count,
+        "Job inputs longer than llm.max_input_tokens, split into chunks and read one call per chunk."
+    );
+    describe_counter!(LLM_INPUT_CHUNKS_TOTAL, Unit::Count, "Chunks the chunked job inputs were split into.");
     describe_gauge!(
         QUEUE_MESSAGES,
         Unit::Count,
@@ -599,6 +609,12 @@ pub fn route_decision(tier: &str, reason: &str) {
 /// Invalid output moved a job from one model to a stronger one.
 pub fn escalation(from_model: &str, to_model: &str) {
     counter!(LLM_ESCALATIONS_TOTAL, "from_model" => label(from_model), "to_model" => label(to_model)).increment(1);
+}
+
+/// A job's input was split into `chunks` parts, each read by its own call.
+pub fn input_chunked(chunks: u32) {
+    counter!(LLM_CHUNKED_INPUTS_TOTAL).increment(1);
+    counter!(LLM_INPUT_CHUNKS_TOTAL).increment(u64::from(chunks));
 }
 
 /// A model error moved a job from one model to its configured fallback.
