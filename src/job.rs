@@ -744,6 +744,18 @@ pub struct Route {
     pub reason: String,
 }
 
+/// The chunks of a long input already answered (see [`JobRecord::chunk_progress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkProgress {
+    /// SHA-256 (hex) of the chunks as sent: a later attempt resumes only over the same chunks
+    /// (a page that changed between attempts is read again from its first chunk).
+    pub input: String,
+    /// The answers of the first `answers.len()` chunks, in order.
+    pub answers: Vec<Value>,
+    /// The model that gave the last of them.
+    pub model: String,
+}
+
 /// How one model call ended, as kept on the job record (`calls[].outcome`) and counted in
 /// `atlas_llm_requests_total{status}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -924,6 +936,11 @@ pub struct JobRecord {
     /// chunk's calls are in `calls`, marked with their `chunk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u32>,
+    /// The answers of the chunks already read, kept when an attempt fails part-way through a
+    /// chunked input so that the next attempt resumes after them instead of paying for them
+    /// again. Cleared when the job's answers are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_progress: Option<ChunkProgress>,
     /// The result's `data`, inline when it serialises to at most 32 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
@@ -966,6 +983,7 @@ impl JobRecord {
             cost_micros: 0,
             result_key: None,
             chunks: None,
+            chunk_progress: None,
             data: None,
             duration_ms: None,
             simulated: false,

@@ -264,6 +264,57 @@ async fn a_60_page_crawl_beyond_the_input_budget_is_read_page_by_page_and_the_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_fails_part_way_through_a_chunked_input_is_resumed_without_paying_for_the_chunks_read() {
+    let pages = PageServer::start().await;
+    let mock = MockOpenAi::start(MockConfig::default()).await;
+    mock.set_latency(Duration::from_millis(150));
+    let t = spawn_app(&[("worker.retry_base_secs", "1")], client(&mock)).await;
+    t.send(&[json!({"job_id": "resume", "url": pages.url("/long-article.html"), "instructions": "List the sections.",
+                    "schema": headings_schema(), "max_cost_usd": 1.0})
+    .to_string()])
+        .await;
+    // After two chunks' answers the provider fails every call (the attempt ends transient),
+    // then recovers for the retry.
+    let handle = mock.handle();
+    let faults = tokio::spawn(async move {
+        while handle.total_requests() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.set_failure_probability(1.0);
+        while handle.counts().iter().filter(|((_, status), _)| *status == 500).map(|(_, n)| *n).sum::<u64>() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handle.set_failure_probability(0.0);
+    });
+    t.run_until_idle().await;
+    faults.await.unwrap();
+    let rec = t.record("resume").await;
+    assert_eq!(rec.status, JobStatus::Completed, "{:?}", rec.error);
+    assert!(rec.attempts >= 2, "the first attempt failed part-way: {} attempt(s)", rec.attempts);
+    let chunks = rec.chunks.expect("chunked");
+    assert!(chunks >= 3, "{chunks}");
+    // Chunks 1 and 2 were answered once, in the first attempt, and not asked again; every
+    // chunk has exactly one answered, charged call; the failed calls (5xx) cost nothing.
+    for n in [1, 2] {
+        let calls: Vec<_> = rec.calls.iter().filter(|c| c.chunk == Some(n)).collect();
+        assert_eq!(calls.len(), 1, "chunk {n} paid once: {calls:?}");
+    }
+    for n in 1..=chunks {
+        let ok: Vec<_> = rec.calls.iter().filter(|c| c.chunk == Some(n) && c.outcome == "ok").collect();
+        assert_eq!(ok.len(), 1, "chunk {n}: {:?}", rec.calls);
+        assert!(ok[0].cost_micros > 0 && ok[0].settled);
+    }
+    assert!(rec.calls.iter().any(|c| c.outcome == "server_error"), "the fault hit a call: {:?}", rec.calls);
+    assert_eq!(rec.calls.iter().map(|c| c.cost_micros).sum::<i64>(), rec.cost_micros);
+    assert!(rec.chunk_progress.is_none(), "cleared once merged");
+    let headings = strings(&rec.data.clone().unwrap()["headings"]);
+    for i in 1..=support::pages::LONG_ARTICLE_SECTIONS {
+        assert!(headings.contains(&format!("Section {i}")), "Section {i} missing: {headings:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_kb_article_is_extracted_in_chunks_with_every_chunks_cost_on_the_record() {
     atlas_codex::telemetry::install_metrics("pipeline");
     let pages = PageServer::start().await;

@@ -428,9 +428,21 @@ impl Processor {
         }
         rec.chunks = Some(count);
         telemetry::input_chunked(count);
-        let mut answers = Vec::with_capacity(chunks.len());
-        let mut model = String::new();
-        for (i, c) in chunks.iter().enumerate() {
+        let input = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for (i, c) in chunks.iter().enumerate() {
+                h.update(chunk::framed(c, i, chunks.len()).as_bytes());
+                h.update([0]);
+            }
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        // An earlier attempt that failed part-way over the same chunks: resume after them.
+        let (mut answers, mut model) = match rec.chunk_progress.clone() {
+            Some(p) if p.input == input && p.answers.len() < chunks.len() => (p.answers, p.model),
+            _ => (Vec::with_capacity(chunks.len()), String::new()),
+        };
+        for (i, c) in chunks.iter().enumerate().skip(answers.len()) {
             let before = rec.calls.len();
             let out = self.extract(job, rec, &chunk::framed(c, i, chunks.len())).await;
             for call in rec.calls.iter_mut().skip(before) {
@@ -439,7 +451,13 @@ impl Processor {
             let (data, m) = out?;
             answers.push(data);
             model = m;
+            // Kept on the record (written with the attempt's outcome) while it stays small: a
+            // record must fit one DynamoDB item. Past the bound the earlier prefix stays.
+            if serde_json::to_vec(&answers).is_ok_and(|b| b.len() <= CHUNK_PROGRESS_MAX_BYTES) {
+                rec.chunk_progress = Some(job::ChunkProgress { input: input.clone(), answers: answers.clone(), model: model.clone() });
+            }
         }
+        rec.chunk_progress = None;
         let data = chunk::merge(job.schema.as_ref(), answers);
         if let Some(schema) = &job.schema {
             schema::validate(schema, &data).map_err(|errors| {
@@ -643,6 +661,10 @@ fn page_from_body(body: &str, content_type: &str, url: Option<&url::Url>) -> Pag
         page::text_page(body)
     }
 }
+
+/// Largest serialised chunk answers kept on a job record for a retry to resume from (DynamoDB
+/// items are at most 400 KB, and the record holds its calls and data too).
+const CHUNK_PROGRESS_MAX_BYTES: usize = 64 * 1024;
 
 /// The job's caller headers as a header map (the fetcher filters them further).
 fn header_map(h: &std::collections::BTreeMap<String, String>) -> reqwest::header::HeaderMap {
