@@ -17,11 +17,11 @@ SERVER=.venv/bin/moto_server
 
 log() { printf '[moto] %s\n' "$*" >&2; }
 
-answers() { # url -> 0 when moto answers its reset API
+answers() { # url -> 0 when moto answers (its dashboard page: cheap, unlike data.json)
   "$PY" - "$1" <<'PY'
 import sys, urllib.request
 try:
-    with urllib.request.urlopen(sys.argv[1] + "/moto-api/data.json", timeout=2) as r:
+    with urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=2) as r:
         sys.exit(0 if r.status == 200 else 1)
 except Exception:
     sys.exit(1)

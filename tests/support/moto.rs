@@ -99,7 +99,8 @@ kill "$child" 2>/dev/null
     }
 }
 
-/// True once `GET {url}/moto-api/data.json` answers 200 (polled until `within`).
+/// True once `GET {url}/moto-api/` answers 200 (polled until `within`). Not
+/// `data.json`: that dumps every resource moto holds, which late in a run takes seconds.
 fn answers(url: &str, within: Duration) -> bool {
     let Some(hostport) = url.strip_prefix("http://") else {
         return false;
@@ -108,7 +109,7 @@ fn answers(url: &str, within: Duration) -> bool {
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(hostport) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let req = format!("GET /moto-api/data.json HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+            let req = format!("GET /moto-api/ HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
             if s.write_all(req.as_bytes()).is_ok() {
                 let mut head = [0u8; 12];
                 if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200" {
