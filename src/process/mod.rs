@@ -428,20 +428,24 @@ impl Processor {
         }
         rec.chunks = Some(count);
         telemetry::input_chunked(count);
+        // The chunks' identity (each call frames its chunk from the chunk, its index and the
+        // count alone, so the chunks and their count are what was sent).
         let input = {
             use sha2::Digest;
             let mut h = sha2::Sha256::new();
-            for (i, c) in chunks.iter().enumerate() {
-                h.update(chunk::framed(c, i, chunks.len()).as_bytes());
+            h.update(chunks.len().to_le_bytes());
+            for c in &chunks {
+                h.update(c.as_bytes());
                 h.update([0]);
             }
-            h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()
+            hex::encode(h.finalize())
         };
         // An earlier attempt that failed part-way over the same chunks: resume after them.
         let (mut answers, mut model) = match rec.chunk_progress.clone() {
             Some(p) if p.input == input && p.answers.len() < chunks.len() => (p.answers, p.model),
             _ => (Vec::with_capacity(chunks.len()), String::new()),
         };
+        let mut kept_bytes = serde_json::to_vec(&answers).map_or(0, |b| b.len());
         for (i, c) in chunks.iter().enumerate().skip(answers.len()) {
             let before = rec.calls.len();
             let out = self.extract(job, rec, &chunk::framed(c, i, chunks.len())).await;
@@ -449,11 +453,12 @@ impl Processor {
                 call.chunk = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
             }
             let (data, m) = out?;
+            kept_bytes = kept_bytes.saturating_add(serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len() + 1));
             answers.push(data);
             model = m;
             // Kept on the record (written with the attempt's outcome) while it stays small: a
             // record must fit one DynamoDB item. Past the bound the earlier prefix stays.
-            if serde_json::to_vec(&answers).is_ok_and(|b| b.len() <= CHUNK_PROGRESS_MAX_BYTES) {
+            if kept_bytes <= CHUNK_PROGRESS_MAX_BYTES {
                 rec.chunk_progress = Some(job::ChunkProgress { input: input.clone(), answers: answers.clone(), model: model.clone() });
             }
         }

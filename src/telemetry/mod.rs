@@ -576,8 +576,7 @@ pub fn visibility_extended() {
 
 /// One model call finished.
 ///
-/// `status` is one of `ok`, `invalid_output`, `rate_limited`, `server_error`, `timeout`,
-/// `bad_request`, `transport` (anything else is counted as `other`). Tokens are counted by kind
+/// `status` is how the call ended (a [`crate::job::CallOutcome`], a closed set). Tokens are counted by kind
 /// (`input` includes `cached_input`, `output` includes `reasoning`, exactly as in
 /// [`Usage`]); `cost_micros` (micro-USD, negative treated as 0) goes to `atlas_llm_cost_usd_total`.
 pub fn llm_request(model: &str, status: crate::job::CallOutcome, latency: Duration, usage: Option<&Usage>, cost_micros: i64) {
