@@ -180,6 +180,9 @@ pub struct WorkerSettings {
     pub on_budget_exhausted: OnBudgetExhausted,
     /// How often deletes are flushed in a batch, milliseconds.
     pub delete_flush_ms: u64,
+    /// Bytes the inputs of all jobs in flight may hold at once (each job takes its input's worst
+    /// case while it reads it, then what it keeps); jobs past it wait.
+    pub input_bytes_in_flight: usize,
 }
 
 /// Which LLM provider to use.
@@ -584,6 +587,7 @@ impl Default for Settings {
                 budget_defer_secs: 300,
                 on_budget_exhausted: OnBudgetExhausted::Defer,
                 delete_flush_ms: 50,
+                input_bytes_in_flight: 512 * 1024 * 1024,
             },
             llm: LlmSettings {
                 provider: ProviderKind::Auto,
@@ -946,6 +950,12 @@ impl Settings {
         }
         if self.fetch.max_body_bytes == 0 {
             p.push("fetch.max_body_bytes must be positive".into());
+        }
+        if self.worker.input_bytes_in_flight / 5 < self.fetch.max_body_bytes {
+            p.push(format!(
+                "worker.input_bytes_in_flight ({}) must be at least 5 x fetch.max_body_bytes ({}): a model job reading a page takes that much",
+                self.worker.input_bytes_in_flight, self.fetch.max_body_bytes
+            ));
         }
         if self.llm.max_calls_per_job == 0 {
             p.push("llm.max_calls_per_job must be at least 1 (0 would fail every job without calling a model)".into());

@@ -217,3 +217,69 @@ async fn a_charge_recorded_before_a_crash_is_settled_exactly_once_by_the_next_cl
     assert_eq!(spent, r.cost_micros, "ledger equals the record: the earlier charge settled once");
     assert_eq!(r.cost_micros, 90 + r.calls[1].cost_micros);
 }
+
+/// A model client that answers after `latency` and remembers the most calls it had at once.
+struct PeakLlm {
+    inner: atlas_codex::llm::simulated::SimulatedClient,
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl atlas_codex::llm::LlmClient for PeakLlm {
+    async fn complete(&self, request: &atlas_codex::llm::LlmRequest) -> Result<atlas_codex::llm::LlmResponse, atlas_codex::llm::LlmError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(n, SeqCst);
+        let answer = self.inner.complete(request).await;
+        self.now.fetch_sub(1, SeqCst);
+        answer
+    }
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+}
+
+async fn peak_model_calls(text_bytes: usize) -> usize {
+    let llm = std::sync::Arc::new(PeakLlm {
+        inner: atlas_codex::llm::simulated::SimulatedClient::new(Duration::from_millis(150)),
+        now: Default::default(),
+        peak: Default::default(),
+    });
+    // Eight jobs may run at once; their inputs may hold 200 KiB together. A model job with an
+    // inline text takes five times the text's length before reading it.
+    let t = spawn_app(
+        &[
+            ("ATLAS__WORKER__CONCURRENCY", "8"),
+            ("ATLAS__FETCH__MAX_BODY_BYTES", "32768"),
+            ("ATLAS__WORKER__INPUT_BYTES_IN_FLIGHT", "204800"),
+        ],
+        llm.clone(),
+    )
+    .await;
+    let sentence = "The Summit 45 Pack costs $189 and weighs 1.2 kg. ";
+    let text = sentence.repeat(text_bytes / sentence.len() + 1);
+    let bodies: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({
+                "job_id": format!("mem-{text_bytes}-{i}"), "text": text, "truncate": true,
+                "instructions": "Extract the name and price.",
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}, "price": {"type": "number"}}, "required": ["name", "price"]}
+            })
+            .to_string()
+        })
+        .collect();
+    t.send(&bodies).await;
+    let stats = t.run_until_idle().await;
+    assert_eq!(stats.completed, 8, "{stats:?}");
+    llm.peak.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_whose_inputs_do_not_fit_the_input_memory_together_wait_for_each_other() {
+    // A 24 KB text takes ~121 KiB to read and ~98 KiB once read (four copies): with 200 KiB of
+    // input memory, no second job fits until the first is done.
+    assert_eq!(peak_model_calls(24_000).await, 1, "one large input at a time");
+    // A 1 KB text takes ~9 KiB: all eight fit, and run at once.
+    assert!(peak_model_calls(1_000).await >= 4, "small inputs are not held back");
+}

@@ -16,7 +16,7 @@ use crate::budget::Budget;
 use crate::crawl;
 use crate::error::{Disposition, JobError};
 use crate::fetch::Fetcher;
-use crate::job::{self, CallOutcome, ErrorInfo, Job, JobRecord, JobStatus, PendingReason, Source};
+use crate::job::{self, CallOutcome, ErrorInfo, Job, JobRecord, JobStatus, PendingReason};
 use crate::llm::{schema, LlmClient, LlmError, ResponseFormat, Unfinished};
 use crate::page::{self, Page};
 use crate::pricing;
@@ -29,6 +29,7 @@ mod announce;
 mod call;
 mod choice;
 mod chunk;
+mod input;
 mod prompt;
 mod result;
 
@@ -95,6 +96,8 @@ struct Done {
     truncated: bool,
     fetch_ms: u64,
     model_ms: u64,
+    /// The job's share of the process's input memory, held until the result is stored.
+    _input: input::InputShare,
 }
 
 /// Runs jobs. One per worker process, shared by all tasks.
@@ -117,6 +120,8 @@ pub struct Processor {
     worker_id: String,
     /// Publishes job end events and starts webhooks.
     announcer: crate::events::Announcer,
+    /// The bytes all jobs' inputs may hold at once (`worker.input_bytes_in_flight`).
+    inputs: input::InputMemory,
 }
 
 impl Processor {
@@ -140,6 +145,7 @@ impl Processor {
             router: Router::new(&settings),
             budget: Budget::from_settings(backends.ledger.clone(), &settings, &worker_id),
             limits: RateLimits::from_settings(&settings, backends.rates.clone()),
+            inputs: input::InputMemory::new(settings.worker.input_bytes_in_flight),
             fetcher,
             llm,
             backends,
@@ -379,10 +385,12 @@ impl Processor {
     /// The job's work: input, page, and (when asked) the model.
     async fn run(&self, job: &Job, rec: &mut JobRecord, _receive_count: u32) -> Result<Done, JobError> {
         let t0 = Instant::now();
+        let mut share = self.inputs.take(input::worst_case_bytes(job, self.settings.fetch.max_body_bytes)).await;
         let (page, pages) = self.input(job).await?;
+        self.inputs.shrink(&mut share, input::held_bytes(job, page.as_ref(), pages.as_deref()));
         let fetch_ms = t0.elapsed().as_millis() as u64;
         if !job.needs_model() {
-            return Ok(Done { data: Value::Null, model: None, page, pages, truncated: false, fetch_ms, model_ms: 0 });
+            return Ok(Done { data: Value::Null, model: None, page, pages, truncated: false, fetch_ms, model_ms: 0, _input: share });
         }
         let units: Vec<chunk::Unit<'_>> = match (&page, &pages) {
             (Some(p), _) => vec![chunk::Unit { heading: None, markdown: &p.markdown }],
@@ -396,10 +404,12 @@ impl Processor {
         let (content, truncated) = page::truncate_to_tokens(&whole, self.settings.llm.max_input_tokens);
         if job.truncate || !truncated {
             let (data, model) = self.extract(job, rec, &content).await?;
-            return Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 });
+            let model_ms = t1.elapsed().as_millis() as u64;
+            return Ok(Done { data, model: Some(model), page, pages, truncated, fetch_ms, model_ms, _input: share });
         }
         let (data, model) = self.extract_chunked(job, rec, &units, &whole).await?;
-        Ok(Done { data, model: Some(model), page, pages, truncated: false, fetch_ms, model_ms: t1.elapsed().as_millis() as u64 })
+        let model_ms = t1.elapsed().as_millis() as u64;
+        Ok(Done { data, model: Some(model), page, pages, truncated: false, fetch_ms, model_ms, _input: share })
     }
 
     /// An input longer than `llm.max_input_tokens`: one extraction per chunk ([`chunk`]), each
@@ -473,46 +483,6 @@ impl Processor {
             })?;
         }
         Ok((data, model))
-    }
-
-    /// Fetches or reads the job's input and turns it into page(s).
-    async fn input(&self, job: &Job) -> Result<(Option<Page>, Option<Vec<crawl::CrawledPage>>), JobError> {
-        match &job.source {
-            Source::Url(u) if job.job_type == job::JobType::Crawl => {
-                let pages = crawl::crawl(&self.fetcher, u, job.max_pages, job.max_depth, &self.settings.crawl).await?;
-                Ok((None, Some(pages)))
-            }
-            Source::Url(u) => {
-                let f = if job.headers.is_empty() {
-                    self.fetcher.fetch(u).await?
-                } else {
-                    self.fetcher.fetch_with_headers(u, &header_map(&job.headers)).await?
-                };
-                Ok((Some(page_from_body(&f.body, &f.content_type, Some(&f.final_url))), None))
-            }
-            Source::Html(h) => Ok((Some(page::process(h, None)), None)),
-            Source::Text(t) => Ok((Some(page::text_page(t)), None)),
-            Source::InputKey(k) => {
-                let bytes = self
-                    .backends
-                    .artifacts
-                    .get(k)
-                    .await?
-                    .ok_or_else(|| JobError::permanent("input_missing", format!("no object `{k}` in the artifacts store")))?;
-                // The same bound as a fetched page: what one job may hold and parse.
-                let limit = self.settings.fetch.max_body_bytes;
-                if bytes.len() > limit {
-                    return Err(JobError::permanent(
-                        "input_too_large",
-                        format!("object `{k}` is {} bytes; one job's input may be at most {limit} (fetch.max_body_bytes)", bytes.len()),
-                    ));
-                }
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| JobError::permanent("input_not_utf8", format!("object `{k}` is not UTF-8 text")))?;
-                let looks_html = text.trim_start().starts_with('<');
-                Ok((Some(if looks_html { page::process(&text, None) } else { page::text_page(&text) }), None))
-            }
-        }
     }
 
     /// Writes the record as it is now, still `processing` under this worker's lease (renewed).
@@ -659,28 +629,9 @@ fn check_output(content: &str, schema: Option<&Value>) -> Result<Value, String> 
     schema::validate(schema, &v).map(|()| v).map_err(|errors| errors.join("; "))
 }
 
-fn page_from_body(body: &str, content_type: &str, url: Option<&url::Url>) -> Page {
-    if content_type.starts_with("text/html") || content_type.starts_with("application/xhtml") {
-        page::process(body, url)
-    } else {
-        page::text_page(body)
-    }
-}
-
 /// Largest serialised chunk answers kept on a job record for a retry to resume from (DynamoDB
 /// items are at most 400 KB, and the record holds its calls and data too).
 const CHUNK_PROGRESS_MAX_BYTES: usize = 64 * 1024;
-
-/// The job's caller headers as a header map (the fetcher filters them further).
-fn header_map(h: &std::collections::BTreeMap<String, String>) -> reqwest::header::HeaderMap {
-    h.iter()
-        .filter_map(|(k, v)| {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).ok()?;
-            let value = reqwest::header::HeaderValue::from_str(v).ok()?;
-            Some((name, value))
-        })
-        .collect()
-}
 
 fn llm_status(e: &LlmError) -> CallOutcome {
     match e {

@@ -38,6 +38,10 @@ pub mod names {
     pub const JOB_QUEUE_WAIT_SECONDS: &str = "atlas_job_queue_wait_seconds";
     /// Gauge: job attempts running now in this process.
     pub const JOBS_IN_FLIGHT: &str = "atlas_jobs_in_flight";
+    /// Gauge: bytes held by the inputs of the jobs in flight (`worker.input_bytes_in_flight`).
+    pub const INPUT_BYTES_HELD: &str = "atlas_input_bytes_held";
+    /// Counter: jobs that waited for input memory before reading their input.
+    pub const INPUT_MEMORY_WAITS_TOTAL: &str = "atlas_input_memory_waits_total";
     /// Counter: messages received from the queue.
     pub const MESSAGES_RECEIVED_TOTAL: &str = "atlas_messages_received_total";
     /// Counter: messages deleted from the queue.
@@ -252,6 +256,16 @@ fn describe_all() {
         "Time from a message's first send to the start of this attempt, in seconds."
     );
     describe_gauge!(JOBS_IN_FLIGHT, Unit::Count, "Job attempts running now in this worker process.");
+    describe_gauge!(
+        INPUT_BYTES_HELD,
+        Unit::Bytes,
+        "Bytes held by the inputs of the jobs in flight in this process (at most worker.input_bytes_in_flight)."
+    );
+    describe_counter!(
+        INPUT_MEMORY_WAITS_TOTAL,
+        Unit::Count,
+        "Times a job waited for input memory (worker.input_bytes_in_flight) before reading or growing its input."
+    );
     describe_counter!(MESSAGES_RECEIVED_TOTAL, Unit::Count, "Messages received from the stage's job queue.");
     describe_counter!(MESSAGES_DELETED_TOTAL, Unit::Count, "Messages deleted from the stage's job queue (job finished for good).");
     describe_counter!(VISIBILITY_EXTENSIONS_TOTAL, Unit::Count, "Visibility-timeout extensions (heartbeats) of in-flight messages.");
@@ -551,6 +565,16 @@ pub fn job_started(queue_wait: Option<Duration>) {
 /// [`job_started`].
 pub fn job_finished() {
     gauge!(JOBS_IN_FLIGHT).decrement(1.0);
+}
+
+/// The inputs of the jobs in flight hold `bytes` now.
+pub fn input_memory_held(bytes: usize) {
+    gauge!(INPUT_BYTES_HELD).set(bytes as f64);
+}
+
+/// A job has to wait for input memory: the inputs in flight hold `worker.input_bytes_in_flight`.
+pub fn input_memory_wait() {
+    counter!(INPUT_MEMORY_WAITS_TOTAL).increment(1);
 }
 
 /// `n` messages came back from a receive call.
