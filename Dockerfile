@@ -15,7 +15,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && echo '' > src/lib.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked --no-default-features \
  && rm -rf src
 
 # 2. The real crate. demo/ is compiled in (include_str! in src/demo.rs).
@@ -25,7 +25,7 @@ COPY demo ./demo
 # older than the placeholder's artefacts), then build for real.
 RUN rm -rf target/release/.fingerprint/atlas-codex-* target/release/deps/atlas_codex-* \
            target/release/deps/libatlas_codex-* target/release/atlas-codex* target/release/libatlas_codex* \
- && cargo build --release --locked --bin atlas-codex \
+ && cargo build --release --locked --no-default-features --bin atlas-codex \
  && install -m 0755 target/release/atlas-codex /usr/local/bin/atlas-codex
 
 # ---------------------------------------------------------------- runtime

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README; `.ci/run` calls exactly this). Installs what the tests need
-# (idempotently), starts a moto server on loopback, builds once in release mode (the same
-# `cargo build --release --locked` the Dockerfile runs) after `cargo fmt --check` and
-# `cargo clippy --all-targets -D warnings`, checks `cargo doc` with warnings as errors, then runs
+# (idempotently), starts a moto server on loopback, builds once in release mode (`cargo build
+# --release --locked`; the Dockerfile runs the same build without the `testkit` feature) after
+# `cargo fmt --check` and `cargo clippy -D warnings` (all targets, and the image's build), checks
+# `cargo doc` with warnings as errors, then runs
 # every test:
 #   1. the Rust suite (unit, conformance on SQLite and moto, engine, extraction, cost, AWS end to
 #      end, observability, chaos, bad input) with cargo-nextest;
@@ -31,6 +32,8 @@ else
 fi
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --release --locked --all-targets -- -D warnings
+  # The image's build (no `testkit`: no OpenAI mock in the shipped binary) is lint-clean too.
+  cargo clippy --release --locked --no-default-features -- -D warnings
 else
   echo "WARNING: clippy is not installed (rustup component add clippy); lints not checked" >&2
 fi

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 use url::Url;
 
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::job::{MAX_CRAWL_DEPTH, MAX_CRAWL_PAGES};
 use crate::page::{self, Page};
@@ -233,7 +233,7 @@ impl Crawler<'_> {
                 Ok(f) => Robots::parse(&f.body, self.fetcher.bot_name()),
                 Err(e) if e.is_transient() => {
                     return Err(JobError::transient(
-                        "robots_unavailable",
+                        ErrorKind::RobotsUnavailable,
                         format!("robots.txt for {} could not be fetched: {e}", url.origin().ascii_serialization()),
                     ))
                 }
@@ -264,74 +264,44 @@ pub async fn crawl(
     let mut c = Crawler { fetcher, settings, robots: HashMap::new(), requests_made: 0 };
 
     if !c.allowed(&start_url).await? {
-        return Err(JobError::permanent("robots_disallowed", "robots.txt disallows the start page".to_string()));
+        return Err(JobError::permanent(ErrorKind::RobotsDisallowed, "robots.txt disallows the start page".to_string()));
     }
     let first = c.polite_fetch(start_url.as_str()).await.map_err(JobError::from)?;
     let scope_url = normalize(first.final_url.clone());
     let Some(scope) = origin_key(&scope_url) else {
         return Err(FetchError::InvalidUrl("start page has no host".into()).into());
     };
-    let mut seen: HashSet<String> = HashSet::new();
-    seen.insert(start_url.to_string());
-    seen.insert(scope_url.to_string());
-    let mut queue: VecDeque<(Url, u32)> = VecDeque::new();
-    let mut out = Vec::new();
-
-    let mut record =
-        |url: &Url, fetched: Result<Fetched, PageError>, depth: u32, queue: &mut VecDeque<(Url, u32)>, seen: &mut HashSet<String>| {
-            match fetched {
-                Ok(f) => {
-                    let page = page_of(&f);
-                    if depth < max_depth {
-                        for link in &page.links {
-                            let Ok(u) = Url::parse(link) else { continue };
-                            let u = normalize(u);
-                            if origin_key(&u).as_ref() != Some(&scope) {
-                                continue;
-                            }
-                            if seen.insert(u.to_string()) {
-                                queue.push_back((u, depth + 1));
-                            }
-                        }
-                    }
-                    let final_url = normalize(f.final_url.clone());
-                    let final_url = (final_url.as_str() != url.as_str()).then(|| final_url.to_string());
-                    out.push(CrawledPage { url: url.to_string(), final_url, depth, page, error: None });
-                }
-                Err(error) => {
-                    out.push(CrawledPage { url: url.to_string(), final_url: None, depth, page: Page::default(), error: Some(error) });
-                }
-            }
-        };
-
-    record(&start_url, Ok(first), 0, &mut queue, &mut seen);
+    let mut f = Frontier { scope, max_depth, seen: HashSet::new(), queue: VecDeque::new(), out: Vec::new() };
+    f.seen.insert(start_url.to_string());
+    f.seen.insert(scope_url.to_string());
+    f.record(&start_url, Ok(first), 0);
     let mut attempted: u32 = 1;
 
     while attempted < max_pages {
-        let Some((url, depth)) = queue.pop_front() else { break };
+        let Some((url, depth)) = f.queue.pop_front() else { break };
         match c.allowed(&url).await {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
-                record(&url, Err(PageError { kind: e.kind().to_string(), message: e.message().to_string() }), depth, &mut queue, &mut seen);
+                f.record(&url, Err(PageError { kind: e.kind().to_string(), message: e.message().to_string() }), depth);
                 attempted += 1;
                 continue;
             }
         }
         attempted += 1;
         let result = match c.polite_fetch(url.as_str()).await {
-            Ok(f) => {
-                let final_key = origin_key(&f.final_url);
-                if final_key.as_ref() != Some(&scope) {
+            Ok(fetched) => {
+                let final_key = origin_key(&fetched.final_url);
+                if final_key.as_ref() != Some(&f.scope) {
                     Err(PageError {
-                        kind: "out_of_scope".into(),
-                        message: format!("redirected off the crawl's origin to {}", f.final_url.origin().ascii_serialization()),
+                        kind: ErrorKind::OutOfScope.as_str().into(),
+                        message: format!("redirected off the crawl's origin to {}", fetched.final_url.origin().ascii_serialization()),
                     })
-                } else if !seen.insert(normalize(f.final_url.clone()).to_string()) && f.final_url.as_str() != url.as_str() {
+                } else if !f.seen.insert(normalize(fetched.final_url.clone()).to_string()) && fetched.final_url.as_str() != url.as_str() {
                     // Redirected to a page already crawled or queued: nothing new to record.
                     continue;
                 } else {
-                    Ok(f)
+                    Ok(fetched)
                 }
             }
             Err(e) => {
@@ -339,9 +309,52 @@ pub async fn crawl(
                 Err(PageError { kind: e.kind().to_string(), message: e.message().to_string() })
             }
         };
-        record(&url, result, depth, &mut queue, &mut seen);
+        f.record(&url, result, depth);
     }
-    Ok(out)
+    Ok(f.out)
+}
+
+/// What a crawl has seen, what it still has to fetch, and what it has fetched.
+struct Frontier {
+    /// The crawl's origin; links elsewhere are not followed.
+    scope: (String, String, u16),
+    /// Links on pages at this depth are not followed.
+    max_depth: u32,
+    /// Every URL queued or crawled (normalised).
+    seen: HashSet<String>,
+    /// URLs to fetch, breadth-first, with their depth.
+    queue: VecDeque<(Url, u32)>,
+    /// Pages in the order they were fetched.
+    out: Vec<CrawledPage>,
+}
+
+impl Frontier {
+    /// Records a fetched page (queueing its in-scope links) or a page that failed.
+    fn record(&mut self, url: &Url, fetched: Result<Fetched, PageError>, depth: u32) {
+        match fetched {
+            Ok(f) => {
+                let page = page_of(&f);
+                if depth < self.max_depth {
+                    for link in &page.links {
+                        let Ok(u) = Url::parse(link) else { continue };
+                        let u = normalize(u);
+                        if origin_key(&u).as_ref() != Some(&self.scope) {
+                            continue;
+                        }
+                        if self.seen.insert(u.to_string()) {
+                            self.queue.push_back((u, depth + 1));
+                        }
+                    }
+                }
+                let final_url = normalize(f.final_url.clone());
+                let final_url = (final_url.as_str() != url.as_str()).then(|| final_url.to_string());
+                self.out.push(CrawledPage { url: url.to_string(), final_url, depth, page, error: None });
+            }
+            Err(error) => {
+                self.out.push(CrawledPage { url: url.to_string(), final_url: None, depth, page: Page::default(), error: Some(error) });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -89,71 +89,89 @@ pub async fn run(json_out: bool) -> Result<(), String> {
             rows.push(r);
         }
     }
-    let total_in: u64 = rows.iter().map(|r| r.usage.input_tokens).sum();
-    let total_out: u64 = rows.iter().map(|r| r.usage.output_tokens).sum();
-    let total_cost: f64 = rows.iter().map(|r| r.cost_usd()).sum();
-    let total_ms: u64 = rows.iter().filter_map(|r| r.duration_ms).sum();
     if json_out {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "job_id": r.id, "status": r.status.as_str(), "model": r.model,
-                    "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-                    "cost_usd": r.cost_usd(), "simulated": r.simulated, "duration_ms": r.duration_ms,
-                    "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
-                    "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
-                })
-            })
-            .collect();
-        let total = json!({"jobs": rows.len(), "input_tokens": total_in, "output_tokens": total_out, "cost_usd": total_cost, "simulated": simulated, "duration_ms": total_ms});
-        outln!("{}", serde_json::to_string_pretty(&json!({"jobs": v, "total": total})).map_err(|e| e.to_string())?);
+        print_json(&app, &rows, simulated)?;
     } else {
-        let cost_head = if simulated { "SIM. USD" } else { "COST USD" };
-        outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", cost_head, "TIME");
-        for r in &rows {
-            outln!(
-                "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
-                r.id,
-                r.status.as_str(),
-                r.model.as_deref().unwrap_or("-"),
-                r.usage.input_tokens,
-                r.usage.output_tokens,
-                r.cost_usd(),
-                r.duration_ms.unwrap_or(0)
-            );
-            if let Some(e) = &r.error {
-                outln!("    error: {}: {}", e.kind, e.message);
-            }
-        }
-        outln!(
-            "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
-            "TOTAL",
-            format!("{} jobs", rows.len()),
-            "",
-            total_in,
-            total_out,
-            total_cost,
-            total_ms
-        );
-        if simulated {
-            outln!("Costs are simulated (no OPENAI_API_KEY): nothing was spent and the stage's budget is untouched.");
-        }
-        outln!();
-        if let Some(k) = rows.iter().find_map(|r| r.result_key.as_ref()) {
-            let loc = app.backends.artifacts.location(k);
-            let dir = loc.rsplit_once("/jobs/").map(|(d, _)| format!("{d}/jobs/")).unwrap_or(loc);
-            outln!("Results: {dir}<job_id>/result.json");
-        }
-        let env = if simulated { format!("ATLAS__STORAGE__DATA_DIR={} ", s.storage.data_dir.display()) } else { String::new() };
-        outln!("Status of one job: {env}cargo run --release -- status {}", ids[0]);
-        if !simulated {
-            outln!("Budget this month: cargo run --release -- budget");
-        }
+        print_table(&app, &rows, simulated, &ids[0], &s.storage.data_dir);
     }
     let completed = rows.iter().filter(|r| r.status == JobStatus::Completed).count();
     if completed != ids.len() {
         return Err(format!("{} of {} demo jobs did not complete (worker stats: {stats:?})", ids.len() - completed, ids.len()));
     }
     Ok(())
+}
+
+/// Sums over the demo's records: input and output tokens, cost, time.
+fn totals(rows: &[JobRecord]) -> (u64, u64, f64, u64) {
+    let total_in: u64 = rows.iter().map(|r| r.usage.input_tokens).sum();
+    let total_out: u64 = rows.iter().map(|r| r.usage.output_tokens).sum();
+    let total_cost: f64 = rows.iter().map(|r| r.cost_usd()).sum();
+    let total_ms: u64 = rows.iter().filter_map(|r| r.duration_ms).sum();
+    (total_in, total_out, total_cost, total_ms)
+}
+
+/// The result table as JSON (`demo --json`).
+fn print_json(app: &App, rows: &[JobRecord], simulated: bool) -> Result<(), String> {
+    let (total_in, total_out, total_cost, total_ms) = totals(rows);
+    let v: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "job_id": r.id, "status": r.status.as_str(), "model": r.model,
+                "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
+                "cost_usd": r.cost_usd(), "simulated": r.simulated, "duration_ms": r.duration_ms,
+                "result": r.result_key.as_ref().map(|k| app.backends.artifacts.location(k)),
+                "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
+            })
+        })
+        .collect();
+    let total = json!({"jobs": rows.len(), "input_tokens": total_in, "output_tokens": total_out, "cost_usd": total_cost, "simulated": simulated, "duration_ms": total_ms});
+    outln!("{}", serde_json::to_string_pretty(&json!({"jobs": v, "total": total})).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// The result table, then where to look next.
+fn print_table(app: &App, rows: &[JobRecord], simulated: bool, first_id: &str, data_dir: &std::path::Path) {
+    let (total_in, total_out, total_cost, total_ms) = totals(rows);
+    let cost_head = if simulated { "SIM. USD" } else { "COST USD" };
+    outln!("{:<28} {:<10} {:<12} {:>8} {:>8} {:>11} {:>9}", "JOB", "STATUS", "MODEL", "TOK IN", "TOK OUT", cost_head, "TIME");
+    for r in rows {
+        outln!(
+            "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
+            r.id,
+            r.status.as_str(),
+            r.model.as_deref().unwrap_or("-"),
+            r.usage.input_tokens,
+            r.usage.output_tokens,
+            r.cost_usd(),
+            r.duration_ms.unwrap_or(0)
+        );
+        if let Some(e) = &r.error {
+            outln!("    error: {}: {}", e.kind, e.message);
+        }
+    }
+    outln!(
+        "{:<28} {:<10} {:<12} {:>8} {:>8} {:>11.6} {:>8}ms",
+        "TOTAL",
+        format!("{} jobs", rows.len()),
+        "",
+        total_in,
+        total_out,
+        total_cost,
+        total_ms
+    );
+    if simulated {
+        outln!("Costs are simulated (no OPENAI_API_KEY): nothing was spent and the stage's budget is untouched.");
+    }
+    outln!();
+    if let Some(k) = rows.iter().find_map(|r| r.result_key.as_ref()) {
+        let loc = app.backends.artifacts.location(k);
+        let dir = loc.rsplit_once("/jobs/").map(|(d, _)| format!("{d}/jobs/")).unwrap_or(loc);
+        outln!("Results: {dir}<job_id>/result.json");
+    }
+    let env = if simulated { format!("ATLAS__STORAGE__DATA_DIR={} ", data_dir.display()) } else { String::new() };
+    outln!("Status of one job: {env}cargo run --release -- status {}", first_id);
+    if !simulated {
+        outln!("Budget this month: cargo run --release -- budget");
+    }
 }

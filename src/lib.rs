@@ -9,25 +9,25 @@
 //! ## Module map
 //! | module | concern |
 //! |---|---|
-//! | [`settings`] | the config tree, layering, the seed's switches, validation, stage isolation |
-//! | [`job`] | the job message (current + legacy), parse errors, the job record and its states |
+//! | [`settings`] | the config tree (`tree.rs`), its defaults (`defaults.rs`), layering and the seed's switches (`load.rs`), validation (`validate.rs`), stage isolation (`isolation.rs`) |
+//! | [`job`] | the job message (`message.rs`) and its parse, current + legacy (`parse.rs`, `fields.rs`), the job record (`record.rs`), the domain enums with `as_str()` (`kinds.rs`) |
 //! | [`error`] | [`error::JobError`] and its disposition: retry, dead-letter, defer, fail |
-//! | [`worker`] | receive loop → semaphore → one task per message (heartbeat, settle the message) → batched deletes; drain |
-//! | [`process`] | one job end to end: claim → input → page → route → paid call (`process/call.rs`: job cap → budget hold → rate limit → `sent` on the record → call → charge) → validate, and the next model when it failed (`process/choice.rs`: escalate, larger cap after `length`, fall back) → store (`process/result.rs`, the result document) → finish → announce (`process/announce.rs`); the prompt and its billed token count in `process/prompt.rs` |
-//! | [`fetch`] | SSRF-safe HTTP fetch: checked DNS, pinned connections, redirects re-checked, capped bodies |
-//! | [`page`] | HTML → main content → Markdown, metadata, JSON-LD, links; token counting and truncation |
+//! | [`worker`] | receive loop, permits before receive (`receive.rs`) → one task per message (`task.rs`: a `LeaseGuard` whose heartbeat stops when dropped, `lease.rs`; the verdict carried out) → batched deletes (`deletes.rs`); drain (`drain.rs`); backend monitor (`monitor.rs`) |
+//! | [`process`] | one job end to end, a straight line of stage files: claim (`mod.rs`) → input (`input.rs`: fetch, crawl, inline, claim check, inside the process's input memory) → extract (`extract.rs`: route, then calls until an answer validates) → one paid call (`call.rs`: job cap → budget hold → rate limit → `sent` on the record → call → charge) → the next model when it failed (`choice.rs`: escalate, larger cap after `length`, fall back) → long inputs (`chunk.rs`) → the result document (`result.rs`) → finish → announce (`announce.rs`); the prompt and its billed token count in `prompt.rs` |
+//! | [`fetch`] | SSRF-safe HTTP fetch: address rules (`address.rs`), checked DNS (`resolve.rs`), pinned connections, redirects re-checked (`redirect.rs`), capped bodies (`body.rs`), caller headers (`headers.rs`), errors (`error.rs`) |
+//! | [`page`] | HTML → bounded scan (`scan.rs`) → cleaning (`clean.rs`) → main content (`readable.rs`, `main_content.rs`) → Markdown (`markdown.rs`), metadata and JSON-LD (`metadata.rs`), links (`links.rs`); token counting and truncation (`tokens.rs`) |
 //! | [`crawl`] | breadth-first same-host crawls with robots.txt and politeness |
 //! | [`route`] | complexity score, tier choice per stage, escalation and fallback chains |
-//! | [`budget`] | fleet-wide monthly budget as budget leases: slices leased from the ledger, calls held and charged in memory, leases returned; job caps |
+//! | [`budget`] | fleet-wide monthly budget as budget leases: slices leased from the ledger (`lease.rs`), calls held (`reserve.rs`, `hold.rs`) and charged in memory (`settle.rs`), leases returned (`give_back.rs`) or recovered after they lapse (`recover.rs`); job caps (`job_cap.rs`) |
 //! | [`pricing`] | price table maths in integer micro-USD |
 //! | [`ratelimit`] | per-model RPM/TPM limits for the whole fleet: capacity leased in batches from shared windows (`ratelimit/fleet.rs`), a per-process GCRA share when the store is down, 429 and `x-ratelimit-*` corrections |
-//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`): SQLite (`local`) and AWS |
+//! | [`backend`] | the storage seams (`Queue`, `JobStore`, `BudgetLedger`, `RateStore`, `ArtifactStore`) and their contracts: SQLite (`local/{db,queue,jobs,ledger,artifacts}.rs`) and AWS (`aws/sqs/`, `aws/dynamo/{jobs,ledger,month}.rs`, `aws/s3.rs`, `aws/rate.rs`); the queue protocol's limits, once (`limits.rs`) |
 //! | [`llm`] | the `LlmClient` seam: OpenAI-compatible provider, simulated provider, strict-schema adaptation |
 //! | [`events`] | job end events: one per end, written with the end, published to the stage's topic (or the local events file), repaired after a crash |
 //! | [`webhook`] | signed webhooks to a job's `callback_url`: SSRF-guarded, retried with backoff, never holding the job |
 //! | [`sweep`] | marks records a dead worker left `processing` at the queue's receive limit as `failed` (`receive_limit`) |
-//! | [`mock_openai`] | an OpenAI-compatible mock server that bills as OpenAI does and reports its bill (tests, benchmark) |
-//! | [`telemetry`] | logs and metrics; one function per outcome emits both |
+//! | [`mock_openai`] | an OpenAI-compatible mock server that bills as OpenAI does and reports its bill (tests, benchmark): routes and decisions (`server.rs`), answers (`answer.rs`), one key's RPM/TPM (`limits.rs`), the bill (`bill.rs`), runtime control (`handle.rs`) |
+//! | [`telemetry`] | logs (`logs.rs`) and metrics (names in `mod.rs`, descriptions in `describe.rs`, the recorder in `recorder.rs`); one function per outcome emits both, one file per area (`jobs.rs`, `queue.rs`, `llm.rs`, `budget.rs`, `ratelimit.rs`, `delivery.rs`) |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`app`] | wiring: settings → backends, provider, processor, worker, admin server |
 //! | [`cli`], [`demo`], [`mod@bench`] | the `atlas-codex` commands |
@@ -52,6 +52,7 @@ pub mod events;
 pub mod fetch;
 pub mod job;
 pub mod llm;
+#[cfg(feature = "testkit")]
 pub mod mock_openai;
 pub mod page;
 pub mod pricing;

@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, JobType, Route};
 use crate::settings::{RoutingSettings, Settings, Strategy};
 
@@ -357,7 +357,7 @@ impl Router {
         }
         if !self.allowed(&model) {
             return Err(JobError::transient(
-                "model_unconfigured",
+                ErrorKind::ModelUnconfigured,
                 format!("tier {tier} routes to `{model}`, which this stage cannot call (not in [models] or gpt-5 not allowed)"),
             ));
         }
@@ -418,7 +418,7 @@ impl Router {
                 self.settings.stage
             ),
         };
-        JobError::permanent("model_forbidden", message)
+        JobError::permanent(ErrorKind::ModelForbidden, message)
     }
 }
 

@@ -49,7 +49,7 @@ const MARK_LEASE: chrono::Duration = chrono::Duration::seconds(30);
 
 /// Whether `rec` was left by a dead worker at its last receive (see the module doc).
 pub(crate) fn abandoned_at_receive_limit(rec: &JobRecord, s: &Settings, now: DateTime<Utc>) -> bool {
-    let grace = chrono::Duration::seconds(s.queue.visibility_timeout_secs.min(43_200) as i64);
+    let grace = chrono::Duration::seconds(s.queue.visibility_timeout_secs.min(crate::backend::limits::SQS_MAX_VISIBILITY_SECS) as i64);
     rec.status == JobStatus::Processing
         && rec.attempts >= s.queue.max_receive_count.max(1)
         && rec.lease_expires_at.is_some_and(|until| until + grace < now)

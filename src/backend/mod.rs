@@ -7,6 +7,7 @@
 //! without AWS.
 
 pub mod aws;
+pub mod limits;
 pub mod local;
 
 use std::sync::Arc;
@@ -62,9 +63,9 @@ impl DeadLetter {
 
 /// The kind of a dead letter the queue moved by its redrive policy: it was received
 /// `max_receive_count` times without being deleted (crashes, timeouts, retries run out).
-pub const RECEIVE_LIMIT_KIND: &str = "receive_limit";
+pub const RECEIVE_LIMIT_KIND: &str = crate::error::ErrorKind::ReceiveLimit.as_str();
 /// The kind the worker records when a transient failure ran out of attempts.
-pub const RETRIES_EXHAUSTED_KIND: &str = "retries_exhausted";
+pub const RETRIES_EXHAUSTED_KIND: &str = crate::error::ErrorKind::RetriesExhausted.as_str();
 
 /// Which dead letters a redrive moves, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -148,19 +148,8 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
         // Boolean schemas (`true` = anything) cannot be expressed in strict mode.
         _ => return None,
     };
-    if FATAL_KEYWORDS.iter().any(|k| obj.contains_key(*k)) {
+    if !expressible(obj) {
         return None;
-    }
-    if obj.get("unevaluatedProperties").is_some_and(|v| v != &Value::Bool(false)) {
-        return None;
-    }
-    // Only references into the root's definitions survive the rewrite unchanged.
-    if let Some(r) = obj.get("$ref") {
-        let r = r.as_str()?;
-        let local = r == "#" || r.starts_with("#/$defs/") || r.starts_with("#/definitions/");
-        if !local {
-            return None;
-        }
     }
     let mut out = Map::new();
     for key in KEPT_KEYWORDS {
@@ -175,8 +164,55 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
     if let Some(Value::String(s)) = obj.get("const") {
         stats.string_chars += s.chars().count();
     }
-    // Constraints strict mode does not take are kept as a hint in the description, which the
-    // model reads (and the simulated generator honours); validate() still enforces them.
+    add_hints(obj, &mut out);
+    if let Some(t) = obj.get("type") {
+        out.insert("type".into(), t.clone());
+    }
+    adapt_unions(obj, depth, stats, &mut out)?;
+    let is_object = has_type(obj, "object") || (obj.get("type").is_none() && obj.contains_key("properties"));
+    let is_array = has_type(obj, "array") || (obj.get("type").is_none() && obj.contains_key("items"));
+    if is_object {
+        adapt_object(obj, depth, stats, &mut out)?;
+    }
+    if is_array {
+        match obj.get("items") {
+            Some(items @ Value::Object(_)) => {
+                out.insert("items".into(), adapt(items, depth, stats)?);
+            }
+            // No item schema, or the old tuple form: not expressible.
+            _ => return None,
+        }
+        if out.get("type").is_none() {
+            out.insert("type".into(), Value::String("array".into()));
+        }
+    }
+    // Strict mode needs every subschema to say what it is.
+    let typed = out.contains_key("type")
+        || out.contains_key("anyOf")
+        || out.contains_key("$ref")
+        || out.contains_key("enum")
+        || out.contains_key("const");
+    typed.then_some(Value::Object(out))
+}
+
+/// Whether strict mode can express this subschema's keywords at all.
+fn expressible(obj: &Map<String, Value>) -> bool {
+    if FATAL_KEYWORDS.iter().any(|k| obj.contains_key(*k)) {
+        return false;
+    }
+    if obj.get("unevaluatedProperties").is_some_and(|v| v != &Value::Bool(false)) {
+        return false;
+    }
+    // Only references into the root's definitions survive the rewrite unchanged.
+    match obj.get("$ref") {
+        None => true,
+        Some(r) => r.as_str().is_some_and(|r| r == "#" || r.starts_with("#/$defs/") || r.starts_with("#/definitions/")),
+    }
+}
+
+/// Constraints strict mode does not take are kept as a hint in the description, which the model
+/// reads (and the simulated generator honours); validate() still enforces them.
+fn add_hints(obj: &Map<String, Value>, out: &mut Map<String, Value>) {
     let mut hints: Vec<String> = Vec::new();
     if let Some(Value::String(f)) = obj.get("format") {
         if STRICT_FORMATS.contains(&f.as_str()) {
@@ -198,9 +234,10 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
         };
         out.insert("description".into(), Value::String(text));
     }
-    if let Some(t) = obj.get("type") {
-        out.insert("type".into(), t.clone());
-    }
+}
+
+/// `anyOf` / `oneOf` branches, adapted; `None` when a branch cannot be, or both are present.
+fn adapt_unions(obj: &Map<String, Value>, depth: usize, stats: &mut Stats, out: &mut Map<String, Value>) -> Option<()> {
     for union in ["anyOf", "oneOf"] {
         if let Some(branches) = obj.get(union) {
             let branches = branches.as_array().filter(|b| !b.is_empty())?;
@@ -214,63 +251,47 @@ fn adapt(schema: &Value, depth: usize, stats: &mut Stats) -> Option<Value> {
             out.insert("anyOf".into(), Value::Array(std::mem::take(&mut adapted)));
         }
     }
-    let is_object = has_type(obj, "object") || (obj.get("type").is_none() && obj.contains_key("properties"));
-    let is_array = has_type(obj, "array") || (obj.get("type").is_none() && obj.contains_key("items"));
-    if is_object {
-        stats.max_depth = stats.max_depth.max(depth);
-        let props = match obj.get("properties") {
-            Some(Value::Object(p)) if !p.is_empty() => p,
-            // A free-form object or a map (`additionalProperties: {schema}`) has no fixed keys.
-            _ => return None,
-        };
-        if obj.contains_key("propertyNames") {
-            return None;
-        }
-        let required: Vec<&str> = match obj.get("required") {
-            None => Vec::new(),
-            Some(Value::Array(r)) => r.iter().map(|v| v.as_str()).collect::<Option<Vec<_>>>()?,
-            Some(_) => return None,
-        };
-        // A required name without a property definition cannot be produced under
-        // `additionalProperties: false`.
-        if required.iter().any(|r| !props.contains_key(*r)) {
-            return None;
-        }
-        let mut new_props = Map::with_capacity(props.len());
-        for (name, prop) in props {
-            stats.properties += 1;
-            stats.string_chars += name.chars().count();
-            let mut adapted = adapt(prop, depth + 1, stats)?;
-            if !required.contains(&name.as_str()) {
-                adapted = make_nullable(adapted);
-            }
-            new_props.insert(name.clone(), adapted);
-        }
-        let all: Vec<Value> = new_props.keys().map(|k| Value::String(k.clone())).collect();
-        out.insert("type".into(), obj.get("type").cloned().unwrap_or_else(|| Value::String("object".into())));
-        out.insert("properties".into(), Value::Object(new_props));
-        out.insert("required".into(), Value::Array(all));
-        out.insert("additionalProperties".into(), Value::Bool(false));
+    Some(())
+}
+
+/// An object with fixed properties: every property required, the optional ones nullable, no
+/// others allowed. `None` for a free-form object or map, which strict mode cannot express.
+fn adapt_object(obj: &Map<String, Value>, depth: usize, stats: &mut Stats, out: &mut Map<String, Value>) -> Option<()> {
+    stats.max_depth = stats.max_depth.max(depth);
+    let props = match obj.get("properties") {
+        Some(Value::Object(p)) if !p.is_empty() => p,
+        // A free-form object or a map (`additionalProperties: {schema}`) has no fixed keys.
+        _ => return None,
+    };
+    if obj.contains_key("propertyNames") {
+        return None;
     }
-    if is_array {
-        match obj.get("items") {
-            Some(items @ Value::Object(_)) => {
-                out.insert("items".into(), adapt(items, depth, stats)?);
-            }
-            // No item schema, or the old tuple form: not expressible.
-            _ => return None,
-        }
-        if out.get("type").is_none() {
-            out.insert("type".into(), Value::String("array".into()));
-        }
+    let required: Vec<&str> = match obj.get("required") {
+        None => Vec::new(),
+        Some(Value::Array(r)) => r.iter().map(|v| v.as_str()).collect::<Option<Vec<_>>>()?,
+        Some(_) => return None,
+    };
+    // A required name without a property definition cannot be produced under
+    // `additionalProperties: false`.
+    if required.iter().any(|r| !props.contains_key(*r)) {
+        return None;
     }
-    // Strict mode needs every subschema to say what it is.
-    let typed = out.contains_key("type")
-        || out.contains_key("anyOf")
-        || out.contains_key("$ref")
-        || out.contains_key("enum")
-        || out.contains_key("const");
-    typed.then_some(Value::Object(out))
+    let mut new_props = Map::with_capacity(props.len());
+    for (name, prop) in props {
+        stats.properties += 1;
+        stats.string_chars += name.chars().count();
+        let mut adapted = adapt(prop, depth + 1, stats)?;
+        if !required.contains(&name.as_str()) {
+            adapted = make_nullable(adapted);
+        }
+        new_props.insert(name.clone(), adapted);
+    }
+    let all: Vec<Value> = new_props.keys().map(|k| Value::String(k.clone())).collect();
+    out.insert("type".into(), obj.get("type").cloned().unwrap_or_else(|| Value::String("object".into())));
+    out.insert("properties".into(), Value::Object(new_props));
+    out.insert("required".into(), Value::Array(all));
+    out.insert("additionalProperties".into(), Value::Bool(false));
+    Some(())
 }
 
 /// Makes an adapted subschema accept `null` as well (how strict mode expresses "optional").

@@ -5,7 +5,7 @@ use chrono::Utc;
 
 use super::{clear_lease, Processor, Verdict};
 use crate::backend::Message;
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::job::{Callback, JobRecord, JobStatus};
 
 impl Processor {
@@ -27,7 +27,7 @@ impl Processor {
         } else {
             Verdict::Retry {
                 job_id: Some(rec.id.clone()),
-                error: JobError::transient("event_unpublished", "the job's end event could not be published yet"),
+                error: JobError::transient(ErrorKind::EventUnpublished, "the job's end event could not be published yet"),
             }
         }
     }
@@ -56,12 +56,16 @@ impl Processor {
             return Some(Verdict::Retry { job_id: Some(id), error: e.into() });
         }
         self.announcer.announce(&back, callback, false).await;
-        let info =
-            back.error.clone().unwrap_or_else(|| crate::job::ErrorInfo { kind: "failed".into(), message: String::new(), permanent: true });
-        let error = JobError::permanent(info.kind.clone(), info.message);
-        Some(match info.kind.as_str() {
+        let info = back.error.clone().unwrap_or_else(|| crate::job::ErrorInfo {
+            kind: ErrorKind::Failed.as_str().into(),
+            message: String::new(),
+            permanent: true,
+        });
+        let kind = ErrorKind::parse(&info.kind).unwrap_or(ErrorKind::Failed);
+        let error = JobError::permanent(kind, info.message);
+        Some(match kind {
             // Budget failures are recorded `failed` and deleted, never dead-lettered.
-            "job_cost_cap" | "budget_exhausted" => Verdict::Failed { job_id: id, error },
+            ErrorKind::JobCostCap | ErrorKind::BudgetExhausted => Verdict::Failed { job_id: id, error },
             _ => Verdict::DeadLetter { job_id: Some(id), error },
         })
     }

@@ -4,7 +4,7 @@
 //! configured next model on model errors (5xx, timeouts), each fallback once. Never more than
 //! `llm.max_calls_per_job` calls; escalations at most `routing.max_escalations`.
 
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::route::Router;
 use crate::settings::Settings;
 use crate::telemetry;
@@ -39,7 +39,7 @@ impl<'a> Plan<'a> {
             calls: 0,
             bigger_cap: None,
             length_retried: false,
-            last_error: JobError::transient("llm_unavailable", "no model call succeeded"),
+            last_error: JobError::transient(ErrorKind::LlmUnavailable, "no model call succeeded"),
         }
     }
 
@@ -65,7 +65,8 @@ impl<'a> Plan<'a> {
 
     /// The answer failed the schema: escalate a tier while escalations are left.
     pub(super) fn invalid_output(&mut self, why: &str) {
-        self.last_error = JobError::transient("invalid_output", format!("{} answered output that fails the schema: {why}", self.model));
+        self.last_error =
+            JobError::transient(ErrorKind::InvalidOutput, format!("{} answered output that fails the schema: {why}", self.model));
         self.escalate();
     }
 
@@ -73,7 +74,7 @@ impl<'a> Plan<'a> {
     /// the job's cap, else escalate.
     pub(super) fn length(&mut self, message: &str, cap: u32, fits: bool) {
         self.calls += 1;
-        self.last_error = JobError::transient("llm_length", format!("{}: {message}", self.model));
+        self.last_error = JobError::transient(ErrorKind::LlmLength, format!("{}: {message}", self.model));
         if !self.length_retried && fits {
             self.length_retried = true;
             self.bigger_cap = Some(cap);
@@ -88,7 +89,7 @@ impl<'a> Plan<'a> {
         self.calls += 1;
         // The kind names the model's failure as the model's (`llm_timeout`, `llm_server_error`,
         // `llm_transport`), as the job record, the DLQ reason and `atlas_jobs_total` show it.
-        self.last_error = JobError::transient(format!("llm_{status}"), format!("{}: {error}", self.model));
+        self.last_error = JobError::transient(ErrorKind::of_model_failure(status), format!("{}: {error}", self.model));
         let next = self.router.fallbacks(&self.model).into_iter().find(|m| !self.fallbacks_used.contains(m) && *m != self.model);
         match next {
             Some(next) => {

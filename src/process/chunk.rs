@@ -13,7 +13,12 @@
 
 use serde_json::Value;
 
+use super::Processor;
+use crate::error::{ErrorKind, JobError};
+use crate::job::{self, Job, JobRecord};
+use crate::llm::schema;
 use crate::page;
+use crate::telemetry;
 
 /// One unit of the input: a crawl page's heading (`## Page: url`) and Markdown, or a single
 /// page's Markdown with no heading.
@@ -243,6 +248,85 @@ fn merge_into(schema: Option<&Value>, acc: &mut Value, next: Value) {
         }
         // A scalar (or a type change between answers): the first chunk's value stays.
         _ => {}
+    }
+}
+
+/// Largest serialised chunk answers kept on a job record for a retry to resume from (DynamoDB
+/// items are at most 400 KB, and the record holds its calls and data too).
+const CHUNK_PROGRESS_MAX_BYTES: usize = 64 * 1024;
+
+impl Processor {
+    /// An input longer than `llm.max_input_tokens`: one extraction per chunk (this module), each
+    /// call reserved, charged and recorded like any other (marked with its chunk), all inside
+    /// the job's `max_cost_usd`; the answers merged and validated against the job's schema.
+    pub(super) async fn extract_chunked(
+        &self,
+        job: &Job,
+        rec: &mut JobRecord,
+        units: &[Unit<'_>],
+        whole: &str,
+    ) -> Result<(Value, String), JobError> {
+        let budget = self.settings.llm.max_input_tokens;
+        let chunks = split(units, budget.saturating_sub(FRAME_TOKENS));
+        let max = self.settings.llm.max_chunks;
+        let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        if count > max {
+            let tokens = page::count_tokens(whole);
+            return Err(JobError::permanent(
+                ErrorKind::InputTooLong,
+                format!(
+                    "the input is {tokens} tokens: {count} chunks of llm.max_input_tokens ({budget}), more than llm.max_chunks ({max}); \
+                     send `truncate: true` to read only its start"
+                ),
+            ));
+        }
+        rec.chunks = Some(count);
+        telemetry::input_chunked(count);
+        // The chunks' identity (each call frames its chunk from the chunk, its index and the
+        // count alone, so the chunks and their count are what was sent).
+        let input = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(chunks.len().to_le_bytes());
+            for c in &chunks {
+                h.update(c.as_bytes());
+                h.update([0]);
+            }
+            hex::encode(h.finalize())
+        };
+        // An earlier attempt that failed part-way over the same chunks: resume after them.
+        let (mut answers, mut model) = match rec.chunk_progress.clone() {
+            Some(p) if p.input == input && p.answers.len() < chunks.len() => (p.answers, p.model),
+            _ => (Vec::with_capacity(chunks.len()), String::new()),
+        };
+        let mut kept_bytes = serde_json::to_vec(&answers).map_or(0, |b| b.len());
+        for (i, c) in chunks.iter().enumerate().skip(answers.len()) {
+            let before = rec.calls.len();
+            let out = self.extract(job, rec, &framed(c, i, chunks.len())).await;
+            for call in rec.calls.iter_mut().skip(before) {
+                call.chunk = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
+            }
+            let (data, m) = out?;
+            kept_bytes = kept_bytes.saturating_add(serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len() + 1));
+            answers.push(data);
+            model = m;
+            // Kept on the record (written with the attempt's outcome) while it stays small: a
+            // record must fit one DynamoDB item. Past the bound the earlier prefix stays.
+            if kept_bytes <= CHUNK_PROGRESS_MAX_BYTES {
+                rec.chunk_progress = Some(job::ChunkProgress { input: input.clone(), answers: answers.clone(), model: model.clone() });
+            }
+        }
+        rec.chunk_progress = None;
+        let data = merge(job.schema.as_ref(), answers);
+        if let Some(schema) = &job.schema {
+            schema::validate(schema, &data).map_err(|errors| {
+                JobError::permanent(
+                    ErrorKind::MergeInvalid,
+                    format!("the {count} chunks' answers merged do not match the schema: {}", errors.join("; ")),
+                )
+            })?;
+        }
+        Ok((data, model))
     }
 }
 

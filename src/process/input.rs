@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::crawl;
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, JobType, Source};
 use crate::page::{self, Page};
 use crate::telemetry;
@@ -167,17 +167,17 @@ impl Processor {
                     .artifacts
                     .get(k)
                     .await?
-                    .ok_or_else(|| JobError::permanent("input_missing", format!("no object `{k}` in the artifacts store")))?;
+                    .ok_or_else(|| JobError::permanent(ErrorKind::InputMissing, format!("no object `{k}` in the artifacts store")))?;
                 // The same bound as a fetched page: what one job may hold and parse.
                 let limit = self.settings.fetch.max_body_bytes;
                 if bytes.len() > limit {
                     return Err(JobError::permanent(
-                        "input_too_large",
+                        ErrorKind::InputTooLarge,
                         format!("object `{k}` is {} bytes; one job's input may be at most {limit} (fetch.max_body_bytes)", bytes.len()),
                     ));
                 }
                 let text = String::from_utf8(bytes)
-                    .map_err(|_| JobError::permanent("input_not_utf8", format!("object `{k}` is not UTF-8 text")))?;
+                    .map_err(|_| JobError::permanent(ErrorKind::InputNotUtf8, format!("object `{k}` is not UTF-8 text")))?;
                 let looks_html = text.trim_start().starts_with('<');
                 Ok((Some(if looks_html { page::process(&text, None) } else { page::text_page(&text) }), None))
             }

@@ -9,26 +9,25 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::backend::{Backends, Claim, Message};
 use crate::budget::Budget;
 use crate::crawl;
-use crate::error::{Disposition, JobError};
+use crate::error::{Disposition, ErrorKind, JobError};
 use crate::fetch::Fetcher;
-use crate::job::{self, CallOutcome, ErrorInfo, Job, JobRecord, JobStatus, PendingReason};
-use crate::llm::{schema, LlmClient, LlmError, ResponseFormat, Unfinished};
+use crate::job::{self, ErrorInfo, Job, JobRecord, JobStatus, PendingReason};
+use crate::llm::LlmClient;
 use crate::page::{self, Page};
-use crate::pricing;
 use crate::ratelimit::RateLimits;
-use crate::route::{Features, Router};
+use crate::route::Router;
 use crate::settings::{OnBudgetExhausted, Settings};
-use crate::telemetry;
 
 mod announce;
 mod call;
 mod choice;
 mod chunk;
+mod extract;
 mod input;
 mod prompt;
 mod result;
@@ -255,7 +254,7 @@ impl Processor {
         let timeout = Duration::from_secs(self.settings.worker.job_timeout_secs);
         let result = match tokio::time::timeout(timeout, self.run(&job, &mut rec, message.receive_count)).await {
             Ok(r) => r,
-            Err(_) => Err(JobError::transient("job_timeout", format!("job exceeded {}s", timeout.as_secs()))),
+            Err(_) => Err(JobError::transient(ErrorKind::JobTimeout, format!("job exceeded {}s", timeout.as_secs()))),
         };
         match result {
             Ok(done) => self.complete(&job, rec, done, started.elapsed(), end).await,
@@ -265,7 +264,7 @@ impl Processor {
 
     /// A message that is not a valid job: permanent; recorded when it carries an id.
     async fn reject_unparsable(&self, message: &Message, e: job::MessageError) -> Verdict {
-        let error = JobError::permanent(e.kind(), e.to_string());
+        let error = JobError::permanent(e.error_kind(), e.to_string());
         let Some(id) = job::salvage_job_id(&message.body) else {
             return Verdict::DeadLetter { job_id: None, error };
         };
@@ -302,7 +301,7 @@ impl Processor {
         let doc = result::document(&self.settings.stage, job, &rec, &done, elapsed, simulated);
         let body = match serde_json::to_vec_pretty(&doc) {
             Ok(b) => b,
-            Err(e) => return self.fail(rec, JobError::permanent("result_encoding", e.to_string()), 0, end).await,
+            Err(e) => return self.fail(rec, JobError::permanent(ErrorKind::ResultEncoding, e.to_string()), 0, end).await,
         };
         if let Err(e) = self.backends.artifacts.put(&key, body, "application/json").await {
             return self.fail(rec, e.into(), 0, end).await;
@@ -328,7 +327,7 @@ impl Processor {
             // Completed, not yet announced: the message comes back and its redelivery publishes.
             Verdict::Retry {
                 job_id: Some(id),
-                error: JobError::transient("event_unpublished", "the job's end event could not be published yet"),
+                error: JobError::transient(ErrorKind::EventUnpublished, "the job's end event could not be published yet"),
             }
         }
     }
@@ -340,7 +339,7 @@ impl Processor {
         let mut error = error;
         if disposition == Disposition::Retry && receive_count >= self.settings.queue.max_receive_count {
             error = JobError::permanent(
-                "retries_exhausted",
+                ErrorKind::RetriesExhausted,
                 format!("gave up after {receive_count} attempts; last error: {} ({})", error.message(), error.kind()),
             );
             disposition = Disposition::DeadLetter;
@@ -410,246 +409,6 @@ impl Processor {
         let (data, model) = self.extract_chunked(job, rec, &units, &whole).await?;
         let model_ms = t1.elapsed().as_millis() as u64;
         Ok(Done { data, model: Some(model), page, pages, truncated: false, fetch_ms, model_ms, _input: share })
-    }
-
-    /// An input longer than `llm.max_input_tokens`: one extraction per chunk ([`chunk`]), each
-    /// call reserved, charged and recorded like any other (marked with its chunk), all inside
-    /// the job's `max_cost_usd`; the answers merged and validated against the job's schema.
-    async fn extract_chunked(
-        &self,
-        job: &Job,
-        rec: &mut JobRecord,
-        units: &[chunk::Unit<'_>],
-        whole: &str,
-    ) -> Result<(Value, String), JobError> {
-        let budget = self.settings.llm.max_input_tokens;
-        let chunks = chunk::split(units, budget.saturating_sub(chunk::FRAME_TOKENS));
-        let max = self.settings.llm.max_chunks;
-        let count = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
-        if count > max {
-            let tokens = page::count_tokens(whole);
-            return Err(JobError::permanent(
-                "input_too_long",
-                format!(
-                    "the input is {tokens} tokens: {count} chunks of llm.max_input_tokens ({budget}), more than llm.max_chunks ({max}); \
-                     send `truncate: true` to read only its start"
-                ),
-            ));
-        }
-        rec.chunks = Some(count);
-        telemetry::input_chunked(count);
-        // The chunks' identity (each call frames its chunk from the chunk, its index and the
-        // count alone, so the chunks and their count are what was sent).
-        let input = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(chunks.len().to_le_bytes());
-            for c in &chunks {
-                h.update(c.as_bytes());
-                h.update([0]);
-            }
-            hex::encode(h.finalize())
-        };
-        // An earlier attempt that failed part-way over the same chunks: resume after them.
-        let (mut answers, mut model) = match rec.chunk_progress.clone() {
-            Some(p) if p.input == input && p.answers.len() < chunks.len() => (p.answers, p.model),
-            _ => (Vec::with_capacity(chunks.len()), String::new()),
-        };
-        let mut kept_bytes = serde_json::to_vec(&answers).map_or(0, |b| b.len());
-        for (i, c) in chunks.iter().enumerate().skip(answers.len()) {
-            let before = rec.calls.len();
-            let out = self.extract(job, rec, &chunk::framed(c, i, chunks.len())).await;
-            for call in rec.calls.iter_mut().skip(before) {
-                call.chunk = Some(u32::try_from(i + 1).unwrap_or(u32::MAX));
-            }
-            let (data, m) = out?;
-            kept_bytes = kept_bytes.saturating_add(serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len() + 1));
-            answers.push(data);
-            model = m;
-            // Kept on the record (written with the attempt's outcome) while it stays small: a
-            // record must fit one DynamoDB item. Past the bound the earlier prefix stays.
-            if kept_bytes <= CHUNK_PROGRESS_MAX_BYTES {
-                rec.chunk_progress = Some(job::ChunkProgress { input: input.clone(), answers: answers.clone(), model: model.clone() });
-            }
-        }
-        rec.chunk_progress = None;
-        let data = chunk::merge(job.schema.as_ref(), answers);
-        if let Some(schema) = &job.schema {
-            schema::validate(schema, &data).map_err(|errors| {
-                JobError::permanent(
-                    "merge_invalid",
-                    format!("the {count} chunks' answers merged do not match the schema: {}", errors.join("; ")),
-                )
-            })?;
-        }
-        Ok((data, model))
-    }
-
-    /// Writes the record as it is now, still `processing` under this worker's lease (renewed).
-    /// A lost lease is a transient `lease_lost`: another worker owns the job now.
-    async fn checkpoint(&self, rec: &mut JobRecord) -> Result<(), JobError> {
-        rec.lease_owner = Some(self.worker_id.clone());
-        rec.lease_expires_at = Some(self.lease_until());
-        rec.updated_at = Utc::now();
-        self.backends.jobs.finish(rec, &self.worker_id).await.map_err(|e| match e {
-            crate::error::BackendError::Conflict(m) => JobError::transient("lease_lost", m),
-            other => other.into(),
-        })
-    }
-
-    /// Settles the charges an earlier attempt recorded but did not get to the ledger (it was
-    /// killed in between). Settle is idempotent per reservation id, so this never charges twice.
-    async fn settle_recorded_charges(&self, rec: &mut JobRecord) -> Result<(), JobError> {
-        let tenant = rec.tenant.clone();
-        let job_id = rec.id.clone();
-        for call in rec.calls.iter_mut().filter(|c| !c.settled) {
-            let (Some(reservation_id), Some(period)) = (call.reservation_id.clone(), call.period.clone()) else {
-                call.settled = true;
-                continue;
-            };
-            let charge =
-                crate::backend::Charge::single(reservation_id, job_id.clone(), call.model.clone(), tenant.as_deref(), call.cost_micros);
-            self.backends
-                .ledger
-                .settle(&period, &charge)
-                .await
-                .map_err(|e| JobError::transient("budget_unavailable", format!("settling an earlier charge: {e}")))?;
-            call.settled = true;
-        }
-        Ok(())
-    }
-
-    /// Routes, then calls models until one answer validates: escalates on invalid output,
-    /// retries once with a larger output cap on `finish_reason: length`, falls back on errors.
-    /// Each call is one paid call ([`call`]).
-    async fn extract(&self, job: &Job, rec: &mut JobRecord, content: &str) -> Result<(Value, String), JobError> {
-        let response_format = response_format(job);
-        let prompt = prompt::Prompt::new(job, content, &response_format);
-        let features = Features::from_job(job, prompt.input_tokens as usize);
-        let used = self.budget.used_fraction(Utc::now()).await;
-        let decision = self.router.decide(job, &features, used)?;
-        telemetry::route_decision(decision.tier.as_str(), route_reason_label(&decision));
-        tracing::Span::current().record("model", decision.model.as_str());
-        if rec.route.is_none() {
-            rec.route = Some(decision.clone().into());
-        }
-        let mut plan = choice::Plan::new(&self.router, &self.settings, decision.model.clone());
-        loop {
-            if let Some(error) = plan.out_of_calls() {
-                return Err(error);
-            }
-            let model = plan.model().to_string();
-            let mut price = self
-                .settings
-                .models
-                .get(&model)
-                .ok_or_else(|| JobError::permanent("model_unknown", format!("model `{model}` has no price in config")))?
-                .clone();
-            if let Some(cap) = plan.take_bigger_cap() {
-                price.max_output_tokens = cap;
-            }
-            let outcome = self.paid_call(job, rec, &model, &price, &prompt, &response_format).await?;
-            match outcome {
-                Ok(resp) => {
-                    plan.answered();
-                    self.limits.on_success(&model);
-                    let checked = check_output(&resp.content, job.schema.as_ref());
-                    let status = if checked.is_ok() { CallOutcome::Ok } else { CallOutcome::InvalidOutput };
-                    let cost = rec.calls.last().map(|c| c.cost_micros).unwrap_or(0);
-                    telemetry::llm_request(&model, status, resp.latency, Some(&resp.usage), cost);
-                    if let Some(last) = rec.calls.last_mut() {
-                        last.outcome = status;
-                    }
-                    match checked {
-                        Ok(data) => return Ok((data, model)),
-                        Err(why) => {
-                            debug!(model = %model, why = %why, "model output rejected");
-                            plan.invalid_output(&why);
-                        }
-                    }
-                }
-                Err(call::Failure { error, latency, cost_micros }) => {
-                    let status = llm_status(&error);
-                    telemetry::llm_request(&model, status, latency, None, cost_micros);
-                    match error {
-                        LlmError::RateLimited { retry_after } => {
-                            // Never fails a job by itself: slow down and try again (bounded by the job timeout).
-                            self.limits.rate_limited(&model, retry_after).await;
-                        }
-                        LlmError::BadRequest { status, message } => {
-                            return Err(JobError::permanent(
-                                "llm_bad_request",
-                                format!("{model} rejected the request ({status}): {message}"),
-                            ));
-                        }
-                        LlmError::Unfinished { reason: Unfinished::Length, message, .. } => {
-                            let cap = price.max_output_tokens.saturating_mul(LENGTH_RETRY_FACTOR);
-                            let mut bigger = price.clone();
-                            bigger.max_output_tokens = cap;
-                            let worst = pricing::worst_case_micros(prompt.input_tokens, &bigger);
-                            let fits = crate::budget::check_job_cap(job.max_cost_usd, rec.cost_micros, worst).is_ok();
-                            plan.length(&message, cap, fits);
-                        }
-                        LlmError::Unfinished { reason, message, .. } => {
-                            return Err(JobError::permanent(format!("llm_{}", reason.as_str()), format!("{model}: {message}")));
-                        }
-                        other => plan.model_error(status, &other.to_string())?,
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A `length` answer is retried once with the output cap multiplied by this (within the job's
-/// `max_cost_usd`), else escalated.
-const LENGTH_RETRY_FACTOR: u32 = 2;
-
-/// The answer's shape: the job's schema in strict mode when it can be adapted, else JSON mode.
-fn response_format(job: &Job) -> ResponseFormat {
-    match &job.schema {
-        Some(s) => match schema::to_strict(s) {
-            Some(strict) => ResponseFormat::JsonSchema { name: schema::schema_name(s, "extraction"), schema: strict, strict: true },
-            None => ResponseFormat::JsonObject,
-        },
-        None => ResponseFormat::JsonObject,
-    }
-}
-
-/// Parses the model's answer and validates it against the job's original schema.
-///
-/// Strict mode turns optional properties into nullable required ones, so the `null`s it added
-/// are removed first ([`schema::strip_added_nulls`]).
-fn check_output(content: &str, schema: Option<&Value>) -> Result<Value, String> {
-    let mut v: Value = serde_json::from_str(content.trim()).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(schema) = schema else {
-        return if v.is_object() { Ok(v) } else { Err("not a JSON object".into()) };
-    };
-    schema::strip_added_nulls(schema, &mut v);
-    schema::validate(schema, &v).map(|()| v).map_err(|errors| errors.join("; "))
-}
-
-/// Largest serialised chunk answers kept on a job record for a retry to resume from (DynamoDB
-/// items are at most 400 KB, and the record holds its calls and data too).
-const CHUNK_PROGRESS_MAX_BYTES: usize = 64 * 1024;
-
-fn llm_status(e: &LlmError) -> CallOutcome {
-    match e {
-        LlmError::RateLimited { .. } => CallOutcome::RateLimited,
-        LlmError::Server { .. } => CallOutcome::ServerError,
-        LlmError::Timeout => CallOutcome::Timeout,
-        LlmError::BadRequest { .. } => CallOutcome::BadRequest,
-        LlmError::Transport(_) => CallOutcome::Transport,
-        LlmError::Unfinished { reason, .. } => reason.outcome(),
-    }
-}
-
-fn route_reason_label(d: &crate::route::Decision) -> &'static str {
-    match d.tier {
-        crate::route::Tier::Override => "override",
-        crate::route::Tier::Production => "forced",
-        _ if d.downgraded => "cheaper",
-        _ => "score",
     }
 }
 

@@ -126,7 +126,10 @@ pub async fn provision_queues(settings: &Settings, sdk: &SdkConfig) -> Result<Pr
     })
     .to_string();
     let queue_attrs = HashMap::from([
-        (QueueAttributeName::VisibilityTimeout, settings.queue.visibility_timeout_secs.min(43_200).to_string()),
+        (
+            QueueAttributeName::VisibilityTimeout,
+            settings.queue.visibility_timeout_secs.min(crate::backend::limits::SQS_MAX_VISIBILITY_SECS).to_string(),
+        ),
         (QueueAttributeName::ReceiveMessageWaitTimeSeconds, settings.queue.wait_time_secs.min(20).to_string()),
         (QueueAttributeName::RedrivePolicy, redrive),
     ]);
