@@ -115,8 +115,6 @@ pub enum ErrorKind {
     ReceiveLimit,
     /// A record ended `failed` without a recorded reason.
     Failed,
-    /// The attempt was given back at the drain timeout (transient).
-    Abandoned,
     /// The job's own `max_cost_usd` cannot cover the next call (failed, not deferred).
     JobCostCap,
     /// The stage's monthly budget cannot cover the next call (deferred).
@@ -175,7 +173,6 @@ impl ErrorKind {
         ErrorKind::RetriesExhausted,
         ErrorKind::ReceiveLimit,
         ErrorKind::Failed,
-        ErrorKind::Abandoned,
         ErrorKind::JobCostCap,
         ErrorKind::BudgetExhausted,
     ];
@@ -232,7 +229,6 @@ impl ErrorKind {
             ErrorKind::RetriesExhausted => "retries_exhausted",
             ErrorKind::ReceiveLimit => "receive_limit",
             ErrorKind::Failed => "failed",
-            ErrorKind::Abandoned => "abandoned",
             ErrorKind::JobCostCap => "job_cost_cap",
             ErrorKind::BudgetExhausted => "budget_exhausted",
         }

@@ -4,7 +4,7 @@
 //! [`Processor::process`] never panics on bad input and always returns a [`Verdict`] that tells the
 //! worker what to do with the message; the job record has been written before it returns.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -27,7 +27,6 @@ mod announce;
 mod call;
 mod choice;
 mod chunk;
-mod claim;
 mod extract;
 mod input;
 mod prompt;
@@ -77,12 +76,6 @@ pub enum Verdict {
         job_id: String,
         /// Why.
         error: JobError,
-    },
-    /// The worker gave up on the job mid-way (the drain timeout passed): the job was given back
-    /// (`pending`, `abandoned`) when it had been claimed; make the message visible again.
-    Abandoned {
-        /// The job, when it had been claimed.
-        job_id: Option<String>,
     },
     /// Another worker holds a live lease on the job: do not run it twice.
     Busy {
@@ -202,24 +195,30 @@ impl Processor {
         Utc::now() + chrono::Duration::seconds(self.settings.queue.visibility_timeout_secs as i64)
     }
 
+    /// Extends this worker's lease on a job (called by the heartbeat).
+    pub async fn renew_lease(&self, job_id: &str) {
+        match self.backends.jobs.renew(job_id, &self.worker_id, self.lease_until()).await {
+            Ok(true) => {}
+            Ok(false) => warn!(job_id, "job lease lost"),
+            Err(e) => warn!(job_id, error = %e, "lease renewal failed"),
+        }
+    }
+
     /// Gives a job back (`pending`) when its attempt is abandoned (drain timeout).
-    async fn abandon(&self, job_id: &str, why: &str) {
+    pub async fn abandon(&self, job_id: &str, why: &str) {
         if let Ok(Some(mut rec)) = self.backends.jobs.get(job_id).await {
             if rec.status == JobStatus::Processing && rec.lease_owner.as_deref() == Some(&self.worker_id) {
                 rec.status = JobStatus::Pending;
                 rec.pending_reason = Some(PendingReason::Retry);
-                rec.error = Some(ErrorInfo { kind: ErrorKind::Abandoned.as_str().into(), message: why.into(), permanent: false });
+                rec.error = Some(ErrorInfo { kind: "abandoned".into(), message: why.into(), permanent: false });
                 clear_lease(&mut rec);
                 let _ = self.backends.jobs.finish(&rec, &self.worker_id).await;
             }
         }
     }
 
-    /// Processes one message and records the outcome on the job. See [`Verdict`]. When
-    /// `give_up` resolves first (the drain timeout), the job is given back and the verdict is
-    /// [`Verdict::Abandoned`].
-    pub async fn process(&self, message: &Message, give_up: impl std::future::Future<Output = ()>) -> Verdict {
-        tokio::pin!(give_up);
+    /// Processes one message and records the outcome on the job. See [`Verdict`].
+    pub async fn process(&self, message: &Message, job_slot: Arc<OnceLock<String>>) -> Verdict {
         let job = match job::parse_message(&message.body) {
             Ok(j) => j,
             Err(e) => return self.reject_unparsable(message, e).await,
@@ -227,16 +226,12 @@ impl Processor {
         let id = job.job_id.as_str().to_string();
         tracing::Span::current().record("job_id", id.as_str());
         let now = Utc::now();
-        let claiming = self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now);
-        let claim = tokio::select! {
-            c = claiming => match c {
-                Ok(c) => c,
-                Err(e) => return Verdict::Retry { job_id: Some(id), error: e.into() },
-            },
-            _ = &mut give_up => return Verdict::Abandoned { job_id: None },
+        let claim = match self.backends.jobs.claim(&id, &self.settings.stage, &self.worker_id, self.lease_until(), now).await {
+            Ok(c) => c,
+            Err(e) => return Verdict::Retry { job_id: Some(id), error: e.into() },
         };
         let end = EndCtx { message, callback: job.callback.as_ref() };
-        let rec = match claim {
+        let mut rec = match claim {
             Claim::Claimed(r) => r,
             Claim::AlreadyCompleted(r) => return self.redelivered_completed(&r, end.callback).await,
             Claim::Busy { until, .. } => return Verdict::Busy { job_id: id, until },
@@ -244,20 +239,7 @@ impl Processor {
         if let Some(v) = self.resettle_failed(&rec, message, end.callback).await {
             return v;
         }
-        let lease = Duration::from_secs(self.settings.queue.visibility_timeout_secs);
-        let _lease = claim::JobLease::start(self.backends.jobs.clone(), &id, &self.worker_id, lease);
-        tokio::select! {
-            v = self.run_claimed(&job, rec, message, end) => v,
-            _ = &mut give_up => {
-                self.abandon(&id, "worker shutting down").await;
-                Verdict::Abandoned { job_id: Some(id) }
-            }
-        }
-    }
-
-    /// A claimed job's attempt: charges an earlier attempt left unsettled, the work, its end.
-    async fn run_claimed(&self, job: &Job, mut rec: JobRecord, message: &Message, end: EndCtx<'_>) -> Verdict {
-        let now = Utc::now();
+        let _ = job_slot.set(id.clone());
         call::mark_abandoned(&mut rec);
         if let Err(error) = self.settle_recorded_charges(&mut rec).await {
             return self.fail(rec, error, message.receive_count, end).await;
@@ -270,12 +252,12 @@ impl Processor {
         }
         let started = Instant::now();
         let timeout = Duration::from_secs(self.settings.worker.job_timeout_secs);
-        let result = match tokio::time::timeout(timeout, self.run(job, &mut rec, message.receive_count)).await {
+        let result = match tokio::time::timeout(timeout, self.run(&job, &mut rec, message.receive_count)).await {
             Ok(r) => r,
             Err(_) => Err(JobError::transient(ErrorKind::JobTimeout, format!("job exceeded {}s", timeout.as_secs()))),
         };
         match result {
-            Ok(done) => self.complete(job, rec, done, started.elapsed(), end).await,
+            Ok(done) => self.complete(&job, rec, done, started.elapsed(), end).await,
             Err(error) => self.fail(rec, error, message.receive_count, end).await,
         }
     }

@@ -1,7 +1,7 @@
-//! The message's heartbeat, owned by a guard: it keeps a running job's message hidden from other
-//! workers until the guard is dropped. (The job's own lease is renewed by the processor's
-//! `JobLease`, held by the claimed job.)
+//! The heartbeat of a running job, owned by a guard: it extends the message's visibility and the
+//! job's lease until the guard is dropped.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::warn;
@@ -11,18 +11,19 @@ use crate::telemetry;
 
 use super::task::TaskCtx;
 
-/// Extends the message's visibility every third of its timeout for as long as it lives; dropping
-/// it stops the heartbeat.
-pub(super) struct VisibilityGuard {
+/// Extends the message's visibility every third of its timeout (and the job's lease once the job
+/// is claimed) for as long as it lives; dropping it stops the heartbeat.
+pub(super) struct LeaseGuard {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
-impl VisibilityGuard {
-    /// Starts the heartbeat for `message`.
-    pub(super) fn start(ctx: &TaskCtx, message: &Message) -> VisibilityGuard {
+impl LeaseGuard {
+    /// Starts the heartbeat for `message`; `job` is filled in once the job is claimed.
+    pub(super) fn start(ctx: &TaskCtx, message: &Message, job: Arc<OnceLock<String>>) -> LeaseGuard {
         let vt = Duration::from_secs(ctx.settings.queue.visibility_timeout_secs);
         let every = vt / 3;
         let queue = ctx.backends.queue.clone();
+        let processor = ctx.processor.clone();
         let receipt = message.receipt.clone();
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -34,13 +35,16 @@ impl VisibilityGuard {
                     Ok(()) => telemetry::visibility_extended(),
                     Err(e) => warn!(error = %e, "visibility extension failed"),
                 }
+                if let Some(id) = job.get() {
+                    processor.renew_lease(id).await;
+                }
             }
         });
-        VisibilityGuard { heartbeat }
+        LeaseGuard { heartbeat }
     }
 }
 
-impl Drop for VisibilityGuard {
+impl Drop for LeaseGuard {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }

@@ -2,7 +2,7 @@
 //! out on the message (delete, dead-letter, back off, defer) with its one outcome report.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -16,7 +16,7 @@ use crate::settings::Settings;
 use crate::telemetry::{self, Outcome};
 
 use super::deletes::Deleter;
-use super::lease::VisibilityGuard;
+use super::lease::LeaseGuard;
 use super::receive::give_back;
 use super::Counters;
 
@@ -44,33 +44,44 @@ pub(super) async fn handle_message(mut ctx: TaskCtx, message: Message, permit: O
         model = tracing::field::Empty,
         message_id = %message.message_id,
     );
-    let visibility = VisibilityGuard::start(&ctx, &message);
-    let give_up = wait_true(&mut ctx.abort);
-    let work = std::panic::AssertUnwindSafe(ctx.processor.process(&message, give_up)).catch_unwind().instrument(span.clone());
-    let verdict = match work.await {
-        Ok(v) => v,
-        // The job's lease guard was dropped with the panicking future: its lease lapses.
-        Err(_) => Verdict::Retry { job_id: None, error: JobError::transient(ErrorKind::Panic, "processing panicked") },
+    let job_slot: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let lease = LeaseGuard::start(&ctx, &message, job_slot.clone());
+
+    let work = std::panic::AssertUnwindSafe(ctx.processor.process(&message, job_slot.clone())).catch_unwind().instrument(span.clone());
+    let verdict = tokio::select! {
+        r = work => match r {
+            Ok(v) => Some(v),
+            Err(_) => Some(Verdict::Retry {
+                job_id: job_slot.get().cloned(),
+                error: JobError::transient(ErrorKind::Panic, "processing panicked"),
+            }),
+        },
+        _ = wait_true(&mut ctx.abort) => None,
     };
-    drop(visibility);
+    drop(lease);
     let elapsed = started.elapsed();
     // Instrumented, not entered: an entered span held across `.await` would tag whatever other
     // task runs on this thread meanwhile with this job's id.
-    settle(&ctx, &message, verdict, elapsed).instrument(span).await;
+    settle(&ctx, &message, verdict, &job_slot, elapsed).instrument(span).await;
 }
 
 /// Carries out a verdict on the message (delete, dead-letter, back off, defer) and reports the
-/// outcome.
-async fn settle(ctx: &TaskCtx, message: &Message, verdict: Verdict, elapsed: Duration) {
+/// outcome; `None` is the drain timeout.
+async fn settle(ctx: &TaskCtx, message: &Message, verdict: Option<Verdict>, job_slot: &OnceLock<String>, elapsed: Duration) {
     let c = &ctx.counters;
+    let Some(verdict) = verdict else {
+        // Drain timeout: give the job and the message back for another worker.
+        if let Some(id) = job_slot.get() {
+            ctx.processor.abandon(id, "worker shutting down").await;
+        }
+        give_back(&ctx.backends, std::slice::from_ref(message)).await;
+        c.abandoned.fetch_add(1, Ordering::Relaxed);
+        telemetry::job_outcome(job_slot.get().map(String::as_str).unwrap_or("-"), Outcome::Retried, "shutdown", elapsed, None);
+        telemetry::job_finished();
+        return;
+    };
     let q = &ctx.backends.queue;
     match verdict {
-        Verdict::Abandoned { job_id } => {
-            // Drain timeout: the job was given back; the message goes back for another worker.
-            give_back(&ctx.backends, std::slice::from_ref(message)).await;
-            c.abandoned.fetch_add(1, Ordering::Relaxed);
-            telemetry::job_outcome(job_id.as_deref().unwrap_or("-"), Outcome::Retried, "shutdown", elapsed, None);
-        }
         Verdict::Completed { job_id, duplicate } => {
             ctx.deleter.delete(message.receipt.clone()).await;
             c.completed.fetch_add(1, Ordering::Relaxed);
