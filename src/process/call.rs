@@ -167,7 +167,7 @@ fn request(job: &Job, model: &str, price: &ModelSettings, prompt: &Prompt, forma
 }
 
 /// What one call is charged.
-struct Charge {
+struct CallCharge {
     /// Micro-USD; `None`: not billed (the hold goes back).
     cost: Option<i64>,
     /// The usage charged (bounded by what the request could use).
@@ -186,7 +186,7 @@ fn charge_for(
     price: &ModelSettings,
     input_tokens: u64,
     worst: i64,
-) -> Charge {
+) -> CallCharge {
     let reported = match outcome {
         Ok(resp) => Some(resp.usage),
         Err(LlmError::Unfinished { usage, .. }) => Some(*usage),
@@ -199,12 +199,12 @@ fn charge_for(
                 telemetry::llm_usage_implausible(job_id, model, &u, &bounded);
                 u
             });
-            Charge { cost: Some(pricing::cost_micros(&bounded, price)), usage: bounded, estimated: false, claimed }
+            CallCharge { cost: Some(pricing::cost_micros(&bounded, price)), usage: bounded, estimated: false, claimed }
         }
         (Err(LlmError::Timeout | LlmError::Transport(_)), None) => {
-            Charge { cost: Some(worst), usage: Usage::default(), estimated: true, claimed: None }
+            CallCharge { cost: Some(worst), usage: Usage::default(), estimated: true, claimed: None }
         }
-        _ => Charge { cost: None, usage: Usage::default(), estimated: false, claimed: None },
+        _ => CallCharge { cost: None, usage: Usage::default(), estimated: false, claimed: None },
     }
 }
 
@@ -212,7 +212,7 @@ fn charge_for(
 fn record_outcome(
     rec: &mut JobRecord,
     outcome: Result<crate::llm::LlmResponse, LlmError>,
-    charge: Charge,
+    charge: CallCharge,
     worst: i64,
     latency: Duration,
 ) -> Result<Answer, Failure> {
